@@ -1,0 +1,119 @@
+"""Task families on Brax physics: reset, stepping and torso centre of mass.
+
+The Brax environment supplies the MJCF system and the physics pipeline
+(generalized, positional, spring or mjx); reset, observation, reward and done
+rule are the family's own (SPEC §6), not Brax's gym-style ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from admrl_jax.envs import base
+
+PIPELINES = ('generalized', 'positional', 'spring', 'mjx')
+# Chosen by benchmarks/real_rollout.py on CPU: see README ("Physics pipeline").
+DEFAULT_PIPELINE = 'spring'
+
+
+@functools.lru_cache(maxsize=None)
+def _brax_env(brax_name: str, pipeline: str, frame_skip: Optional[int]):
+  """Builds (once per process) the Brax environment that carries the system."""
+  if pipeline not in PIPELINES:
+    raise ValueError(f'unknown physics pipeline {pipeline!r}; valid: '
+                     f'{", ".join(PIPELINES)}')
+  import warnings  # pylint: disable=g-import-not-at-top
+  from brax import envs as brax_envs  # pylint: disable=g-import-not-at-top
+  kwargs = {'backend': pipeline}
+  if frame_skip is not None:
+    kwargs['n_frames'] = int(frame_skip)
+  # Brax warns on every load that its own pipelines are unmaintained.
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', UserWarning)
+    return brax_envs.get_environment(brax_name, **kwargs)
+
+
+def torso_com(pipeline_state, sys) -> tuple[jax.Array, jax.Array]:
+  """World position and velocity of the torso's (link 0) centre of mass."""
+  from brax import math  # pylint: disable=g-import-not-at-top
+  offset = math.rotate(sys.link.inertia.transform.pos[0],
+                       pipeline_state.x.rot[0])
+  pos = pipeline_state.x.pos[0] + offset
+  vel = pipeline_state.xd.vel[0] + jnp.cross(pipeline_state.xd.ang[0], offset)
+  return pos, vel
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BraxTaskFamily(base.TaskFamily):
+  """A task family whose real environment is a Brax system.
+
+  Attributes:
+    brax_name: the Brax environment carrying the MJCF system.
+    pipeline: physics pipeline.
+    reset_noise: qpos = init + U(−r, r), qvel = r·N(0, 1) (SPEC §6: 0.1).
+  """
+  brax_name: str = ''
+  pipeline: str = DEFAULT_PIPELINE
+  reset_noise: float = 0.1
+  brax_env: Any = None
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.brax_env is None:
+      object.__setattr__(self, 'brax_env',
+                         _brax_env(self.brax_name, self.pipeline,
+                                   self.frame_skip))
+    object.__setattr__(self, 'frame_skip', int(self.brax_env._n_frames))  # pylint: disable=protected-access
+    # A Python float, fixed at construction (the system's arrays get traced).
+    object.__setattr__(self, '_dt', float(self.brax_env.dt))
+
+  @property
+  def sys(self):
+    return self.brax_env.sys
+
+  @property
+  def nq(self) -> int:
+    return int(self.sys.q_size())
+
+  @property
+  def nv(self) -> int:
+    return int(self.sys.qd_size())
+
+  @property
+  def action_size(self) -> int:
+    return int(self.brax_env.action_size)
+
+  @property
+  def dt(self) -> float:
+    return self._dt
+
+  @property
+  def obs_size(self) -> int:
+    return int(jax.eval_shape(self.reset, jax.random.key(0)).obs.shape[0])
+
+  def observe(self, pipeline_state) -> jax.Array:
+    """Observation of a pipeline state; families extend qpos ⊕ qvel."""
+    return jnp.concatenate([pipeline_state.q, pipeline_state.qd])
+
+  def reset(self, key: jax.Array) -> base.EnvState:
+    key_q, key_qd = jax.random.split(key)
+    r = self.reset_noise
+    q = self.sys.init_q + jax.random.uniform(key_q, (self.nq,), minval=-r,
+                                             maxval=r)
+    qd = r * jax.random.normal(key_qd, (self.nv,))
+    pipeline_state = self.brax_env.pipeline_init(q, qd)
+    return base.EnvState(pipeline_state=pipeline_state,
+                         obs=self.observe(pipeline_state))
+
+  def step(self, state: base.EnvState, action: jax.Array) -> base.EnvState:
+    pipeline_state = self.brax_env.pipeline_step(state.pipeline_state, action)
+    return base.EnvState(pipeline_state=pipeline_state,
+                         obs=self.observe(pipeline_state))
+
+
+def all_finite(x: jax.Array) -> jax.Array:
+  return jnp.all(jnp.isfinite(x))

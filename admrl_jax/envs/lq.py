@@ -1,0 +1,200 @@
+"""`lq`: a linear-quadratic task family with a closed-form optimum.
+
+    s′ = A s + B a + w,            w ~ N(0, noise_std² I),  s₀ ~ N(0, init_std² I)
+    r_ψ(s, a, s′) = −(s′ − ψ)ᵀ Q (s′ − ψ) − aᵀ R a
+    π(a|s) = N(K_t s + k_t, action_std² I)        (linear-Gaussian policies)
+
+ψ is the target state. The return is the undiscounted sum over the horizon.
+With the action noise fixed, the best policy over all policies is affine and
+given by a backward Riccati recursion (certainty equivalence), and the exact
+expected return of any affine policy follows from propagating the state mean
+and covariance — both in closed form, the ground truth for the gradient tests.
+No clipping, no termination (a non-finite state ends the episode).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from admrl_jax.envs import base
+
+_A = ((0.9, 0.2), (-0.1, 0.8))
+_B = ((0.5, 0.0), (0.1, 0.4))
+
+
+@struct.dataclass
+class LQState:
+  s: jax.Array
+  key: jax.Array  # for the process noise
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LQFamily(base.TaskFamily):
+  """Attributes:
+    A, B: dynamics, shapes (n, n), (n, m).
+    q_weight, r_weight: Q = q·I, R = r·I.
+    noise_std, init_std: process noise and initial-state spread.
+    grid_counts: evaluation grid over the box.
+  """
+  A: np.ndarray = _A
+  B: np.ndarray = _B
+  q_weight: float = 1.0
+  r_weight: float = 0.1
+  noise_std: float = 0.05
+  init_std: float = 0.1
+  grid_counts: tuple = (6, 6)
+
+  def __post_init__(self):
+    super().__post_init__()
+    a = np.asarray(self.A, np.float64)
+    b = np.asarray(self.B, np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or b.ndim != 2 or (
+        b.shape[0] != a.shape[0]):
+      raise ValueError(f'{self.name}: A must be (n, n) and B (n, m), got '
+                       f'{a.shape} and {b.shape}')
+    if a.shape[0] != self.task_dim:
+      raise ValueError(f'{self.name}: ψ is the target state, so the box must '
+                       f'have {a.shape[0]} dimensions, got {self.task_dim}')
+    if self.q_weight <= 0 or self.r_weight <= 0:
+      raise ValueError(f'{self.name}: q_weight and r_weight must be positive')
+    object.__setattr__(self, 'A', a)
+    object.__setattr__(self, 'B', b)
+    object.__setattr__(self, 'frame_skip', 1)
+
+  @property
+  def obs_size(self) -> int:
+    return int(self.A.shape[0])
+
+  @property
+  def action_size(self) -> int:
+    return int(self.B.shape[1])
+
+  @property
+  def dt(self) -> float:
+    return 1.0
+
+  def _matrices(self, dtype):
+    n, m = self.obs_size, self.action_size
+    return (jnp.asarray(self.A, dtype), jnp.asarray(self.B, dtype),
+            self.q_weight * jnp.eye(n, dtype=dtype),
+            self.r_weight * jnp.eye(m, dtype=dtype))
+
+  # ------------------------------------------------------------ dynamics
+  def reset(self, key):
+    key_s, key_noise = jax.random.split(key)
+    s = self.init_std * jax.random.normal(key_s, (self.obs_size,))
+    return base.EnvState(pipeline_state=LQState(s=s, key=key_noise), obs=s)
+
+  def step(self, state, action):
+    key, key_w = jax.random.split(state.pipeline_state.key)
+    a_mat, b_mat, _, _ = self._matrices(action.dtype)
+    s = state.pipeline_state.s
+    s_next = a_mat @ s + b_mat @ action + self.noise_std * jax.random.normal(
+        key_w, s.shape, s.dtype)
+    return base.EnvState(pipeline_state=LQState(s=s_next, key=key),
+                         obs=s_next)
+
+  def reward(self, psi, obs, action, next_obs):
+    del obs
+    err = next_obs - psi
+    return -self.q_weight * jnp.dot(err, err) - self.r_weight * jnp.dot(
+        action, action)
+
+  def done(self, next_obs):
+    return ~jnp.all(jnp.isfinite(next_obs))
+
+  def eval_tasks(self) -> np.ndarray:
+    return base.grid(self.task_low, self.task_high, self.grid_counts)
+
+  # ------------------------------------------------------- closed forms
+  def optimal_policy(self, psi, action_std: float = 0.0,
+                     horizon: Optional[int] = None):
+    """Backward Riccati recursion for the optimal affine policy.
+
+    Cost-to-go J_t(s) = sᵀP_t s + 2q_tᵀs + c_t (the negative value), J_H = 0.
+
+    Returns:
+      (K, k, value_terms): K (H, m, n), k (H, m) the mean action K_t s + k_t;
+      value_terms = (P_0, q_0, c_0) of the cost-to-go at t = 0.
+    """
+    horizon = self.horizon if horizon is None else horizon
+    psi = jnp.asarray(psi)
+    dtype = psi.dtype
+    a_mat, b_mat, q_mat, r_mat = self._matrices(dtype)
+    n = self.obs_size
+    noise_cov = (action_std**2) * b_mat @ b_mat.T + (
+        self.noise_std**2) * jnp.eye(n, dtype=dtype)
+    act_var_cost = (action_std**2) * jnp.trace(r_mat)
+
+    def backward(carry, _):
+      p_next, q_next, c_next = carry
+      m_mat = q_mat + p_next
+      m_vec = q_next - q_mat @ psi
+      g = r_mat + b_mat.T @ m_mat @ b_mat
+      gain = -jnp.linalg.solve(g, b_mat.T @ m_mat @ a_mat)   # K_t
+      offset = -jnp.linalg.solve(g, b_mat.T @ m_vec)          # k_t
+      p = a_mat.T @ m_mat @ a_mat + a_mat.T @ m_mat @ b_mat @ gain
+      q = a_mat.T @ m_vec + a_mat.T @ m_mat @ b_mat @ offset
+      c = (c_next + psi @ q_mat @ psi + jnp.trace(m_mat @ noise_cov)
+           + act_var_cost + m_vec @ b_mat @ offset)
+      return (p, q, c), (gain, offset)
+
+    init = (jnp.zeros((n, n), dtype), jnp.zeros((n,), dtype),
+            jnp.zeros((), dtype))
+    (p0, q0, c0), (gains, offsets) = jax.lax.scan(
+        backward, init, None, length=horizon)
+    return gains[::-1], offsets[::-1], (p0, q0, c0)
+
+  def optimal_return(self, psi, action_std: float = 0.0,
+                     horizon: Optional[int] = None) -> jax.Array:
+    """Best expected return on task ψ over all policies with that action noise."""
+    _, _, (p0, _, c0) = self.optimal_policy(psi, action_std, horizon)
+    # E[s₀ᵀP s₀ + 2qᵀs₀ + c] with s₀ ~ N(0, init_std² I).
+    return -(self.init_std**2 * jnp.trace(p0) + c0)
+
+  def expected_return(self, psi, gains, offsets, action_std: float = 0.0,
+                      horizon: Optional[int] = None) -> jax.Array:
+    """Exact expected return of the affine policy a ~ N(K_t s + k_t, σ²I).
+
+    gains: (m, n) for a stationary policy or (H, m, n); offsets: (m,) or (H, m).
+    """
+    horizon = self.horizon if horizon is None else horizon
+    psi = jnp.asarray(psi)
+    dtype = psi.dtype
+    a_mat, b_mat, q_mat, r_mat = self._matrices(dtype)
+    n = self.obs_size
+    gains = jnp.broadcast_to(gains, (horizon,) + self.B.T.shape).astype(dtype)
+    offsets = jnp.broadcast_to(offsets, (horizon, self.action_size)).astype(
+        dtype)
+    noise_cov = (action_std**2) * b_mat @ b_mat.T + (
+        self.noise_std**2) * jnp.eye(n, dtype=dtype)
+
+    def forward(carry, policy_t):
+      mean, cov = carry
+      gain, offset = policy_t
+      act_mean = gain @ mean + offset
+      closed = a_mat + b_mat @ gain
+      mean_next = closed @ mean + b_mat @ offset
+      cov_next = closed @ cov @ closed.T + noise_cov
+      err = mean_next - psi
+      reward = -(err @ q_mat @ err + jnp.trace(q_mat @ cov_next)
+                 + act_mean @ r_mat @ act_mean
+                 + jnp.trace(r_mat @ gain @ cov @ gain.T)
+                 + action_std**2 * jnp.trace(r_mat))
+      return (mean_next, cov_next), reward
+
+    init = (jnp.zeros((n,), dtype), self.init_std**2 * jnp.eye(n, dtype=dtype))
+    _, rewards = jax.lax.scan(forward, init, (gains, offsets))
+    return jnp.sum(rewards)
+
+
+def lq(**overrides) -> LQFamily:
+  kwargs = dict(name='lq', task_low=(-1.0, -1.0), task_high=(1.0, 1.0),
+                action_bound=None)
+  kwargs.update(overrides)
+  return LQFamily(**kwargs)

@@ -1,0 +1,1 @@
+"""Reserved for later layers (see STYLE.md)."""

@@ -1,0 +1,1 @@
+"""Roll-outs (real and virtual), datasets, returns and policy optimisation."""

@@ -1,0 +1,76 @@
+"""A fixed-capacity dataset of transitions as a pure pytree (a ring buffer).
+
+It holds the real data of all tasks: the model is fitted on all of it
+(SPEC §6). Capacity is static (it sets the shapes); the fill level and the
+write position are traced, so adding and sampling never recompile.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from admrl_jax import types
+
+
+@struct.dataclass
+class Dataset:
+  """Attributes:
+    data: `Transition` with leaves (capacity, ...).
+    size: number of valid entries, int32 scalar.
+    ptr: next write position, int32 scalar.
+  """
+  data: types.Transition
+  size: jax.Array
+  ptr: jax.Array
+
+  @property
+  def capacity(self) -> int:
+    return int(jax.tree.leaves(self.data)[0].shape[0])
+
+
+def init(example: types.Transition, capacity: int) -> Dataset:
+  """An empty dataset for transitions shaped like `example` (no batch axes)."""
+  if capacity < 1:
+    raise ValueError(f'dataset capacity must be >= 1, got {capacity}')
+  data = jax.tree.map(
+      lambda x: jnp.zeros((capacity,) + jnp.shape(x), jnp.asarray(x).dtype),
+      example)
+  return Dataset(data=data, size=jnp.zeros((), jnp.int32),
+                 ptr=jnp.zeros((), jnp.int32))
+
+
+def add(dataset: Dataset, batch: types.Transition) -> Dataset:
+  """Appends a batch whose leaves have any leading axes, e.g. (T, n_envs, ...).
+
+  When full, the oldest entries are overwritten; a batch larger than the
+  capacity keeps its last `capacity` entries.
+  """
+  feature_ndim = jax.tree.map(lambda x: x.ndim - 1, dataset.data)
+  flat = jax.tree.map(
+      lambda x, d: x.reshape((-1,) + x.shape[x.ndim - d:]), batch,
+      feature_ndim)
+  count = jax.tree.leaves(flat)[0].shape[0]
+  capacity = dataset.capacity
+  if count > capacity:
+    flat = jax.tree.map(lambda x: x[-capacity:], flat)
+    count = capacity
+  index = (dataset.ptr + jnp.arange(count)) % capacity
+  data = jax.tree.map(lambda buf, x: buf.at[index].set(x.astype(buf.dtype)),
+                      dataset.data, flat)
+  return Dataset(data=data,
+                 size=jnp.minimum(dataset.size + count, capacity),
+                 ptr=(dataset.ptr + count) % capacity)
+
+
+def sample(dataset: Dataset, key: jax.Array,
+           batch_size: int) -> types.Transition:
+  """A minibatch drawn uniformly with replacement from the valid entries.
+
+  The dataset must not be empty (checked when `size` is concrete).
+  """
+  if not isinstance(dataset.size, jax.core.Tracer) and int(dataset.size) == 0:
+    raise ValueError('cannot sample from an empty dataset')
+  index = jax.random.randint(key, (batch_size,), 0,
+                             jnp.maximum(dataset.size, 1))
+  return jax.tree.map(lambda x: x[index], dataset.data)

@@ -1,0 +1,175 @@
+"""Batched real roll-outs: n environments × T steps in one compiled program.
+
+A policy is a pure function `policy_fn(params, obs, key) -> action` for one
+unbatched observation (rlax style); the collector lifts it with `jax.vmap`
+over environments and runs `lax.scan` over time. ψ, the policy parameters,
+the key and the noise scale are traced arguments: a new task, a new policy or
+switching exploration off never recompiles.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from admrl_jax import types
+from admrl_jax.config import RolloutConfig
+from admrl_jax.envs.base import EnvState, TaskFamily
+
+PolicyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+
+@struct.dataclass
+class Rollout:
+  """What one collection returns.
+
+  Attributes:
+    transitions: `Transition` with leaves (T, n_envs, ...).
+    episode_return_sum: sum over environments of the returns of episodes that
+      ended (done or timeout) during the call, scalar.
+    episode_count: number of such episodes, scalar int.
+    first_return: return of each environment's first episode, (n_envs,); the
+      evaluation return of a policy when T equals the horizon.
+  """
+  transitions: types.Transition
+  episode_return_sum: jax.Array
+  episode_count: jax.Array
+  first_return: jax.Array
+
+  @property
+  def mean_return(self) -> jax.Array:
+    """Mean return of the episodes that ended (nan when none did)."""
+    return self.episode_return_sum / self.episode_count
+
+
+@struct.dataclass
+class _EnvCarry:
+  env_state: EnvState
+  t: jax.Array          # steps into the current episode
+  noise: jax.Array      # OU state, (action_size,)
+  ep_return: jax.Array  # running return of the current episode
+  first_return: jax.Array
+  first_done: jax.Array  # the first episode has ended
+
+
+def ou_step(noise: jax.Array, key: jax.Array, theta: float,
+            sigma: float) -> jax.Array:
+  """One Ornstein–Uhlenbeck step x ← x − θx + σ·N(0, I) (SPEC §6)."""
+  return noise - theta * noise + sigma * jax.random.normal(
+      key, noise.shape, noise.dtype)
+
+
+def make_collector(family: TaskFamily, policy_fn: PolicyFn,
+                   config: RolloutConfig = RolloutConfig()):
+  """Builds `collect(params, psi, key, noise_scale=1.0) -> Rollout`, jitted.
+
+  Each call starts every environment from a fresh reset and runs
+  `config.n_steps` (default: the horizon) control steps; episodes that end by
+  the done rule or the horizon are reset automatically. Exploration adds
+  `noise_scale` × OU noise to the policy's action (0 switches it off).
+  """
+  n_steps = family.horizon if config.n_steps is None else config.n_steps
+  horizon = family.horizon
+  action_size = family.action_size
+
+  def env_step(params, psi, noise_scale, carry: _EnvCarry, key):
+    """One environment, one step; the reset of ended episodes comes after."""
+    key_policy, key_noise = jax.random.split(key)
+    obs = carry.env_state.obs
+    noise = ou_step(carry.noise, key_noise, config.ou_theta, config.ou_sigma)
+    raw_action = policy_fn(params, obs, key_policy) + noise_scale * noise
+    action = family.clip_action(raw_action)
+    next_state = family.step(carry.env_state, action)
+    next_obs = next_state.obs
+    reward = family.reward(psi, obs, action, next_obs)
+    done = family.done(next_obs)
+    t = carry.t + 1
+    timeout = (t >= horizon) & ~done
+    end = done | timeout
+
+    ep_return = carry.ep_return + reward
+    first_end = end & ~carry.first_done
+    new_carry = _EnvCarry(
+        env_state=next_state,
+        t=jnp.where(end, 0, t),
+        noise=jnp.where(end, jnp.zeros_like(noise), noise),
+        ep_return=jnp.where(end, 0.0, ep_return),
+        first_return=jnp.where(first_end, ep_return, carry.first_return),
+        first_done=carry.first_done | end)
+    transition = types.Transition(
+        obs=obs, action=action, raw_action=raw_action, reward=reward,
+        next_obs=next_obs, done=done, timeout=timeout)
+    return new_carry, (transition, jnp.where(end, ep_return, 0.0), end)
+
+  def auto_reset(env_state: EnvState, end: jax.Array, key: jax.Array):
+    """Replaces ended environments by fresh ones.
+
+    The resets are computed only on steps where some episode ended (a scalar
+    `lax.cond`, not a per-environment select that would always pay for them).
+    """
+    def with_resets(env_state):
+      fresh = jax.vmap(family.reset)(jax.random.split(key, config.n_envs))
+      return jax.tree.map(
+          lambda r, s: jnp.where(
+              end.reshape(end.shape + (1,) * (s.ndim - 1)), r, s),
+          fresh, env_state)
+    return jax.lax.cond(jnp.any(end), with_resets, lambda s: s, env_state)
+
+  @jax.jit
+  def collect_jit(params, psi, key, noise_scale) -> Rollout:
+    key_reset, key_steps = jax.random.split(key)
+    env_state = jax.vmap(family.reset)(
+        jax.random.split(key_reset, config.n_envs))
+    n = config.n_envs
+    carry = _EnvCarry(
+        env_state=env_state, t=jnp.zeros((n,), jnp.int32),
+        noise=jnp.zeros((n, action_size), jnp.float32),
+        ep_return=jnp.zeros((n,), jnp.float32),
+        first_return=jnp.zeros((n,), jnp.float32),
+        first_done=jnp.zeros((n,), bool))
+    batched_step = jax.vmap(env_step, in_axes=(None, None, None, 0, 0))
+
+    def time_step(carry, key_t):
+      key_envs, key_reset = jax.random.split(key_t)
+      carry, (transition, ended_return, end) = batched_step(
+          params, psi, noise_scale, carry, jax.random.split(key_envs, n))
+      carry = carry.replace(
+          env_state=auto_reset(carry.env_state, end, key_reset))
+      return carry, (transition, ended_return, end)
+
+    carry, (transitions, ended_returns, ended) = jax.lax.scan(
+        time_step, carry, jax.random.split(key_steps, n_steps))
+    # An episode still running at the end counts with its partial return.
+    first_return = jnp.where(carry.first_done, carry.first_return,
+                             carry.ep_return)
+    return Rollout(transitions=transitions,
+                   episode_return_sum=jnp.sum(ended_returns),
+                   episode_count=jnp.sum(ended.astype(jnp.int32)),
+                   first_return=first_return)
+
+  def collect(params, psi, key, noise_scale=1.0) -> Rollout:
+    # One canonical argument type, so the compiled program is always reused.
+    return collect_jit(params, jnp.asarray(psi, jnp.float32), key,
+                       jnp.asarray(noise_scale, jnp.float32))
+
+  collect.jitted = collect_jit
+  return collect
+
+
+def random_policy(action_size: int) -> PolicyFn:
+  """Uniform actions in [−1, 1]; params are ignored."""
+  def policy_fn(params, obs, key):
+    del params, obs
+    return jax.random.uniform(key, (action_size,), minval=-1.0, maxval=1.0)
+  return policy_fn
+
+
+def linear_gaussian_policy(action_std: float) -> PolicyFn:
+  """a ~ N(K s + k, σ²I) with params (K, k) — the `lq` policy class."""
+  def policy_fn(params, obs, key):
+    gain, offset = params
+    mean = gain @ obs + offset
+    return mean + action_std * jax.random.normal(key, mean.shape, mean.dtype)
+  return policy_fn

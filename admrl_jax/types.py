@@ -1,0 +1,33 @@
+"""Pytrees shared across layers."""
+from __future__ import annotations
+
+import jax
+from flax import struct
+
+
+@struct.dataclass
+class Transition:
+  """One real or virtual transition; batched leaves carry leading axes.
+
+  The reward r_ψ is a function of (obs, action, next_obs) alone (see
+  `TaskFamily.reward`), so these fields are the ψ-independent quantities from
+  which the reward of any other task is recomputed without re-simulating.
+
+  Attributes:
+    obs: s_t, (..., obs_size).
+    action: the action the simulator executed (policy sample + exploration
+      noise, clipped to the family's bound), (..., action_size).
+    raw_action: the same before clipping, (..., action_size).
+    reward: r_ψ(s_t, a_t, s_{t+1}) for the ψ it was collected under, (...,).
+    next_obs: s_{t+1} — the true successor, also at episode ends (the reset
+      observation is only the next step's obs), (..., obs_size).
+    done: the family's termination rule fired at s_{t+1}, (...,) bool.
+    timeout: the episode was cut by the horizon without termination, (...,).
+  """
+  obs: jax.Array
+  action: jax.Array
+  raw_action: jax.Array
+  reward: jax.Array
+  next_obs: jax.Array
+  done: jax.Array
+  timeout: jax.Array
