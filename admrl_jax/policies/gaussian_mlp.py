@@ -1,0 +1,116 @@
+"""Gaussian MLP policy and value MLP (SLBO / SPEC §6), as init/apply pairs.
+
+Policy: mean = MLP[obs, 32, 32, action] with tanh hidden layers, a
+state-independent log-std (initialised at 0). Value: MLP[obs, 64, 64, 1] tanh.
+Both take observations already normalised by the caller (the state
+normaliser is shared with the model, SPEC §6). Functions act on one
+unbatched observation; lift them with `jax.vmap`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+  hidden: Tuple[int, ...] = (32, 32)
+  init_log_std: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueConfig:
+  hidden: Tuple[int, ...] = (64, 64)
+
+
+@struct.dataclass
+class PolicyParams:
+  mlp: Tuple[dict, ...]
+  log_std: jax.Array  # (action_size,)
+
+
+def mlp_init(key: jax.Array, sizes: Sequence[int], out_scale: float = 1.0):
+  """Layers [{'w': (n_in, n_out), 'b': (n_out,)}], LeCun-normal weights.
+
+  The last layer's weights are scaled by `out_scale` (small initial policy
+  means, as in common TRPO/PPO practice).
+  """
+  layers = []
+  keys = jax.random.split(key, len(sizes) - 1)
+  for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+    scale = 1.0 / math.sqrt(n_in)
+    if i == len(sizes) - 2:
+      scale *= out_scale
+    layers.append({'w': scale * jax.random.normal(k, (n_in, n_out)),
+                   'b': jnp.zeros((n_out,))})
+  return tuple(layers)
+
+
+def mlp_apply(layers, x: jax.Array, activation=jnp.tanh) -> jax.Array:
+  for layer in layers[:-1]:
+    x = activation(x @ layer['w'] + layer['b'])
+  return x @ layers[-1]['w'] + layers[-1]['b']
+
+
+# ---------------------------------------------------------------- policy
+def policy_init(key: jax.Array, obs_size: int, action_size: int,
+                config: PolicyConfig = PolicyConfig()) -> PolicyParams:
+  sizes = (obs_size,) + tuple(config.hidden) + (action_size,)
+  return PolicyParams(mlp=mlp_init(key, sizes, out_scale=0.01),
+                      log_std=jnp.full((action_size,), config.init_log_std))
+
+
+def policy_apply(params: PolicyParams, obs: jax.Array):
+  """(mean, log_std) of π(·|obs), each (action_size,)."""
+  return mlp_apply(params.mlp, obs), params.log_std
+
+
+def policy_sample(params: PolicyParams, obs: jax.Array,
+                  key: jax.Array) -> jax.Array:
+  mean, log_std = policy_apply(params, obs)
+  return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape,
+                                                     mean.dtype)
+
+
+def gaussian_log_prob(mean, log_std, action) -> jax.Array:
+  z = (action - mean) * jnp.exp(-log_std)
+  return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi))
+
+
+def log_prob(params: PolicyParams, obs, action) -> jax.Array:
+  """log π(a|s), a scalar."""
+  mean, log_std = policy_apply(params, obs)
+  return gaussian_log_prob(mean, log_std, action)
+
+
+def entropy(params: PolicyParams) -> jax.Array:
+  """Entropy of π(·|s) (state-independent for this policy)."""
+  return jnp.sum(params.log_std + 0.5 * jnp.log(2.0 * jnp.pi * jnp.e))
+
+
+def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> jax.Array:
+  """KL(p ‖ q) of diagonal Gaussians, a scalar."""
+  var_p, var_q = jnp.exp(2 * log_std_p), jnp.exp(2 * log_std_q)
+  return jnp.sum(log_std_q - log_std_p
+                 + (var_p + (mean_p - mean_q)**2) / (2.0 * var_q) - 0.5)
+
+
+def kl(params_p: PolicyParams, params_q: PolicyParams, obs) -> jax.Array:
+  """KL(π_p(·|s) ‖ π_q(·|s)) at one observation."""
+  return gaussian_kl(*policy_apply(params_p, obs), *policy_apply(params_q, obs))
+
+
+# ----------------------------------------------------------------- value
+def value_init(key: jax.Array, obs_size: int,
+               config: ValueConfig = ValueConfig()):
+  return mlp_init(key, (obs_size,) + tuple(config.hidden) + (1,))
+
+
+def value_apply(params, obs: jax.Array) -> jax.Array:
+  """V(s), a scalar."""
+  return mlp_apply(params, obs)[0]
