@@ -1,1 +1,1 @@
-"""Reserved for later layers (see STYLE.md)."""
+"""Policies and value functions as init/apply pairs."""
