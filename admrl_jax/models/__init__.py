@@ -1,1 +1,1 @@
-"""Reserved for later layers (see STYLE.md)."""
+"""Learned dynamics (SLBO): running normalisers and the MLP model, fitted."""
