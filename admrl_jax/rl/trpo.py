@@ -1,0 +1,328 @@
+"""TRPO policy step and value-function fit (SLBO's optimiser, SPEC §6).
+
+One TRPO step on a batch collected by π_old (Schulman et al. 2015):
+
+    L(θ)   = mean_i[ exp(log π_θ(a_i|s_i) − log π_old(a_i|s_i)) · Â_i ]
+             + ent_coef · H(π_θ)
+    KL̄(θ)  = mean_i KL(π_old(·|s_i) ‖ π_θ(·|s_i))
+    F      = ∇²KL̄(θ_old)                      (Fisher information matrix)
+    s      ≈ (F + damping·I)⁻¹ ∇L(θ_old)      (cg_iters of conjugate gradient)
+    Δθ     = sqrt(2·max_kl / sᵀ(F + damping·I)s) · s
+
+then a backtracking line search over θ_old + ratioʲ·Δθ, j = 0 … max_backtracks−1,
+accepting the first candidate with KL̄ ≤ kl_accept_factor·max_kl and L strictly
+above L(θ_old); if none passes, θ_old is kept. F is used only through
+Fisher-vector products (jax.jvp of jax.grad of KL̄), never formed.
+
+Defaults are the authors' (SPEC §6). The functions are pure; jit them with
+the config static, e.g. `jax.jit(trpo_step, static_argnames='config')`.
+Shapes are static and every data-dependent choice (line search, rejection)
+is traced, so new batches of the same shape reuse one compiled program.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from admrl_jax import linalg
+from admrl_jax.policies import gaussian_mlp as gm
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TRPOConfig:
+  """TRPO and value-fit hyperparameters (SPEC §6 defaults).
+
+  Attributes:
+    max_kl: trust-region radius δ on the mean KL.
+    cg_iters: conjugate-gradient iterations for the step direction.
+    cg_damping: λ added to the Fisher matrix, F + λI.
+    ent_coef: weight of the policy entropy in the surrogate.
+    backtrack_ratio: step shrink factor per line-search try.
+    max_backtracks: number of line-search tries (full step included).
+    kl_accept_factor: a candidate must have mean KL ≤ factor·max_kl.
+    normalize_advantages: standardise Â to mean 0, std 1 inside the step.
+    vf_lr: Adam learning rate of the value fit.
+    vf_epochs: passes over the batch per value fit.
+    vf_minibatch: value-fit minibatch size.
+  """
+  max_kl: float = 0.01
+  cg_iters: int = 10
+  cg_damping: float = 0.1
+  ent_coef: float = 0.005
+  backtrack_ratio: float = 0.5
+  max_backtracks: int = 10
+  kl_accept_factor: float = 1.5
+  normalize_advantages: bool = True
+  vf_lr: float = 1e-3
+  vf_epochs: int = 5
+  vf_minibatch: int = 64
+
+  def __post_init__(self):
+    if self.max_kl <= 0:
+      raise ValueError(f'max_kl must be > 0, got {self.max_kl}')
+    if self.cg_iters < 1:
+      raise ValueError(f'cg_iters must be >= 1, got {self.cg_iters}')
+    if self.cg_damping < 0:
+      raise ValueError(f'cg_damping must be >= 0, got {self.cg_damping}')
+    if not 0.0 < self.backtrack_ratio < 1.0:
+      raise ValueError(
+          f'backtrack_ratio must be in (0, 1), got {self.backtrack_ratio}')
+    if self.max_backtracks < 1:
+      raise ValueError(
+          f'max_backtracks must be >= 1, got {self.max_backtracks}')
+    if self.kl_accept_factor <= 0:
+      raise ValueError(
+          f'kl_accept_factor must be > 0, got {self.kl_accept_factor}')
+    if self.vf_epochs < 1 or self.vf_minibatch < 1:
+      raise ValueError('vf_epochs and vf_minibatch must be >= 1, got '
+                       f'{self.vf_epochs}, {self.vf_minibatch}')
+
+
+@struct.dataclass
+class TRPOBatch:
+  """Samples of π_old. Any object with these three attributes will do.
+
+  Attributes:
+    obs: normalised observations, (N, obs_size).
+    actions: the sampled actions, (N, action_size).
+    advantages: Â, (N,); standardised inside if the config says so.
+  """
+  obs: jax.Array
+  actions: jax.Array
+  advantages: jax.Array
+
+
+@struct.dataclass
+class TRPOInfo:
+  """Diagnostics of one step (scalars).
+
+  Attributes:
+    accepted: a line-search candidate was accepted (else params unchanged).
+    nonfinite: the gradient, the CG direction, its curvature sᵀFs or L(θ_old)
+      was not finite; the step is then rejected without a line search.
+    kl: mean KL(π_old ‖ π_new) of the returned params (0 when rejected).
+    improvement: L(θ_new) − L(θ_old) (0 when rejected).
+    n_backtracks: shrinks before acceptance (0 = full step); max_backtracks
+      when rejected.
+    step_norm: ‖θ_new − θ_old‖ (0 when rejected).
+    full_step_norm: ‖Δθ‖ of the trust-region step before backtracking.
+    grad_norm: ‖∇L(θ_old)‖.
+    cg_residual: relative residual of the CG solve (see `linalg.CGInfo`).
+  """
+  accepted: jax.Array
+  nonfinite: jax.Array
+  kl: jax.Array
+  improvement: jax.Array
+  n_backtracks: jax.Array
+  step_norm: jax.Array
+  full_step_norm: jax.Array
+  grad_norm: jax.Array
+  cg_residual: jax.Array
+
+
+# ------------------------------------------------------------- objectives
+def batch_log_prob(params: gm.PolicyParams, obs: jax.Array,
+                   actions: jax.Array) -> jax.Array:
+  """log π_θ(a_i|s_i), (N,)."""
+  return jax.vmap(gm.log_prob, (None, 0, 0))(params, obs, actions)
+
+
+def mean_kl(params_old: gm.PolicyParams, params: gm.PolicyParams,
+            obs: jax.Array) -> jax.Array:
+  """KL̄ = mean_i KL(π_old(·|s_i) ‖ π_θ(·|s_i)), a scalar; obs (N, obs_size)."""
+  return jnp.mean(jax.vmap(gm.kl, (None, None, 0))(params_old, params, obs))
+
+
+def surrogate(params: gm.PolicyParams, old_log_prob: jax.Array,
+              obs: jax.Array, actions: jax.Array, advantages: jax.Array,
+              ent_coef: float) -> jax.Array:
+  """L(θ) = mean(exp(log π_θ − log π_old)·Â) + ent_coef·H(π_θ), a scalar.
+
+  old_log_prob, advantages: (N,); obs (N, obs_size); actions (N, act).
+  """
+  ratio = jnp.exp(batch_log_prob(params, obs, actions) - old_log_prob)
+  return jnp.mean(ratio * advantages) + ent_coef * gm.entropy(params)
+
+
+def fisher_vector_product(params_old: gm.PolicyParams, obs: jax.Array,
+                          v: gm.PolicyParams,
+                          damping: float = 0.0) -> gm.PolicyParams:
+  """(F + damping·I) v with F = ∇²_θ KL̄(θ_old ‖ θ) at θ = θ_old.
+
+  Forward-over-reverse (jvp of grad); π_old is held fixed, so only the
+  second argument of the KL is differentiated. obs (N, obs_size); v is
+  structured like the params.
+  """
+  fv = linalg.hvp(lambda p: mean_kl(params_old, p, obs), params_old, v)
+  return jax.tree.map(lambda f, x: f + damping * x, fv, v)
+
+
+def standardize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+  return (x - jnp.mean(x)) / (jnp.std(x) + eps)
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.stack(leaves).all()
+
+
+# -------------------------------------------------------------- TRPO step
+@struct.dataclass
+class _SearchState:
+  j: jax.Array            # tries done
+  accepted: jax.Array
+  params: gm.PolicyParams  # the accepted candidate (θ_old until one is)
+  kl: jax.Array
+  improvement: jax.Array
+
+
+def trpo_step(policy_params: gm.PolicyParams, batch: TRPOBatch,
+              config: TRPOConfig = TRPOConfig()
+              ) -> Tuple[gm.PolicyParams, TRPOInfo]:
+  """One TRPO update of the policy from a batch of π_old = policy_params.
+
+  Args:
+    policy_params: θ_old, the policy that sampled the batch.
+    batch: `TRPOBatch`-like: obs (N, obs_size), actions (N, act),
+      advantages (N,).
+    config: `TRPOConfig` (static under jit).
+
+  Returns:
+    (new_params, info): θ_new (θ_old itself unless a candidate was accepted)
+    and a `TRPOInfo`.
+  """
+  obs, actions, adv = batch.obs, batch.actions, batch.advantages
+  chex.assert_rank([obs, actions, adv], [2, 2, 1])
+  chex.assert_equal_shape_prefix([obs, actions, adv], 1)
+  if config.normalize_advantages:
+    adv = standardize(adv)
+  old = policy_params
+  old_log_prob = batch_log_prob(old, obs, actions)
+
+  def surr(p):
+    return surrogate(p, old_log_prob, obs, actions, adv, config.ent_coef)
+
+  surr_old, grad = jax.value_and_grad(surr)(old)
+
+  def fvp(v):
+    return fisher_vector_product(old, obs, v, config.cg_damping)
+
+  direction, cg_info = linalg.conjugate_gradient(fvp, grad, config.cg_iters)
+  # sᵀ(F + λI)s: the damped curvature, as in the authors' (baselines') code.
+  curvature = linalg.tree_vdot(direction, fvp(direction))
+  positive = curvature > 0
+  scale = jnp.sqrt(2.0 * config.max_kl
+                   / jnp.where(positive, curvature, jnp.ones_like(curvature)))
+  full_step = jax.tree.map(lambda s: jnp.where(positive, scale, 0.0) * s,
+                           direction)
+  finite = (jnp.isfinite(surr_old) & _all_finite(grad)
+            & jnp.isfinite(curvature) & _all_finite(full_step))
+  # Never let a non-finite direction reach the parameters.
+  full_step = jax.tree.map(lambda s: jnp.where(finite, s, 0.0), full_step)
+
+  kl_limit = config.kl_accept_factor * config.max_kl
+  zero = jnp.zeros_like(surr_old)
+
+  def cond(s: _SearchState):
+    return (s.j < config.max_backtracks) & ~s.accepted
+
+  def body(s: _SearchState) -> _SearchState:
+    coef = jnp.asarray(config.backtrack_ratio, surr_old.dtype)**s.j
+    cand = jax.tree.map(lambda p, d: p + coef * d, old, full_step)
+    kl_c = mean_kl(old, cand, obs)
+    improve_c = surr(cand) - surr_old
+    # NaN comparisons are False: a non-finite candidate is just a failed try.
+    ok = (kl_c <= kl_limit) & (improve_c > 0)
+    return _SearchState(
+        j=s.j + 1, accepted=ok,
+        params=jax.tree.map(lambda c, p: jnp.where(ok, c, p), cand, s.params),
+        kl=jnp.where(ok, kl_c, zero),
+        improvement=jnp.where(ok, improve_c, zero))
+
+  start = jnp.where(finite, 0, config.max_backtracks).astype(jnp.int32)
+  search = jax.lax.while_loop(cond, body, _SearchState(
+      j=start, accepted=jnp.zeros((), bool), params=old, kl=zero,
+      improvement=zero))
+
+  step = jax.tree.map(jnp.subtract, search.params, old)
+  info = TRPOInfo(
+      accepted=search.accepted,
+      nonfinite=~finite,
+      kl=search.kl,
+      improvement=search.improvement,
+      n_backtracks=jnp.where(search.accepted, search.j - 1,
+                             config.max_backtracks),
+      step_norm=optax.global_norm(step),
+      full_step_norm=optax.global_norm(full_step),
+      grad_norm=optax.global_norm(grad),
+      cg_residual=cg_info.residual)
+  return search.params, info
+
+
+# -------------------------------------------------------------- value fit
+def value_optimizer(config: TRPOConfig = TRPOConfig()
+                    ) -> optax.GradientTransformation:
+  """Adam(vf_lr) for the value MLP (SPEC §6)."""
+  return optax.adam(config.vf_lr)
+
+
+def value_loss(value_params, obs: jax.Array, returns: jax.Array) -> jax.Array:
+  """mean_i (V(s_i) − R_i)², obs (N, obs_size), returns (N,)."""
+  v = jax.vmap(gm.value_apply, (None, 0))(value_params, obs)
+  return jnp.mean(jnp.square(v - returns))
+
+
+def value_fit(value_params, opt_state: optax.OptState, obs: jax.Array,
+              returns: jax.Array, key: jax.Array,
+              config: TRPOConfig = TRPOConfig()):
+  """Regresses V on returns: vf_epochs epochs of shuffled minibatches.
+
+  Each epoch draws a fresh permutation of the N samples and takes
+  N // vf_minibatch Adam steps on disjoint minibatches (the remainder of
+  that permutation is skipped this epoch); with N < vf_minibatch it takes
+  one full-batch step. N is static.
+
+  Args:
+    value_params: value MLP parameters (`gm.value_init`).
+    opt_state: state of `value_optimizer(config)`.
+    obs: normalised observations, (N, obs_size).
+    returns: regression targets, e.g. GAE returns, (N,).
+    key: shuffling key.
+    config: `TRPOConfig` (static under jit).
+
+  Returns:
+    (value_params, opt_state, loss): loss is the mean minibatch MSE over the
+    last epoch, each measured before its update.
+  """
+  chex.assert_rank([obs, returns], [2, 1])
+  chex.assert_equal_shape_prefix([obs, returns], 1)
+  n = obs.shape[0]
+  size = min(config.vf_minibatch, n)
+  n_batches = n // size
+  optimizer = value_optimizer(config)
+  loss_and_grad = jax.value_and_grad(value_loss)
+
+  def update(carry, index):
+    params, state = carry
+    loss, grads = loss_and_grad(params, obs[index], returns[index])
+    updates, state = optimizer.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), loss
+
+  def epoch(carry, key_e):
+    perm = jax.random.permutation(key_e, n)[:n_batches * size]
+    carry, losses = jax.lax.scan(update, carry,
+                                 perm.reshape(n_batches, size))
+    return carry, jnp.mean(losses)
+
+  (value_params, opt_state), epoch_losses = jax.lax.scan(
+      epoch, (value_params, opt_state),
+      jax.random.split(key, config.vf_epochs))
+  return value_params, opt_state, epoch_losses[-1]
