@@ -17,6 +17,8 @@ import time
 from absl import app
 from absl import flags
 
+from experiments.common import UsageError, parse_floats
+
 PRESETS = {
     # name: (n_envs, n_steps or None for the horizon, horizon override)
     'smoke': dict(n_envs=4, horizon=50),
@@ -40,22 +42,6 @@ _FRAME_SKIP = flags.DEFINE_integer('frame_skip', None,
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Where to write rollout.json (optional).')
-
-
-class UsageError(ValueError):
-  """A bad flag value: reported in one line, exit status 2."""
-
-
-def parse_floats(text: str, what: str) -> list[float]:
-  """'1, 2.5,3' -> [1.0, 2.5, 3.0]; a clear error for empty or malformed lists."""
-  items = [item.strip() for item in text.split(',')]
-  if not text.strip() or any(not item for item in items):
-    raise UsageError(f'--{what}: expected a comma-separated list of numbers, '
-                     f'got {text!r}')
-  try:
-    return [float(item) for item in items]
-  except ValueError:
-    raise UsageError(f'--{what}: not a number in {text!r}') from None
 
 
 def build_family(env_name: str, pipeline, horizon, frame_skip):

@@ -1,0 +1,61 @@
+"""SLBO on the lq family closes the gap to the closed-form optimum."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from admrl_jax import envs
+from admrl_jax.config import RolloutConfig
+from admrl_jax.models.dynamics import ModelConfig
+from admrl_jax.rl import slbo
+
+HORIZON = 50
+
+
+@pytest.fixture(scope='module')
+def setup():
+  family = envs.make('lq', horizon=HORIZON)
+  config = slbo.SLBOConfig(
+      n_inner=4, n_zeroshot=2, n_policy=10, n_rollouts=50,
+      dataset_capacity=10_000,
+      model=ModelConfig(hidden=(64, 64), n_steps=200, action_clip=None),
+      real=RolloutConfig(n_envs=20))
+  return family, config, slbo.SLBO(family, config)
+
+
+def test_slbo_closes_95_percent_of_the_lq_gap(setup):
+  """Return of the mean policy after SLBO vs the Riccati optimum (noise-free
+  actions, same horizon): (R − R_init)/(R* − R_init) ≥ 0.95."""
+  family, config, agent = setup
+  psi = jnp.asarray([0.8, -0.6])
+  state = slbo.init(jax.random.key(0), family, config)
+  initial = float(agent.evaluate(state, psi, jax.random.key(1))
+                  .first_return.mean())
+  optimum = float(family.optimal_return(psi, 0.0))
+  key = jax.random.key(2)
+  for _ in range(2):
+    key, key_stage = jax.random.split(key)
+    state, metrics = agent.stage(state, psi, key_stage)
+  final = float(agent.evaluate(state, psi, jax.random.key(3))
+                .first_return.mean())
+  closed = (final - initial) / (optimum - initial)
+  assert closed >= 0.95, (initial, final, optimum)
+  assert final <= optimum + 0.5  # cannot beat the optimum beyond noise
+  assert np.all(np.asarray(metrics.trpo_accepted) > 0)
+  assert int(state.data.size) == 2 * 20 * HORIZON
+  # The model has learned the dynamics it was trained on.
+  assert float(metrics.model_loss[-1]) < 0.3
+
+
+def test_new_tasks_reuse_the_compiled_programs(setup):
+  family, config, agent = setup
+  state = slbo.init(jax.random.key(0), family, config)
+  sizes = []
+  for i, psi in enumerate(family.eval_tasks()[:3]):
+    state = agent.new_task(state, jax.random.key(i))
+    state, _ = agent.stage(state, jnp.asarray(psi), jax.random.key(10 + i))
+    state, _ = agent.zero_shot(state, jnp.asarray(psi), jax.random.key(20 + i))
+    sizes.append((agent.stage._cache_size(), agent.zero_shot._cache_size()))
+  # The first task may add an entry for the freshly initialised state's
+  # argument layout; after that, new tasks never compile again.
+  assert sizes[1] == sizes[2], sizes
