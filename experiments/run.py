@@ -8,7 +8,6 @@ prints what it collected. With --workdir it also writes `rollout.json`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys

@@ -1,0 +1,134 @@
+r"""SLBO learning curve on one task: real return against real samples.
+
+    python -m experiments.slbo_curve --env=hopper2d --psi=1,1.4 --stages=6 \
+        --out=docs/slbo_hopper2d
+
+Runs SLBO (Algorithm 2 inside SLBO stages) on a fixed task ψ with a reduced
+budget set by the flags, evaluates the mean policy on fresh real roll-outs
+before training and after every stage, and writes `<out>.json` and
+`<out>.png`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_ENV = flags.DEFINE_string('env', 'hopper2d', 'Task family.')
+_PSI = flags.DEFINE_string('psi', None, 'Task ψ, comma list (default u = 0.3).')
+_STAGES = flags.DEFINE_integer('stages', 6, 'SLBO stages (nslbo).')
+_N_INNER = flags.DEFINE_integer('n_inner', 5, 'VirtualTraining iterations.')
+_N_POLICY = flags.DEFINE_integer('n_policy', 10, 'TRPO steps per iteration.')
+_N_MODEL = flags.DEFINE_integer('n_model', 100, 'Model steps per iteration.')
+_HIDDEN = flags.DEFINE_string('hidden', '1000,1000', 'Model hidden sizes.')
+_REAL_ENVS = flags.DEFINE_integer('real_envs', 10,
+                                  'Real environments per stage (× horizon).')
+_ROLLOUTS = flags.DEFINE_integer('rollouts', 50, 'Virtual roll-outs per TRPO '
+                                 'step.')
+_ROLLOUT_STEPS = flags.DEFINE_integer('rollout_steps', None,
+                                      'Virtual roll-out length (horizon).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_OUT = flags.DEFINE_string('out', None, 'Output path without extension.')
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
+  from admrl_jax.models.dynamics import ModelConfig  # pylint: disable=g-import-not-at-top
+  from admrl_jax.rl import slbo  # pylint: disable=g-import-not-at-top
+  from experiments.common import UsageError, parse_floats  # pylint: disable=g-import-not-at-top
+
+  try:
+    if _ENV.value not in envs.names():
+      raise UsageError(f'--env: unknown environment {_ENV.value!r}; valid: '
+                       f'{", ".join(envs.names())}')
+    family = envs.make(_ENV.value)
+    psi = (family.from_u(np.full(family.task_dim, 0.3, np.float32))
+           if _PSI.value is None else family.check_psi(
+               parse_floats(_PSI.value, 'psi')))
+    hidden = tuple(int(h) for h in parse_floats(_HIDDEN.value, 'hidden'))
+  except (UsageError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+  key = jax.random.key(_SEED.value)
+  key_cal, key_init, key = jax.random.split(key, 3)
+  family = family.calibrate(key_cal)
+  config = slbo.SLBOConfig(
+      n_inner=_N_INNER.value, n_policy=_N_POLICY.value,
+      n_rollouts=_ROLLOUTS.value, rollout_steps=_ROLLOUT_STEPS.value,
+      dataset_capacity=max(10_000, _STAGES.value * _REAL_ENVS.value
+                           * family.horizon),
+      model=ModelConfig(hidden=hidden, n_steps=_N_MODEL.value,
+                        action_clip=None if family.action_bound is None
+                        else family.action_bound),
+      real=RolloutConfig(n_envs=_REAL_ENVS.value))
+  agent = slbo.SLBO(family, config)
+  state = slbo.init(key_init, family, config)
+  psi = jnp.asarray(psi)
+  per_stage = slbo.real_samples_per_stage(family, config)
+  start = time.time()
+
+  def evaluate(state, key):
+    out = agent.evaluate(state, psi, key)
+    return float(jnp.mean(out.first_return)), float(jnp.std(out.first_return))
+
+  key, key_eval = jax.random.split(key)
+  mean, std = evaluate(state, key_eval)
+  curve = [dict(real_samples=0, return_mean=mean, return_std=std,
+                wall_s=round(time.time() - start, 1))]
+  print(json.dumps(curve[-1]), flush=True)
+  for stage in range(_STAGES.value):
+    key, key_stage, key_eval = jax.random.split(key, 3)
+    state, metrics = agent.stage(state, psi, key_stage)
+    mean, std = evaluate(state, key_eval)
+    curve.append(dict(
+        real_samples=(stage + 1) * per_stage, return_mean=mean,
+        return_std=std,
+        model_loss=float(metrics.model_loss[-1]),
+        virtual_return=float(metrics.virtual_return[-1]),
+        trpo_accept_rate=float(jnp.mean(metrics.trpo_accepted)),
+        wall_s=round(time.time() - start, 1)))
+    print(json.dumps(curve[-1]), flush=True)
+
+  result = dict(
+      env=family.name, psi=[float(v) for v in np.asarray(psi)],
+      pipeline=getattr(family, 'pipeline', None),
+      budget=dict(stages=_STAGES.value, real_samples_per_stage=per_stage,
+                  n_inner=config.n_inner, n_policy=config.n_policy,
+                  n_model=config.model.n_steps, model_hidden=list(hidden),
+                  virtual_samples_per_trpo_step=config.n_rollouts * (
+                      config.rollout_steps or family.horizon),
+                  eval_episodes=config.real.n_envs),
+      seed=_SEED.value, curve=curve)
+  if _OUT.value:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    with open(_OUT.value + '.json', 'w') as f:
+      json.dump(result, f, indent=2)
+    x = [c['real_samples'] for c in curve]
+    y = np.array([c['return_mean'] for c in curve])
+    e = np.array([c['return_std'] for c in curve])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(x, y, marker='o')
+    ax.fill_between(x, y - e, y + e, alpha=0.2)
+    ax.set_xlabel('real samples')
+    ax.set_ylabel('real return (mean policy)')
+    ax.set_title(f'SLBO on {family.name}, ψ = '
+                 f'{[round(float(v), 2) for v in np.asarray(psi)]}')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(_OUT.value + '.png', dpi=100)
+
+
+if __name__ == '__main__':
+  app.run(main)
