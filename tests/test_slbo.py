@@ -56,6 +56,6 @@ def test_new_tasks_reuse_the_compiled_programs(setup):
     state, _ = agent.stage(state, jnp.asarray(psi), jax.random.key(10 + i))
     state, _ = agent.zero_shot(state, jnp.asarray(psi), jax.random.key(20 + i))
     sizes.append((agent.stage._cache_size(), agent.zero_shot._cache_size()))
-  # The first task may add an entry for the freshly initialised state's
-  # argument layout; after that, new tasks never compile again.
-  assert sizes[1] == sizes[2], sizes
+  # A freshly initialised state has the same types as a trained one, so
+  # every task, the first included, runs the one compiled program per phase.
+  assert sizes == [(1, 1)] * 3, sizes

@@ -62,7 +62,8 @@ def policy_init(key: jax.Array, obs_size: int, action_size: int,
                 config: PolicyConfig = PolicyConfig()) -> PolicyParams:
   sizes = (obs_size,) + tuple(config.hidden) + (action_size,)
   return PolicyParams(mlp=mlp_init(key, sizes, out_scale=0.01),
-                      log_std=jnp.full((action_size,), config.init_log_std))
+                      log_std=jnp.full((action_size,), config.init_log_std,
+                                       jnp.float32))
 
 
 def policy_apply(params: PolicyParams, obs: jax.Array):
