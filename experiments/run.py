@@ -19,7 +19,7 @@ from absl import flags
 from experiments.common import UsageError, parse_floats
 
 PRESETS = {
-    # name: (n_envs, n_steps or None for the horizon, horizon override)
+    # name: parallel environments and horizon (control steps each).
     'smoke': dict(n_envs=4, horizon=50),
     'quick': dict(n_envs=16, horizon=200),
     'paper': dict(n_envs=50, horizon=200),  # 10 000 samples, SPEC §6

@@ -91,8 +91,9 @@ class BraxTaskFamily(base.TaskFamily):
   def dt(self) -> float:
     return self._dt
 
-  @property
+  @functools.cached_property
   def obs_size(self) -> int:
+    # Traced once per family (a reset's shape), then cached.
     return int(jax.eval_shape(self.reset, jax.random.key(0)).obs.shape[0])
 
   def observe(self, pipeline_state) -> jax.Array:

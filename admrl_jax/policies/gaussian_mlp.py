@@ -62,8 +62,10 @@ def policy_init(key: jax.Array, obs_size: int, action_size: int,
                 config: PolicyConfig = PolicyConfig()) -> PolicyParams:
   sizes = (obs_size,) + tuple(config.hidden) + (action_size,)
   return PolicyParams(mlp=mlp_init(key, sizes, out_scale=0.01),
+                      # dtype=float: the default float (f32, or f64 under
+                      # x64), strongly typed like the trained value will be.
                       log_std=jnp.full((action_size,), config.init_log_std,
-                                       jnp.float32))
+                                       dtype=float))
 
 
 def policy_apply(params: PolicyParams, obs: jax.Array):
