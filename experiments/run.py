@@ -146,6 +146,12 @@ def run() -> dict:
       'compile_s': round(compile_and_run_s - run_s, 1),
       'wall_s': round(time.time() - start, 1),
   }
+  if getattr(family, 'state_mean', None) is not None:
+    # Cheetah-Highdim's μ, σ: measured once per run and stored with it, so a
+    # later stage can rebuild the same reward with envs.make(...,
+    # state_mean=..., state_std=...).
+    summary['state_mean'] = [round(float(v), 6) for v in family.state_mean]
+    summary['state_std'] = [round(float(v), 6) for v in family.state_std]
   if _WORKDIR.value:
     os.makedirs(_WORKDIR.value, exist_ok=True)
     path = os.path.join(_WORKDIR.value, 'rollout.json')
