@@ -45,6 +45,10 @@ class SLBOConfig:
     n_policy: TRPO steps per VirtualTraining iteration (npolicy).
     n_rollouts, rollout_steps: virtual roll-outs per TRPO step and their
       length (None: the horizon); ntrpo = n_rollouts × rollout_steps.
+    virtual_start: where virtual roll-outs start: 'reset' (real reset
+      states, SLBO/SPEC) or 'data' (states drawn from the real dataset, as
+      in MBPO's branched roll-outs — what makes short, wide layouts such as
+      1000 × 10 meaningful; see benchmarks/virtual_training.py).
     gamma, lam: GAE.
     dataset_capacity: real transitions kept (all tasks).
     model, trpo, policy, value, real: the parts' configs; `model.n_steps`
@@ -56,6 +60,7 @@ class SLBOConfig:
   n_policy: int = 20
   n_rollouts: int = 50
   rollout_steps: Optional[int] = None
+  virtual_start: str = 'reset'
   gamma: float = 0.99
   lam: float = 0.95
   dataset_capacity: int = 1_000_000
@@ -71,6 +76,9 @@ class SLBOConfig:
       if getattr(self, name) < 1:
         raise ValueError(f'SLBOConfig.{name} must be >= 1, got '
                          f'{getattr(self, name)}')
+    if self.virtual_start not in ('reset', 'data'):
+      raise ValueError("SLBOConfig.virtual_start must be 'reset' or 'data', "
+                       f'got {self.virtual_start!r}')
     if not (0.0 < self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
       raise ValueError(f'need 0 < gamma <= 1 and 0 <= lam <= 1, got '
                        f'{self.gamma}, {self.lam}')
@@ -174,8 +182,12 @@ class SLBO:
     config, family = self.config, self.family
     key_start, key_roll, key_value = jax.random.split(key, 3)
     norm = state.model.norms.state
-    start_obs = jax.vmap(family.reset)(
-        jax.random.split(key_start, config.n_rollouts)).obs
+    if config.virtual_start == 'reset':
+      start_obs = jax.vmap(family.reset)(
+          jax.random.split(key_start, config.n_rollouts)).obs
+    else:
+      start_obs = dataset_lib.sample(state.data, key_start,
+                                     config.n_rollouts).obs
     agent = state.agent
     tr = self._virtual_rollout((agent.policy, norm), state.model, psi,
                                start_obs, key_roll)
