@@ -16,3 +16,42 @@ def parse_floats(text: str, what: str) -> list[float]:
     return [float(item) for item in items]
   except ValueError:
     raise UsageError(f'--{what}: not a number in {text!r}') from None
+
+
+def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None):
+  """The family named by --env with flag overrides; UsageError on bad input."""
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  if env_name not in envs.names():
+    raise UsageError(f'--env: unknown environment {env_name!r}; valid: '
+                     f'{", ".join(envs.names())}')
+  overrides = {}
+  if horizon is not None:
+    if horizon < 1:
+      raise UsageError(f'--horizon must be >= 1, got {horizon}')
+    overrides['horizon'] = horizon
+  if frame_skip is not None:
+    if env_name == 'lq':
+      raise UsageError('--frame_skip does not apply to the lq family')
+    if frame_skip < 1:
+      raise UsageError(f'--frame_skip must be >= 1, got {frame_skip}')
+    overrides['frame_skip'] = frame_skip
+  if pipeline is not None:
+    if env_name == 'lq':
+      raise UsageError('--pipeline does not apply to the lq family')
+    if pipeline not in envs.PIPELINES:
+      raise UsageError(f'--pipeline: unknown pipeline {pipeline!r}; valid: '
+                       f'{", ".join(envs.PIPELINES)}')
+    overrides['pipeline'] = pipeline
+  return envs.make(env_name, **overrides)
+
+
+def resolve_psi(family, text):
+  """--psi as a task of `family`; None gives u = 0.3 (the paper's first task)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if text is None:
+    return family.from_u(np.full(family.task_dim, 0.3, np.float32))
+  values = parse_floats(text, 'psi')
+  try:
+    return family.check_psi(values)
+  except ValueError as e:
+    raise UsageError(f'--psi: {e}') from None

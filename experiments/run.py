@@ -16,7 +16,7 @@ import time
 from absl import app
 from absl import flags
 
-from experiments.common import UsageError, parse_floats
+from experiments.common import UsageError, build_family, resolve_psi
 
 PRESETS = {
     # name: parallel environments and horizon (control steps each).
@@ -41,32 +41,6 @@ _FRAME_SKIP = flags.DEFINE_integer('frame_skip', None,
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Where to write rollout.json (optional).')
-
-
-def build_family(env_name: str, pipeline, horizon, frame_skip):
-  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
-  if env_name not in envs.names():
-    raise UsageError(f'--env: unknown environment {env_name!r}; valid: '
-                     f'{", ".join(envs.names())}')
-  overrides = {}
-  if horizon is not None:
-    if horizon < 1:
-      raise UsageError(f'--horizon must be >= 1, got {horizon}')
-    overrides['horizon'] = horizon
-  if frame_skip is not None:
-    if env_name == 'lq':
-      raise UsageError('--frame_skip does not apply to the lq family')
-    if frame_skip < 1:
-      raise UsageError(f'--frame_skip must be >= 1, got {frame_skip}')
-    overrides['frame_skip'] = frame_skip
-  if pipeline is not None:
-    if env_name == 'lq':
-      raise UsageError('--pipeline does not apply to the lq family')
-    if pipeline not in envs.PIPELINES:
-      raise UsageError(f'--pipeline: unknown pipeline {pipeline!r}; valid: '
-                       f'{", ".join(envs.PIPELINES)}')
-    overrides['pipeline'] = pipeline
-  return envs.make(env_name, **overrides)
 
 
 def main(argv):
@@ -96,14 +70,7 @@ def run() -> dict:
   family = build_family(_ENV.value, _PIPELINE.value, horizon, _FRAME_SKIP.value)
   key = jax.random.key(_SEED.value)
   key_calibrate, key_collect = jax.random.split(key)
-  if _PSI.value is None:
-    psi = family.from_u(np.full(family.task_dim, 0.3, np.float32))
-  else:
-    values = parse_floats(_PSI.value, 'psi')
-    try:
-      psi = family.check_psi(values)
-    except ValueError as e:
-      raise UsageError(f'--psi: {e}') from None
+  psi = resolve_psi(family, _PSI.value)
   print(f'[{time.time() - start:6.1f}s] family {family.name}: k={family.task_dim}, '
         f'obs {family.obs_size}, action {family.action_size}, dt {family.dt:.4f}s,'
         f' horizon {family.horizon}', flush=True)

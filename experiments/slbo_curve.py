@@ -40,22 +40,16 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
   from admrl_jax.models.dynamics import ModelConfig  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import slbo  # pylint: disable=g-import-not-at-top
-  from experiments.common import UsageError, parse_floats  # pylint: disable=g-import-not-at-top
+  from experiments.common import UsageError, build_family, parse_floats, resolve_psi  # pylint: disable=g-import-not-at-top
 
   try:
-    if _ENV.value not in envs.names():
-      raise UsageError(f'--env: unknown environment {_ENV.value!r}; valid: '
-                       f'{", ".join(envs.names())}')
-    family = envs.make(_ENV.value)
-    psi = (family.from_u(np.full(family.task_dim, 0.3, np.float32))
-           if _PSI.value is None else family.check_psi(
-               parse_floats(_PSI.value, 'psi')))
+    family = build_family(_ENV.value)
+    psi = resolve_psi(family, _PSI.value)
     hidden = tuple(int(h) for h in parse_floats(_HIDDEN.value, 'hidden'))
-  except (UsageError, ValueError) as e:
+  except UsageError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

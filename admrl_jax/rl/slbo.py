@@ -102,7 +102,9 @@ class SLBOState:
 
 @struct.dataclass
 class VirtualMetrics:
-  """Per VirtualTraining iteration: (n,) arrays (last TRPO step of each)."""
+  """Per VirtualTraining iteration, (n,) arrays: mean model loss of the last
+  10 fit steps, and of the iteration's TRPO steps the last virtual return,
+  KL and value loss and the fraction of accepted steps."""
   model_loss: jax.Array
   virtual_return: jax.Array
   trpo_accepted: jax.Array
@@ -151,7 +153,7 @@ class SLBO:
   Attributes (all jitted, pure):
     virtual_training(state, psi, key) -> (state, VirtualMetrics): n_inner
       iterations; `zero_shot` the same with n_zeroshot.
-    stage(state, psi, key) -> (state, StageMetrics): one SLBO stage.
+    stage(state, psi, key) -> (state, VirtualMetrics): one SLBO stage.
     evaluate(state, psi, key) -> Rollout: real roll-outs of the mean policy
       (no exploration), `config.real.n_envs` episodes.
   """
