@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
 
 from admrl_jax import linalg
@@ -106,3 +107,91 @@ def test_hvp_matches_dense_hessian():
     hv = jax.jit(linalg.hvp, static_argnums=0)(f, x, v)
     np.testing.assert_allclose(ravel_pytree(hv)[0],
                                dense @ flat_v, rtol=1e-10)
+
+
+def _indefinite(rng, n, cond=50.0):
+  """Symmetric indefinite: eigenvalues of both signs, |λ| in [1, cond]."""
+  q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+  mags = np.geomspace(1.0, cond, n)
+  signs = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+  return (q * (mags * signs)) @ q.T
+
+
+def test_krylov_solvers_match_dense_solve_on_indefinite_systems():
+  rng = np.random.default_rng(5)
+  with jax.enable_x64(True):
+    for n in (1, 6, 25):
+      a, b = _indefinite(rng, n), rng.normal(size=n)
+      exact = np.linalg.solve(a, b)
+      for method in linalg.METHODS:
+        solve = jax.jit(lambda a, b, method=method: linalg.solve(
+            lambda v: a @ v, b, method, iters=400, tol=1e-13, restart=n))
+        x, info = solve(a, b)
+        np.testing.assert_allclose(x, exact, rtol=1e-7, atol=1e-9,
+                                   err_msg=f'{method}, n={n}')
+        assert info.residual < 1e-9, (method, n, info)
+        np.testing.assert_allclose(
+            info.residual, np.linalg.norm(a @ x - b) / np.linalg.norm(b),
+            rtol=1e-5, atol=1e-15)
+      # MINRES needs n iterations in exact arithmetic; allow for rounding.
+      _, info = linalg.minres(lambda v: a @ v, b, 400, tol=1e-13)
+      assert int(info.iterations) <= 2 * n
+
+
+def test_minres_shift_pytrees_and_least_squares():
+  rng = np.random.default_rng(6)
+  with jax.enable_x64(True):
+    a, b = _indefinite(rng, 7), rng.normal(size=7)
+    # (A − σI) x = b, with b and x pytrees.
+    b_tree = {'w': jnp.asarray(b[:4].reshape(2, 2)), 'b': jnp.asarray(b[4:])}
+    b, unravel = ravel_pytree(b_tree)  # the flat order of the pytree
+
+    def matvec(t):
+      return unravel(a @ ravel_pytree(t)[0])
+
+    for method in ('minres', 'gmres'):
+      x, info = linalg.solve(matvec, b_tree, method, 100, tol=1e-13,
+                             shift=0.3, restart=7)
+      assert jax.tree.structure(x) == jax.tree.structure(b_tree)
+      np.testing.assert_allclose(ravel_pytree(x)[0],
+                                 np.linalg.solve(a - 0.3 * np.eye(7), b),
+                                 rtol=1e-8)
+    # Singular A: for b in its range MINRES stays in the range and returns
+    # the minimum-norm solution (= lstsq); for b outside it, it stops with a
+    # finite iterate and reports the residual honestly.
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    sing = (q * np.array([3.0, -2.0, 1.0, -0.5, 0.0, 0.0])) @ q.T
+    b = sing @ rng.normal(size=6)
+    x, info = linalg.minres(lambda v: sing @ v, b, 50, tol=1e-13)
+    np.testing.assert_allclose(x, np.linalg.lstsq(sing, b, rcond=None)[0],
+                               rtol=1e-7, atol=1e-9)
+    assert info.residual < 1e-10
+    b = rng.normal(size=6)
+    x, info = linalg.minres(lambda v: sing @ v, b, 50, tol=1e-13)
+    assert np.all(np.isfinite(x)) and int(info.iterations) < 50
+    lstsq_residual = np.linalg.norm(
+        sing @ np.linalg.lstsq(sing, b, rcond=None)[0] - b) / np.linalg.norm(b)
+    assert lstsq_residual - 1e-9 <= info.residual < 1.0
+    # Zero right-hand side: exact zero in zero iterations.
+    x, info = linalg.minres(lambda v: a @ v, jnp.zeros(7), 10)
+    np.testing.assert_array_equal(x, 0.0)
+    assert int(info.iterations) == 0 and float(info.residual) == 0.0
+
+
+def test_cg_normal_is_the_papers_damped_least_squares():
+  """(AᵀA·s + δI) x = Aᵀb·s, compared with the dense regularised solve."""
+  rng = np.random.default_rng(7)
+  with jax.enable_x64(True):
+    a, b = _indefinite(rng, 10, cond=20.0), rng.normal(size=10)
+    for damping, scale in ((0.0, 1.0), (0.1, 1.0 / 10), (2.0, 1.0)):
+      x, info = linalg.cg_normal(lambda v: a @ v, b, 200, tol=1e-14,
+                                 damping=damping, scale=scale)
+      dense = np.linalg.solve(a.T @ a * scale + damping * np.eye(10),
+                              a.T @ b * scale)
+      np.testing.assert_allclose(x, dense, rtol=1e-8)
+      np.testing.assert_allclose(
+          info.residual, np.linalg.norm(a @ x - b) / np.linalg.norm(b),
+          rtol=1e-6, atol=1e-15)
+    assert info.residual > 1e-3  # heavy damping biases the solution
+    with pytest.raises(ValueError, match='unknown linear solver'):
+      linalg.solve(lambda v: v, b, 'cholesky', 10)

@@ -1,10 +1,18 @@
-"""Matrix-free linear algebra on pytrees: Hessian-vector products and CG."""
+"""Matrix-free linear algebra on pytrees: Hessian-vector products, CG,
+MINRES, GMRES."""
 from admrl_jax.linalg.cg import CGInfo
 from admrl_jax.linalg.cg import conjugate_gradient
 from admrl_jax.linalg.cg import tree_axpy
 from admrl_jax.linalg.cg import tree_norm
 from admrl_jax.linalg.cg import tree_vdot
 from admrl_jax.linalg.hvp import hvp
+from admrl_jax.linalg.krylov import METHODS
+from admrl_jax.linalg.krylov import SolveInfo
+from admrl_jax.linalg.krylov import cg_normal
+from admrl_jax.linalg.krylov import gmres
+from admrl_jax.linalg.krylov import minres
+from admrl_jax.linalg.krylov import solve
 
-__all__ = ['CGInfo', 'conjugate_gradient', 'hvp', 'tree_axpy', 'tree_norm',
+__all__ = ['CGInfo', 'METHODS', 'SolveInfo', 'cg_normal', 'conjugate_gradient',
+           'gmres', 'hvp', 'minres', 'solve', 'tree_axpy', 'tree_norm',
            'tree_vdot']
