@@ -157,6 +157,46 @@ class LQFamily(base.TaskFamily):
     # E[s₀ᵀP s₀ + 2qᵀs₀ + c] with s₀ ~ N(0, init_std² I).
     return -(self.init_std**2 * jnp.trace(p0) + c0)
 
+  def policy_value(self, psi, gain, offset, action_std: float = 0.0,
+                   horizon: Optional[int] = None):
+    """Exact value function of the stationary affine policy N(K s + k, σ²I).
+
+    V_t(s) = −(sᵀP_t s + 2q_tᵀs + c_t), the expected return of the remaining
+    H − t steps from s at time t, by the backward recursion of policy
+    evaluation (the Riccati recursion with the gains held fixed).
+
+    Returns:
+      (P, q, c) of shapes (H + 1, n, n), (H + 1, n), (H + 1,); index H is
+      the zero terminal value.
+    """
+    horizon = self.horizon if horizon is None else horizon
+    psi = jnp.asarray(psi)
+    dtype = psi.dtype
+    a_mat, b_mat, q_mat, r_mat = self._matrices(dtype)
+    n = self.obs_size
+    gain, offset = jnp.asarray(gain, dtype), jnp.asarray(offset, dtype)
+    closed = a_mat + b_mat @ gain        # s′ = M s + m + ξ
+    drift = b_mat @ offset
+    noise_cov = (action_std**2) * b_mat @ b_mat.T + (
+        self.noise_std**2) * jnp.eye(n, dtype=dtype)
+
+    def backward(carry, _):
+      p_next, q_next, c_next = carry
+      w_mat = q_mat + p_next
+      w_vec = q_next - q_mat @ psi
+      p = closed.T @ w_mat @ closed + gain.T @ r_mat @ gain
+      q = closed.T @ (w_mat @ drift + w_vec) + gain.T @ r_mat @ offset
+      c = (drift @ w_mat @ drift + jnp.trace(w_mat @ noise_cov)
+           + 2.0 * w_vec @ drift + c_next + psi @ q_mat @ psi
+           + offset @ r_mat @ offset + action_std**2 * jnp.trace(r_mat))
+      return (p, q, c), (p, q, c)
+
+    zero = (jnp.zeros((n, n), dtype), jnp.zeros((n,), dtype),
+            jnp.zeros((), dtype))
+    _, (p, q, c) = jax.lax.scan(backward, zero, None, length=horizon)
+    return tuple(jnp.concatenate([x[::-1], z[None]])
+                 for x, z in zip((p, q, c), zero))
+
   def expected_return(self, psi, gains, offsets, action_std: float = 0.0,
                       horizon: Optional[int] = None) -> jax.Array:
     """Exact expected return of the affine policy a ~ N(K_t s + k_t, σ²I).

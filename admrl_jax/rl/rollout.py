@@ -123,11 +123,12 @@ def make_collector(family: TaskFamily, policy_fn: PolicyFn,
     env_state = jax.vmap(family.reset)(
         jax.random.split(key_reset, config.n_envs))
     n = config.n_envs
+    dtype = env_state.obs.dtype  # float32, or float64 under x64 for `lq`
     carry = _EnvCarry(
         env_state=env_state, t=jnp.zeros((n,), jnp.int32),
-        noise=jnp.zeros((n, action_size), jnp.float32),
-        ep_return=jnp.zeros((n,), jnp.float32),
-        first_return=jnp.zeros((n,), jnp.float32),
+        noise=jnp.zeros((n, action_size), dtype),
+        ep_return=jnp.zeros((n,), dtype),
+        first_return=jnp.zeros((n,), dtype),
         first_done=jnp.zeros((n,), bool))
     batched_step = jax.vmap(env_step, in_axes=(None, None, None, 0, 0))
 
