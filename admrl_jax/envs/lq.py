@@ -157,6 +157,37 @@ class LQFamily(base.TaskFamily):
     # E[s₀ᵀP s₀ + 2qᵀs₀ + c] with s₀ ~ N(0, init_std² I).
     return -(self.init_std**2 * jnp.trace(p0) + c0)
 
+  def optimal_stationary_policy(self, psi, action_std: float = 0.0,
+                                horizon: Optional[int] = None,
+                                newton_steps: int = 30):
+    """argmax over stationary affine policies N(K s + k, σ²I) of the exact
+    expected return, by Newton's method from the Riccati gains of t = 0.
+
+    The stationary class is what a state-only policy can represent (the
+    time-varying Riccati policy needs t), so this is θ* (true dynamics) or
+    θ̂ (a model family) for the task-gradient ground truth. Pure and
+    differentiable; converges to machine precision in a few steps near the
+    Riccati start (check the gradient if you change the family).
+
+    Returns:
+      (K, k) of shapes (m, n), (m,).
+    """
+    gains, offsets, _ = self.optimal_policy(psi, action_std, horizon)
+    m, n = self.action_size, self.obs_size
+
+    def objective(x):
+      return self.expected_return(psi, x[:m * n].reshape(m, n), x[m * n:],
+                                  action_std, horizon)
+
+    def newton(x, _):
+      step = jnp.linalg.solve(jax.hessian(objective)(x),
+                              jax.grad(objective)(x))
+      return x - step, None
+
+    x0 = jnp.concatenate([gains[0].reshape(-1), offsets[0]])
+    x, _ = jax.lax.scan(newton, x0, None, length=newton_steps)
+    return x[:m * n].reshape(m, n), x[m * n:]
+
   def policy_value(self, psi, gain, offset, action_std: float = 0.0,
                    horizon: Optional[int] = None):
     """Exact value function of the stationary affine policy N(K s + k, σ²I).

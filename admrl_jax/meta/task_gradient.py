@@ -1,0 +1,253 @@
+"""The task gradient ∂L/∂ψ by the implicit function theorem (Eqs. 2–7).
+
+    ∂L/∂ψ = ∂η*/∂ψ|θ* − ( (∂θ̂/∂ψᵀ)ᵀ g + ∂η*/∂ψ|θ̂ ),   g = ∂η*/∂θ|θ̂   (2)
+    ∂θ̂/∂ψᵀ = −A⁻¹B,  A = ∂²η̂/∂θ∂θᵀ,  B = ∂²η̂/∂θ∂ψᵀ  at θ̂          (5)
+
+A enters only through products A v = jvp of grad (`linalg.hvp`) of a scalar
+`hessian_objective(θ)`; B through jvp / vjp of θ ↦ ∇_θ `mixed_objective`
+(θ, ψ) in ψ. Two ways to form the implicit term (SPEC §2):
+
+- `per_dimension` (the paper): for each i, solve A x_i = B e_i; the term is
+  −⟨x_i, g⟩. k solves; also yields the Jacobian ∂θ̂/∂ψ.
+- `adjoint` (this project): A is symmetric, so (−A⁻¹B)ᵀg = −Bᵀ(A⁻¹g): one
+  solve and one vector–Jacobian product, whatever k is (as in jaxopt's
+  implicit differentiation).
+
+The linear solver is `linalg.solve`: the paper's damped normal-equation CG
+(`cg_normal`, δ = 0.1, scale 1/P, 200 iterations, least-residual iterate),
+MINRES or GMRES. `assemble` is generic (it also takes exact objectives, as
+the `lq` tests do); `from_samples` builds every piece from the batches the
+algorithm has (SPEC §6): virtual samples of π_θ̂ for A and B, real samples
+of π_θ̂ for g and ∂η*/∂ψ|θ̂, real samples of π_θ* for ∂η*/∂ψ|θ*.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax.flatten_util import ravel_pytree
+
+from admrl_jax import linalg
+from admrl_jax.envs.base import TaskFamily
+from admrl_jax.meta import estimators
+
+PyTree = Any
+SOLVERS = ('adjoint', 'per_dimension')
+HESSIANS = ('reinforce', 'pathwise')
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskGradientConfig:
+  """How the task gradient is estimated and solved (SPEC §2 and §6).
+
+  Attributes:
+    solver: 'adjoint' (one solve, default) or 'per_dimension' (the paper's
+      k solves).
+    linear_solver: one of `linalg.METHODS`: 'cg_normal' (paper), 'minres',
+      'gmres'.
+    iters: iterations of the linear solver (paper: 200).
+    tol: relative residual at which the solver stops early.
+    damping: δ of 'cg_normal', (AᵀA·s + δI) x = Aᵀb·s (paper: 0.1).
+    scale: s of 'cg_normal'; None means 1/P, P = number of policy
+      parameters (paper).
+    shift: 'minres'/'gmres' solve (A − shift·I) x = b (0: undamped).
+    gmres_restart: Krylov dimension between GMRES restarts.
+    hessian: 'reinforce' (Eq. 7 on virtual samples) or 'pathwise'
+      (differentiate reparameterised model roll-outs; then B comes from the
+      same pathwise return).
+    gamma, lam: GAE of the ψ-dependent advantages (frozen value function).
+    hessian_gamma: discount of the rewards in the REINFORCE Hessian and the
+      pathwise return (1: the undiscounted return η that L measures).
+  """
+  solver: str = 'adjoint'
+  linear_solver: str = 'cg_normal'
+  iters: int = 200
+  tol: float = 1e-10
+  damping: float = 0.1
+  scale: Optional[float] = None
+  shift: float = 0.0
+  gmres_restart: int = 20
+  hessian: str = 'reinforce'
+  gamma: float = 0.99
+  lam: float = 0.95
+  hessian_gamma: float = 1.0
+
+  def __post_init__(self):
+    if self.solver not in SOLVERS:
+      raise ValueError(f'unknown task-gradient solver {self.solver!r}; '
+                       f'choose one of {", ".join(SOLVERS)}')
+    if self.linear_solver not in linalg.METHODS:
+      raise ValueError(f'unknown linear solver {self.linear_solver!r}; '
+                       f'choose one of {", ".join(linalg.METHODS)}')
+    if self.hessian not in HESSIANS:
+      raise ValueError(f'unknown Hessian estimator {self.hessian!r}; '
+                       f'choose one of {", ".join(HESSIANS)}')
+    if self.iters < 1 or self.gmres_restart < 1:
+      raise ValueError('iters and gmres_restart must be >= 1, got '
+                       f'{self.iters}, {self.gmres_restart}')
+    if self.damping < 0 or (self.scale is not None and self.scale <= 0):
+      raise ValueError(f'need damping >= 0 and scale > 0, got {self.damping}, '
+                       f'{self.scale}')
+    for name in ('gamma', 'lam', 'hessian_gamma'):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f'{name} must be in [0, 1], got '
+                         f'{getattr(self, name)}')
+
+
+@struct.dataclass
+class TaskGradient:
+  """The task gradient and its parts.
+
+  Attributes:
+    grad_psi: ∂L/∂ψ, (k,).
+    grad_u: ∂L/∂u in the normalised coordinates u ∈ [−1, 1]^k the adversary
+      steps in (SPEC §6), (k,).
+    return_grad_star: ∂η*/∂ψ at θ*, (k,).
+    return_grad_hat: ∂η*/∂ψ at θ̂, (k,).
+    implicit_term: (∂θ̂/∂ψᵀ)ᵀ ∂η*/∂θ|θ̂, (k,).
+    policy_grad_norm: ‖∂η*/∂θ|θ̂‖, scalar.
+    residual: ‖A x − b‖/‖b‖ of the solve (the largest of the k solves for
+      per_dimension), scalar.
+    iterations: matrix-vector products with A spent in the solve(s), int.
+    finite: every output above is finite (a step with a non-finite task
+      gradient must be rejected).
+  """
+  grad_psi: jax.Array
+  grad_u: jax.Array
+  return_grad_star: jax.Array
+  return_grad_hat: jax.Array
+  implicit_term: jax.Array
+  policy_grad_norm: jax.Array
+  residual: jax.Array
+  iterations: jax.Array
+  finite: jax.Array
+
+
+def _solve(config: TaskGradientConfig, matvec, b, n_params: int):
+  scale = 1.0 / n_params if config.scale is None else config.scale
+  return linalg.solve(matvec, b, config.linear_solver, config.iters,
+                      tol=config.tol, damping=config.damping, scale=scale,
+                      shift=config.shift, restart=config.gmres_restart)
+
+
+def implicit_term(config: TaskGradientConfig,
+                  hessian_objective: Callable[[PyTree], jax.Array],
+                  mixed_objective: Callable[[PyTree, jax.Array], jax.Array],
+                  theta_hat: PyTree, psi: jax.Array, g: PyTree):
+  """(∂θ̂/∂ψᵀ)ᵀ g = −Bᵀ A⁻¹ g, shape (k,), by the configured solver.
+
+  Returns:
+    (term, jacobian, info): jacobian is ∂θ̂/∂ψ as a pytree like θ with a
+    leading axis k (per_dimension), or None (adjoint); info a
+    `linalg.SolveInfo` (per_dimension: worst residual, summed iterations).
+  """
+  n_params = ravel_pytree(theta_hat)[0].size
+
+  def matvec(v):
+    return linalg.hvp(hessian_objective, theta_hat, v)
+
+  def mixed_field(p):  # ψ ↦ ∇_θ mixed_objective(θ̂, ψ); its ψ-Jacobian is B
+    return jax.grad(mixed_objective)(theta_hat, p)
+
+  if config.solver == 'adjoint':
+    x, info = _solve(config, matvec, g, n_params)
+    _, vjp = jax.vjp(mixed_field, psi)
+    return -vjp(x)[0], None, info
+
+  def per_dimension(e_i):
+    b_i = jax.jvp(mixed_field, (psi,), (e_i,))[1]  # B e_i
+    return _solve(config, matvec, b_i, n_params)
+
+  xs, infos = jax.lax.map(per_dimension, jnp.eye(psi.shape[0],
+                                                  dtype=psi.dtype))
+  jacobian = jax.tree.map(jnp.negative, xs)  # ∂θ̂/∂ψ_i = −x_i
+  term = jax.vmap(linalg.tree_vdot, (0, None))(jacobian, g)
+  info = linalg.SolveInfo(iterations=jnp.sum(infos.iterations),
+                          residual=jnp.max(infos.residual))
+  return term, jacobian, info
+
+
+def assemble(config: TaskGradientConfig, *, psi: jax.Array,
+             theta_hat: PyTree, policy_grad: PyTree,
+             return_grad_star: jax.Array, return_grad_hat: jax.Array,
+             hessian_objective: Callable[[PyTree], jax.Array],
+             mixed_objective: Callable[[PyTree, jax.Array], jax.Array],
+             dpsi_du: Optional[jax.Array] = None) -> TaskGradient:
+  """Eq. 2 from its pieces.
+
+  Args:
+    psi: the task, (k,).
+    theta_hat: θ̂, the policy parameters after zero-shot adaptation.
+    policy_grad: g = ∂η*/∂θ at θ̂, structured like θ̂.
+    return_grad_star, return_grad_hat: ∂η*/∂ψ at θ* and θ̂, (k,).
+    hessian_objective: θ ↦ scalar whose Hessian at θ̂ is A.
+    mixed_objective: (θ, ψ) ↦ scalar whose ∂ψ∇θ at (θ̂, ψ) is B.
+    dpsi_du: dψ/du, (k,) (the box's half-widths); ones if None.
+  """
+  term, _, info = implicit_term(config, hessian_objective, mixed_objective,
+                                theta_hat, psi, policy_grad)
+  grad_psi = return_grad_star - (term + return_grad_hat)
+  dpsi_du = jnp.ones_like(psi) if dpsi_du is None else dpsi_du
+  out = TaskGradient(
+      grad_psi=grad_psi, grad_u=grad_psi * dpsi_du,
+      return_grad_star=return_grad_star, return_grad_hat=return_grad_hat,
+      implicit_term=term, policy_grad_norm=linalg.tree_norm(policy_grad),
+      residual=info.residual, iterations=info.iterations,
+      finite=jnp.zeros((), bool))
+  finite = jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
+      out.replace(iterations=jnp.zeros(()), finite=jnp.zeros(())))]).all()
+  return out.replace(finite=finite)
+
+
+def dpsi_du(family: TaskFamily) -> jax.Array:
+  """dψ/du for ψ = lo + (u + 1)/2·(hi − lo): the box half-widths, (k,)."""
+  return jnp.asarray(0.5 * (family.task_high - family.task_low))
+
+
+def from_samples(config: TaskGradientConfig, family: TaskFamily,
+                 log_prob_fn: estimators.LogProbFn, *, psi: jax.Array,
+                 theta_hat: PyTree, virtual: estimators.ValuedBatch,
+                 real_hat: estimators.ValuedBatch, real_star_transitions,
+                 pathwise: Optional[Callable[[PyTree, jax.Array],
+                                             jax.Array]] = None
+                 ) -> TaskGradient:
+  """The task gradient from the algorithm's samples (SPEC §6).
+
+  Args:
+    config: static under jit.
+    family: the task family (for r_ψ and the box).
+    log_prob_fn: (θ, obs, action) ↦ log π_θ(a|s) on raw observations.
+    psi: the current task, (k,).
+    theta_hat: θ̂, the zero-shot policy.
+    virtual: model roll-outs of π_θ̂ with its frozen value function (A, B).
+    real_hat: real roll-outs of π_θ̂ with the same value function (g and
+      ∂η*/∂ψ|θ̂).
+    real_star_transitions: real roll-outs of π_θ*, `Transition` (T, n).
+    pathwise: for config.hessian == 'pathwise', (θ, ψ) ↦ η̂_path, e.g. a
+      closure of `estimators.make_pathwise_return` over the model, start
+      states and noise.
+  """
+  g = estimators.policy_gradient(family, log_prob_fn, theta_hat, psi,
+                                 real_hat, config.gamma, config.lam)
+  if config.hessian == 'pathwise':
+    if pathwise is None:
+      raise ValueError("hessian='pathwise' needs the `pathwise` objective")
+    hessian_objective = lambda theta: pathwise(theta, psi)
+    mixed_objective = pathwise
+  else:
+    hessian_objective = estimators.reinforce_hessian_objective(
+        family, log_prob_fn, theta_hat, psi, virtual.transitions,
+        config.hessian_gamma)
+    mixed_objective = estimators.mixed_objective(
+        family, log_prob_fn, virtual, config.gamma, config.lam)
+  return assemble(
+      config, psi=psi, theta_hat=theta_hat, policy_grad=g,
+      return_grad_star=estimators.return_psi_grad(family, psi,
+                                                   real_star_transitions),
+      return_grad_hat=estimators.return_psi_grad(family, psi,
+                                                 real_hat.transitions),
+      hessian_objective=hessian_objective, mixed_objective=mixed_objective,
+      dpsi_du=dpsi_du(family))
