@@ -1,13 +1,25 @@
-r"""Driver: `python -m experiments.run --env=<family> [--preset=smoke|quick|paper]`.
+r"""AdMRL driver: `python -m experiments.run --env=<family> [flags]`.
 
-Until the AdMRL loop lands (issues 4–6) the driver runs the real-roll-out
-stage of a run: it builds the task family, calibrates it (Cheetah-Highdim's
-μ, σ), collects a batch of real transitions of a uniformly random policy with
-Ornstein–Uhlenbeck exploration on task ψ, stores them in the dataset, and
-prints what it collected. With --workdir it also writes `rollout.json`.
+    python -m experiments.run --env=halfcheetah_highdim        # the paper's run
+    python -m experiments.run --env=lq --preset=smoke --workdir=/tmp/lq
+    python -m experiments.run --env=ant2d --alpha=1,2,4 --seed=0,1   # one vmapped sweep
+
+Runs Algorithm 1 (or a baseline, --algo) for --ntasks task iterations. Every
+(seed, α) pair of the --seed and --alpha lists is one member of a batch that
+runs as a single jit-compiled, vmapped program. After every task iteration
+it appends one JSON line per member to <workdir>/metrics.jsonl, writes
+TensorBoard scalars under <workdir>/tb/, and saves an orbax checkpoint
+(atomically) under <workdir>/checkpoints/; rerunning with the same workdir
+and flags resumes from the latest checkpoint. <workdir>/config.json records
+the resolved configuration; a different configuration in an existing
+workdir is refused, and nothing there is touched.
+
+Any hyperparameter: --set=slbo.trpo.max_kl=0.02 --set=task_gradient.solver=per_dimension
+(dotted fields of `admrl_jax.meta.admrl.AdMRLConfig`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -16,116 +28,231 @@ import time
 from absl import app
 from absl import flags
 
-from experiments.common import UsageError, build_family, resolve_psi
-
-PRESETS = {
-    # name: parallel environments and horizon (control steps each).
-    'smoke': dict(n_envs=4, horizon=50),
-    'quick': dict(n_envs=16, horizon=200),
-    'paper': dict(n_envs=50, horizon=200),  # 10 000 samples, SPEC §6
-}
+from experiments.common import UsageError, build_family, parse_floats
 
 _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim', 'Task family.')
-_PRESET = flags.DEFINE_enum('preset', 'paper', list(PRESETS),
-                            'Size preset; paper = the SPEC values.')
-_PIPELINE = flags.DEFINE_string(
-    'pipeline', None, 'Brax physics pipeline (generalized, positional, '
-    'spring, mjx); default: the family default.')
-_PSI = flags.DEFINE_string(
-    'psi', None, 'Task ψ as a comma list (default: u = 0.3 in every '
-    'coordinate, the paper\'s first task).')
-_N_ENVS = flags.DEFINE_integer('n_envs', None, 'Override the preset.')
-_HORIZON = flags.DEFINE_integer('horizon', None, 'Override the preset.')
-_FRAME_SKIP = flags.DEFINE_integer('frame_skip', None,
-                                   'Simulator steps per control step.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
-_WORKDIR = flags.DEFINE_string('workdir', None,
-                               'Where to write rollout.json (optional).')
+_ALGO = flags.DEFINE_string('algo', 'admrl',
+                            'admrl | mb_unif | mb_gauss | slbo.')
+_ALPHA = flags.DEFINE_string(
+    'alpha', None, 'Task step size α, or a comma list (a vmapped sweep); '
+    'default: the paper\'s α for the family.')
+_SEED = flags.DEFINE_string('seed', '0', 'Seed, or a comma list (vmapped).')
+_NTASKS = flags.DEFINE_integer('ntasks', None, 'Task iterations (preset).')
+_PRESET = flags.DEFINE_string('preset', 'paper',
+                              'smoke | quick | paper (the SPEC values).')
+_PIPELINE = flags.DEFINE_string('pipeline', None, 'Brax physics pipeline.')
+_HORIZON = flags.DEFINE_integer('horizon', None, 'Episode length override.')
+_SET = flags.DEFINE_multi_string(
+    'set', [], 'field=value override of the config, e.g. '
+    'slbo.n_inner=5 or task_gradient.linear_solver=minres.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Run directory (default runs/<env>-<algo>-<preset>).')
+_STOP_AFTER = flags.DEFINE_integer(
+    'stop_after', None, 'Stop (cleanly, checkpoint saved) after this many '
+    'task iterations in total; rerun to continue.')
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
+    sys.exit(2)
   try:
-    summary = run()
+    run()
   except UsageError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(json.dumps(summary))
+  except CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
-def run() -> dict:
+class CheckpointError(RuntimeError):
+  """An unreadable checkpoint: reported, exit status 1, files left alone."""
+
+
+# ------------------------------------------------------------ settings
+def _parse_seeds(text):
+  values = parse_floats(text, 'seed')
+  if any(v != int(v) or v < 0 for v in values):
+    raise UsageError(f'--seed: seeds must be non-negative integers, got {text!r}')
+  return [int(v) for v in values]
+
+
+def resolve_settings():
+  """Flags → (family, config, alphas, seeds, record); UsageError on bad input."""
+  from admrl_jax.meta import admrl, presets  # pylint: disable=g-import-not-at-top
+
+  if _ALGO.value not in admrl.ALGOS:
+    raise UsageError(f'--algo: unknown algorithm {_ALGO.value!r}; valid: '
+                     f'{", ".join(admrl.ALGOS)}')
+  if _PRESET.value not in presets.NAMES:
+    raise UsageError(f'--preset: unknown preset {_PRESET.value!r}; valid: '
+                     f'{", ".join(presets.NAMES)}')
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  if _ENV.value not in envs.names():
+    raise UsageError(f'--env: unknown environment {_ENV.value!r}; valid: '
+                     f'{", ".join(envs.names())}')
+  config, family_overrides, paper_alpha = presets.preset(_ENV.value,
+                                                         _PRESET.value)
+  alphas = ([paper_alpha] if _ALPHA.value is None
+            else parse_floats(_ALPHA.value, 'alpha'))
+  if any(not a > 0 for a in alphas):
+    raise UsageError(f'--alpha: step sizes must be > 0, got {_ALPHA.value!r}')
+  seeds = _parse_seeds(_SEED.value)
+  overrides = {'algo': _ALGO.value}
+  if _NTASKS.value is not None:
+    if _NTASKS.value < 1:
+      raise UsageError(f'--ntasks must be >= 1, got {_NTASKS.value}')
+    overrides['n_tasks'] = str(_NTASKS.value)
+  for item in _SET.value:
+    if '=' not in item:
+      raise UsageError(f'--set: expected field=value, got {item!r}')
+    name, value = item.split('=', 1)
+    overrides[name.strip()] = value
+  try:
+    config = presets.apply_overrides(config, overrides)
+  except ValueError as e:
+    raise UsageError(f'--set: {e}') from None
+  horizon = (_HORIZON.value if _HORIZON.value is not None
+             else family_overrides.get('horizon'))
+  family = build_family(_ENV.value, _PIPELINE.value, horizon)
+  record = dict(env=_ENV.value, preset=_PRESET.value, pipeline=_PIPELINE.value,
+                horizon=family.horizon, alphas=alphas, seeds=seeds,
+                config=_jsonable(dataclasses.asdict(config)))
+  return family, config, alphas, seeds, record
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if x is None or isinstance(x, (bool, int, float, str)):
+    return x
+  # e.g. an activation function: record its name.
+  return getattr(x, '__name__', None) or repr(x)
+
+
+def _differences(saved, current, prefix=''):
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _differences(a, b, f'{prefix}{key}.')
+    elif a != b:
+      out.append(f'{prefix}{key}: saved {a!r}, now {b!r}')
+  return out
+
+
+# --------------------------------------------------------------- run
+def run():
+  start = time.time()
+  family, config, alphas, seeds, record = resolve_settings()
+  workdir = _WORKDIR.value or os.path.join(
+      'runs', f'{family.name}-{config.algo}-{_PRESET.value}')
+  config_path = os.path.join(workdir, 'config.json')
+  saved = None
+  if os.path.exists(config_path):
+    try:
+      with open(config_path) as f:
+        saved = json.load(f)
+    except (OSError, ValueError) as e:
+      raise CheckpointError(f'{config_path} is unreadable ({e}); move the '
+                            'workdir aside or choose another --workdir') from None
+    comparable = {k: v for k, v in saved.items() if k != 'calibration'}
+    diffs = _differences(comparable, record)
+    if diffs:
+      raise UsageError(
+          f'--workdir {workdir} holds a run of another configuration '
+          f'({"; ".join(diffs[:5])}{"; …" if len(diffs) > 5 else ""}); use '
+          'another --workdir or the same flags to resume')
+
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
-  from admrl_jax.rl import dataset, rollout  # pylint: disable=g-import-not-at-top
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
+  from experiments import checkpoints, logs  # pylint: disable=g-import-not-at-top
 
-  preset = PRESETS[_PRESET.value]
-  n_envs = _N_ENVS.value if _N_ENVS.value is not None else preset['n_envs']
-  if n_envs < 1:
-    raise UsageError(f'--n_envs must be >= 1, got {n_envs}')
-  horizon = _HORIZON.value if _HORIZON.value is not None else preset['horizon']
-  start = time.time()
-  family = build_family(_ENV.value, _PIPELINE.value, horizon, _FRAME_SKIP.value)
-  key = jax.random.key(_SEED.value)
-  key_calibrate, key_collect = jax.random.split(key)
-  psi = resolve_psi(family, _PSI.value)
-  print(f'[{time.time() - start:6.1f}s] family {family.name}: k={family.task_dim}, '
-        f'obs {family.obs_size}, action {family.action_size}, dt {family.dt:.4f}s,'
-        f' horizon {family.horizon}', flush=True)
-  family = family.calibrate(key_calibrate)
-  print(f'[{time.time() - start:6.1f}s] calibrated', flush=True)
+  def log(message):
+    print(f'[{time.time() - start:7.1f}s] {message}', flush=True)
 
-  config = RolloutConfig(n_envs=n_envs)
-  collect = rollout.make_collector(
-      family, rollout.random_policy(family.action_size), config)
-  t0 = time.time()
-  out = jax.block_until_ready(collect(None, psi, key_collect))
-  compile_and_run_s = time.time() - t0
-  t0 = time.time()
-  out = jax.block_until_ready(collect(None, psi, jax.random.fold_in(
-      key_collect, 1)))
-  run_s = time.time() - t0
-  print(f'[{time.time() - start:6.1f}s] collected (compile + run '
-        f'{compile_and_run_s:.1f}s)', flush=True)
-
-  tr = out.transitions
-  data = dataset.add(
-      dataset.init(jax.tree.map(lambda x: x[0, 0], tr),
-                   capacity=int(tr.reward.size)), tr)
-  samples = int(tr.reward.size)
-  summary = {
-      'env': family.name,
-      'pipeline': getattr(family, 'pipeline', None),
-      'psi': [round(float(v), 4) for v in np.asarray(psi)],
-      'samples': samples,
-      'dataset_size': int(data.size),
-      'episodes_ended': int(out.episode_count),
-      'terminations': int(jnp.sum(tr.done)),
-      'timeouts': int(jnp.sum(tr.timeout)),
-      'mean_return_of_ended_episodes': (
-          float(out.mean_return) if int(out.episode_count) else None),
-      'mean_reward': float(jnp.mean(tr.reward)),
-      'obs_mean': [round(float(v), 3)
-                   for v in np.asarray(jnp.mean(tr.obs, axis=(0, 1)))],
-      'steps_per_s': round(samples / run_s),
-      'compile_s': round(compile_and_run_s - run_s, 1),
-      'wall_s': round(time.time() - start, 1),
-  }
+  # Calibration (Cheetah-Highdim's μ, σ) is part of the run: reuse it.
+  if saved is not None and saved.get('calibration'):
+    cal = saved['calibration']
+    family = envs.make(family.name, horizon=family.horizon,
+                       **({'pipeline': record['pipeline']}
+                          if record['pipeline'] else {}),
+                       state_mean=np.asarray(cal['state_mean'], np.float32),
+                       state_std=np.asarray(cal['state_std'], np.float32))
+  else:
+    family = family.calibrate(jax.random.key(10_000 + seeds[0]))
   if getattr(family, 'state_mean', None) is not None:
-    # Cheetah-Highdim's μ, σ: measured once per run and stored with it, so a
-    # later stage can rebuild the same reward with envs.make(...,
-    # state_mean=..., state_std=...).
-    summary['state_mean'] = [round(float(v), 6) for v in family.state_mean]
-    summary['state_std'] = [round(float(v), 6) for v in family.state_std]
-  if _WORKDIR.value:
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    path = os.path.join(_WORKDIR.value, 'rollout.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump(summary, f, indent=2)
-    os.replace(path + '.tmp', path)
-  return summary
+    record['calibration'] = dict(
+        state_mean=[float(v) for v in family.state_mean],
+        state_std=[float(v) for v in family.state_std])
+  log(f'{family.name}: k={family.task_dim}, algo {config.algo}, '
+      f'{len(seeds)} seed(s) x {len(alphas)} alpha(s), '
+      f'{config.n_tasks} tasks, workdir {workdir}')
+
+  algorithm = admrl.AdMRL(family, config)
+  members = [(seed, alpha) for seed in seeds for alpha in alphas]
+  state = jax.vmap(algorithm.init)(
+      jax.numpy.stack([jax.random.key(seed) for seed, _ in members]),
+      jax.numpy.asarray([alpha for _, alpha in members], jax.numpy.float32))
+
+  manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
+  step = manager.latest_step()
+  if step is not None:
+    try:
+      state = manager.restore(step, state)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'the checkpoint {manager.path(step)} is corrupt or unreadable '
+          f'({type(e).__name__}: {str(e)[:200]}); it was left untouched — '
+          'move it aside to resume from an earlier one') from None
+    log(f'resumed from task iteration {step}')
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = config_path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(record, f, indent=2)
+    os.replace(tmp, config_path)
+
+  done = int(np.asarray(state.iteration)[0])
+  metrics_log = logs.MetricsLog(workdir, members, keep_below=done)
+  iteration = jax.jit(jax.vmap(algorithm.task_iteration, in_axes=(0, None)))
+  target = config.n_tasks
+  if _STOP_AFTER.value is not None:
+    target = min(target, _STOP_AFTER.value)
+  durations = []
+  while done < target:
+    t0 = time.time()
+    log(f'task {done + 1}/{config.n_tasks}: '
+        + ('compiling and running' if not durations else 'running')
+        + (f', ETA {_eta(durations, config.n_tasks - done)}'
+           if durations else ''))
+    state, metrics = iteration(state, done == 0)
+    jax.block_until_ready(state)
+    elapsed = time.time() - t0
+    durations.append(elapsed)
+    metrics_log.write(metrics, wall_time=time.time() - start)
+    manager.save(done + 1, state)
+    done += 1
+    summary = metrics_log.last_summary
+    log(f'task {done}/{config.n_tasks} done in {elapsed:.1f}s: {summary}'
+        + (f', ETA {_eta(durations, config.n_tasks - done)}'
+           if done < config.n_tasks else ''))
+  metrics_log.close()
+  log(f'finished {done}/{config.n_tasks} task iterations; metrics in '
+      f'{os.path.join(workdir, "metrics.jsonl")}')
+
+
+def _eta(durations, remaining):
+  # The first iteration includes the compile; later ones predict better.
+  per = durations[-1] if len(durations) > 1 else durations[0]
+  seconds = per * remaining
+  return f'{seconds / 60:.1f} min' if seconds >= 60 else f'{seconds:.0f}s'
 
 
 if __name__ == '__main__':

@@ -255,6 +255,7 @@ def make_fit(config: ModelConfig = ModelConfig()):
     loss: (n_steps,) minibatch loss at each step, before that step's update
       (without the L2 penalty).
     grad_norm: (n_steps,) global norm of the loss gradient before clipping.
+    rejected: steps skipped because the loss or gradient was not finite.
   """
   _check_loss_implemented(config)
   optimizer = make_optimizer(config)
@@ -266,14 +267,22 @@ def make_fit(config: ModelConfig = ModelConfig()):
       params, opt_state = carry
       batch = dataset_lib.sample(dataset, key_t, config.batch_size)
       value, grads = loss_and_grad(params, state.norms, batch, config)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      return (params, opt_state), (value, optax.global_norm(grads))
+      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      # A diverging model (NaN/Inf loss or gradient) must not poison the
+      # parameters: such a step is skipped and counted.
+      grad_norm = optax.global_norm(grads)
+      finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jnp.where(finite, new, old)
+      params = jax.tree.map(keep, new_params, params)
+      opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+      return (params, opt_state), (value, grad_norm, ~finite)
 
-    (params, opt_state), (losses, grad_norms) = jax.lax.scan(
+    (params, opt_state), (losses, grad_norms, rejected) = jax.lax.scan(
         step, (state.params, state.opt_state),
         jax.random.split(key, config.n_steps))
     state = state.replace(params=params, opt_state=opt_state)
-    return state, {'loss': losses, 'grad_norm': grad_norms}
+    return state, {'loss': losses, 'grad_norm': grad_norms,
+                   'rejected': jnp.sum(rejected.astype(jnp.int32))}
 
   return jax.jit(fit)

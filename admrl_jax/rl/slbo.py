@@ -103,9 +103,11 @@ class SLBOState:
 @struct.dataclass
 class VirtualMetrics:
   """Per VirtualTraining iteration, (n,) arrays: mean model loss of the last
-  10 fit steps, and of the iteration's TRPO steps the last virtual return,
+  10 fit steps and the number of fit steps skipped for a non-finite loss or
+  gradient, and of the iteration's TRPO steps the last virtual return,
   KL and value loss and the fraction of accepted steps."""
   model_loss: jax.Array
+  model_rejected: jax.Array
   virtual_return: jax.Array
   trpo_accepted: jax.Array
   trpo_kl: jax.Array
@@ -223,6 +225,7 @@ class SLBO:
           jax.random.split(key_policy, self.config.n_policy))
       return state, VirtualMetrics(
           model_loss=jnp.mean(fit_metrics['loss'][-10:]),
+          model_rejected=fit_metrics['rejected'],
           virtual_return=v_ret[-1], trpo_accepted=jnp.mean(accepted),
           trpo_kl=kl[-1], value_loss=v_loss[-1])
 

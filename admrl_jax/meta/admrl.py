@@ -1,0 +1,350 @@
+"""Algorithm 1 (AdMRL) and its baselines as one pure task iteration.
+
+    task_iteration(state, first) -> (state, IterationMetrics):
+        θ ← fresh policy/value;  ψ = ψ(u)
+        θ̂ ← VirtualTraining(nzeroshot)                 (skipped on the first task)
+        nslbo × [collect real samples; VirtualTraining(ninner)]  → θ*
+        next task:  first task           u ← U[−1, 1]^k
+                    admrl                u ← clip(u + α ∂L/∂u, −1, 1)
+                    mb_unif              u ← U[−1, 1]^k
+                    mb_gauss             ψ ← clip(N(centre, I))
+                    slbo                 u unchanged
+
+The state (`AdMRLState`: model and normalisers, dataset, agent, u, α, key,
+iteration counter, visited tasks and gaps) is a pytree and `first` a traced
+boolean, so every task iteration — the first included — runs the same
+compiled program; a batch of states (seeds, or α for a sweep) runs under
+`jax.vmap(task_iteration, in_axes=(0, None))` without turning the branches
+into selects (`first` is shared, not batched).
+
+The first task has no zero-shot policy θ̂, so there is no task gradient
+(Algorithm 1, line 8) and it runs the longer first-task nslbo (SPEC §3).
+For admrl the task gradient uses fresh real roll-outs of θ̂ and θ* without
+exploration noise (counted in `real_samples`, not added to the dataset) and
+model roll-outs of θ̂ (SPEC §6); the logged training gap is
+return(θ*) − return(θ̂) on those real roll-outs. A non-finite task gradient
+is rejected (u stays) and flagged in the metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from admrl_jax.config import RolloutConfig
+from admrl_jax.envs.base import TaskFamily
+from admrl_jax.meta import adversary
+from admrl_jax.meta import estimators
+from admrl_jax.meta import task_gradient as tg
+from admrl_jax.models import normalizer
+from admrl_jax.policies import gaussian_mlp as gm
+from admrl_jax.rl import rollout
+from admrl_jax.rl import slbo as slbo_lib
+from admrl_jax.rl import virtual
+
+ALGOS = ('admrl', 'mb_unif', 'mb_gauss', 'slbo')
+
+
+@dataclasses.dataclass(frozen=True)
+class AdMRLConfig:
+  """Algorithm 1's settings (SPEC §3 and §6 defaults).
+
+  Attributes:
+    algo: how the next task is chosen: 'admrl', 'mb_unif', 'mb_gauss' or
+      'slbo' (one fixed task).
+    n_tasks: task iterations of a run (ntasks).
+    n_slbo: SLBO stages per task (nslbo).
+    n_slbo_first: SLBO stages of the first task (10 for Hopper2D/Walker2D,
+      20 for the Ant and Cheetah families).
+    first_u: the first task, u = first_u in every coordinate.
+    gradient_envs: real roll-outs (of the horizon's length) of θ̂ and of θ*
+      each, and model roll-outs of θ̂, for the task gradient: 50 × 200 =
+      10 000 samples each (SPEC §6).
+    slbo: the SLBO engine's config (nzeroshot, ninner, nmodel, ...).
+    task_gradient: estimator and solver of ∂L/∂ψ.
+  """
+  algo: str = 'admrl'
+  n_tasks: int = 20
+  n_slbo: int = 3
+  n_slbo_first: int = 20
+  first_u: float = 0.3
+  gradient_envs: int = 50
+  slbo: slbo_lib.SLBOConfig = slbo_lib.SLBOConfig()
+  task_gradient: tg.TaskGradientConfig = tg.TaskGradientConfig()
+
+  def __post_init__(self):
+    if self.algo not in ALGOS:
+      raise ValueError(f'unknown algo {self.algo!r}; choose one of '
+                       f'{", ".join(ALGOS)}')
+    for name in ('n_tasks', 'n_slbo', 'n_slbo_first', 'gradient_envs'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'AdMRLConfig.{name} must be >= 1, got '
+                         f'{getattr(self, name)}')
+    if not -1.0 <= self.first_u <= 1.0:
+      raise ValueError(f'first_u must be in [-1, 1], got {self.first_u}')
+
+
+@struct.dataclass
+class AdMRLState:
+  """Everything a run carries from one task iteration to the next.
+
+  Attributes:
+    slbo: model and normalisers (persist), dataset (all tasks), agent.
+    u: the current task in normalised coordinates, (k,).
+    alpha: the task step size α (a traced scalar, so α can be vmapped).
+    key: PRNG key of the run.
+    iteration: task iterations completed, int32.
+    real_samples: real environment steps taken so far, int32.
+    visited_u: the task of each completed iteration, (n_tasks, k); NaN for
+      iterations not run yet.
+    gaps: training gap return(θ*) − return(θ̂) of each iteration, (n_tasks,);
+      NaN where none was measured (first task, baselines).
+  """
+  slbo: slbo_lib.SLBOState
+  u: jax.Array
+  alpha: jax.Array
+  key: jax.Array
+  iteration: jax.Array
+  real_samples: jax.Array
+  visited_u: jax.Array
+  gaps: jax.Array
+
+
+@struct.dataclass
+class IterationMetrics:
+  """What one task iteration reports (scalars unless noted).
+
+  Attributes:
+    task_index: the iteration's index (0-based).
+    u, psi: the task trained on, (k,).
+    u_next: the next task, (k,).
+    return_hat, return_star: real returns of θ̂ and θ* (NaN if not measured).
+    gap: return_star − return_hat.
+    grad_u: ∂L/∂u, (k,) (zeros when not computed).
+    grad_norm, residual, solver_iterations: of the task gradient.
+    grad_accepted: the ascent step was taken (False when the gradient was
+      non-finite, or for non-gradient choices of the next task).
+    model_loss, virtual_return, trpo_accepted: of the last VirtualTraining
+      iteration of the last SLBO stage.
+    real_samples: real steps taken so far (after this iteration).
+    nonfinite_model: the last model fit's recent loss was not finite.
+    model_rejected: model fit steps skipped in the last VirtualTraining
+      iteration because the loss or gradient was not finite.
+  """
+  task_index: jax.Array
+  u: jax.Array
+  psi: jax.Array
+  u_next: jax.Array
+  return_hat: jax.Array
+  return_star: jax.Array
+  gap: jax.Array
+  grad_u: jax.Array
+  grad_norm: jax.Array
+  residual: jax.Array
+  solver_iterations: jax.Array
+  grad_accepted: jax.Array
+  model_loss: jax.Array
+  virtual_return: jax.Array
+  trpo_accepted: jax.Array
+  real_samples: jax.Array
+  nonfinite_model: jax.Array
+  model_rejected: jax.Array
+
+
+class AdMRL:
+  """The compiled task iteration of one family and config.
+
+  Attributes:
+    init(key, alpha) -> AdMRLState.
+    task_iteration(state, first) -> (AdMRLState, IterationMetrics): pure;
+      `jitted` is its jax.jit (one program for every iteration).
+  """
+
+  def __init__(self, family: TaskFamily, config: AdMRLConfig = AdMRLConfig()):
+    self.family = family
+    self.config = config
+    self.engine = slbo_lib.SLBO(family, config.slbo)
+    self._collect = rollout.make_collector(
+        family, slbo_lib.policy_fn,
+        RolloutConfig(n_envs=config.gradient_envs))
+    self._virtual = virtual.make_virtual_rollout(
+        family, slbo_lib.policy_fn, self.engine._dynamics_fn,  # pylint: disable=protected-access
+        config.gradient_envs)
+    self.jitted = jax.jit(self.task_iteration)
+
+  # ------------------------------------------------------------ state
+  def init(self, key: jax.Array, alpha=1.0) -> AdMRLState:
+    k, n = self.family.task_dim, self.config.n_tasks
+    key_slbo, key_run = jax.random.split(key)
+    return AdMRLState(
+        slbo=slbo_lib.init(key_slbo, self.family, self.config.slbo),
+        u=jnp.full((k,), self.config.first_u, jnp.float32),
+        alpha=jnp.asarray(alpha, jnp.float32), key=key_run,
+        iteration=jnp.zeros((), jnp.int32),
+        real_samples=jnp.zeros((), jnp.int32),
+        visited_u=jnp.full((n, k), jnp.nan, jnp.float32),
+        gaps=jnp.full((n,), jnp.nan, jnp.float32))
+
+  def samples_per_stage(self) -> int:
+    return slbo_lib.real_samples_per_stage(self.family, self.config.slbo)
+
+  def gradient_samples(self) -> int:
+    """Real steps the task gradient spends (θ̂ and θ* roll-outs)."""
+    if self.config.algo != 'admrl':
+      return 0
+    return 2 * self.config.gradient_envs * self.family.horizon
+
+  # ------------------------------------------------------------ pieces
+  def _zero_shot(self, s, psi, key, first):
+    def run(s):
+      s, metrics = self.engine._virtual_training(  # pylint: disable=protected-access
+          s, psi, key, self.config.slbo.n_zeroshot)
+      return s, metrics
+
+    def skip(s):
+      shapes = jax.eval_shape(run, s)[1]
+      return s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+    # `first`, not `data.size == 0`: an unbatched predicate keeps this a
+    # real branch under vmap (the dataset is empty exactly on the first task).
+    return jax.lax.cond(first, skip, run, s)
+
+  def _slbo_stages(self, s, psi, key, first):
+    config = self.config
+    n_max = max(config.n_slbo, config.n_slbo_first)
+    n_active = jnp.where(first, config.n_slbo_first, config.n_slbo)
+
+    def stage(s, inputs):
+      index, key_stage = inputs
+
+      def run(s):
+        return self.engine._stage(s, psi, key_stage)  # pylint: disable=protected-access
+
+      def skip(s):
+        shapes = jax.eval_shape(run, s)[1]
+        return s, jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype)
+                               if jnp.issubdtype(x.dtype, jnp.floating)
+                               else jnp.zeros(x.shape, x.dtype), shapes)
+
+      return jax.lax.cond(index < n_active, run, skip, s)
+
+    s, metrics = jax.lax.scan(
+        stage, s, (jnp.arange(n_max), jax.random.split(key, n_max)))
+    # The last active stage's last VirtualTraining iteration.
+    last = jax.tree.map(lambda x: x[n_active - 1, -1], metrics)
+    return s, last, n_active
+
+  def _task_gradient(self, s, hat, psi, u, alpha, key):
+    """Real and virtual roll-outs of θ̂ and θ*, Eq. 2, the ascent step."""
+    policy_hat, value_hat, norm_hat = hat
+    key_hat, key_star, key_virtual, key_start = jax.random.split(key, 4)
+    real_hat = self._collect.jitted((policy_hat, norm_hat), psi, key_hat,
+                                    jnp.zeros((), jnp.float32))
+    star = (s.agent.policy, s.model.norms.state)
+    real_star = self._collect.jitted(star, psi, key_star,
+                                     jnp.zeros((), jnp.float32))
+    start_obs = jax.vmap(self.family.reset)(
+        jax.random.split(key_start, self.config.gradient_envs)).obs
+    virtual_hat = self._virtual((policy_hat, norm_hat), s.model, psi,
+                                start_obs, key_virtual)
+    value = jax.vmap(jax.vmap(gm.value_apply, (None, 0)), (None, 0))
+
+    def valued(tr):
+      return estimators.ValuedBatch(
+          tr, value(value_hat, normalizer.normalize(norm_hat, tr.obs)),
+          value(value_hat, normalizer.normalize(norm_hat, tr.next_obs)))
+
+    def log_prob(theta, obs, action):
+      return gm.log_prob(theta, normalizer.normalize(norm_hat, obs), action)
+
+    grad = tg.from_samples(
+        self.config.task_gradient, self.family, log_prob, psi=psi,
+        theta_hat=policy_hat, virtual=valued(virtual_hat),
+        real_hat=valued(real_hat.transitions),
+        real_star_transitions=real_star.transitions)
+    u_next, accepted = adversary.ascent_step(u, grad.grad_u, alpha)
+    accepted = accepted & grad.finite
+    u_next = jnp.where(accepted, u_next, u)
+    return_hat = jnp.mean(real_hat.first_return)
+    return_star = jnp.mean(real_star.first_return)
+    return u_next, dict(
+        return_hat=return_hat, return_star=return_star,
+        gap=return_star - return_hat,
+        grad_u=jnp.where(grad.finite, grad.grad_u, 0.0),
+        grad_norm=jnp.linalg.norm(grad.grad_u), residual=grad.residual,
+        solver_iterations=grad.iterations.astype(jnp.int32),
+        grad_accepted=accepted)
+
+  def _no_gradient(self, u_next):
+    k = self.family.task_dim
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    return u_next, dict(
+        return_hat=nan, return_star=nan, gap=nan,
+        grad_u=jnp.zeros((k,), jnp.float32), grad_norm=nan, residual=nan,
+        solver_iterations=jnp.zeros((), jnp.int32),
+        grad_accepted=jnp.zeros((), bool))
+
+  def _next_task(self, s, hat, psi, u, alpha, key, first):
+    family, algo = self.family, self.config.algo
+    key_random, key_grad = jax.random.split(key)
+    uniform = lambda: jax.random.uniform(key_random, u.shape, minval=-1.0,
+                                         maxval=1.0)
+    if algo == 'admrl':
+      return jax.lax.cond(
+          first, lambda: self._no_gradient(uniform()),
+          lambda: self._task_gradient(s, hat, psi, u, alpha, key_grad))
+    if algo == 'mb_unif':
+      return self._no_gradient(uniform())
+    if algo == 'mb_gauss':
+      return self._no_gradient(family.to_u(family.sample_gaussian(key_random)))
+    return self._no_gradient(u)  # slbo: one fixed task
+
+  # --------------------------------------------------- task iteration
+  def task_iteration(self, state: AdMRLState, first
+                     ) -> tuple[AdMRLState, IterationMetrics]:
+    """One task iteration of Algorithm 1 (see the module docstring).
+
+    Args:
+      state: the run's state.
+      first: whether this is the run's first task (a traced bool; keep it
+        unbatched under vmap).
+    """
+    first = jnp.asarray(first, bool)
+    key, key_agent, key_zero, key_stages, key_next = jax.random.split(
+        state.key, 5)
+    u = state.u
+    psi = self.family.from_u(u)
+    s = self.engine.new_task(state.slbo, key_agent)
+    s, _ = self._zero_shot(s, psi, key_zero, first)
+    hat = (s.agent.policy, s.agent.value, s.model.norms.state)
+    s, last, n_stages = self._slbo_stages(s, psi, key_stages, first)
+    u_next, grad_metrics = self._next_task(s, hat, psi, u, state.alpha,
+                                           key_next, first)
+    real_samples = (state.real_samples
+                    + n_stages * self.samples_per_stage()
+                    + jnp.where(first, 0, self.gradient_samples()))
+    index = state.iteration
+    new_state = AdMRLState(
+        slbo=s, u=u_next, alpha=state.alpha, key=key,
+        iteration=index + 1, real_samples=real_samples.astype(jnp.int32),
+        visited_u=state.visited_u.at[index].set(u),
+        gaps=state.gaps.at[index].set(grad_metrics['gap']))
+    metrics = IterationMetrics(
+        task_index=index, u=u, psi=psi, u_next=u_next,
+        model_loss=last.model_loss, virtual_return=last.virtual_return,
+        trpo_accepted=last.trpo_accepted, real_samples=new_state.real_samples,
+        nonfinite_model=~jnp.isfinite(last.model_loss),
+        model_rejected=last.model_rejected, **grad_metrics)
+    return new_state, metrics
+
+
+def run(algorithm: AdMRL, state: AdMRLState):
+  """All remaining task iterations, one jitted call each (a convenience;
+  the driver adds checkpoints and logging between them)."""
+  history = []
+  while int(state.iteration) < algorithm.config.n_tasks:
+    state, metrics = algorithm.jitted(state, int(state.iteration) == 0)
+    history.append(metrics)
+  return state, history
+

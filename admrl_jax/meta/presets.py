@@ -1,0 +1,118 @@
+"""Named sizes of a run: `paper` (the SPEC values), `quick`, `smoke`.
+
+`preset(env, name)` returns the `AdMRLConfig`, the family overrides (e.g. a
+shorter horizon) and the task step size α the paper chose for the family.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Tuple
+
+from admrl_jax.config import RolloutConfig
+from admrl_jax.meta import admrl
+from admrl_jax.meta import task_gradient as tg
+from admrl_jax.models.dynamics import ModelConfig
+from admrl_jax.rl.slbo import SLBOConfig
+
+NAMES = ('smoke', 'quick', 'paper')
+
+# SPEC §3: α chosen per family, and the first task's nslbo.
+PAPER_ALPHA = {'hopper2d': 2.0, 'walker2d': 8.0, 'ant2d': 4.0, 'ant3d': 4.0,
+               'ant2d_ood': 4.0, 'halfcheetah_highdim': 16.0, 'lq': 1.0}
+PAPER_FIRST_NSLBO = {'hopper2d': 10, 'walker2d': 10}  # others: 20
+
+
+def preset(env: str, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
+                                          float]:
+  """(config, family overrides, α) of preset `name` for family `env`."""
+  if name not in NAMES:
+    raise ValueError(f'unknown preset {name!r}; choose one of '
+                     f'{", ".join(NAMES)}')
+  alpha = PAPER_ALPHA.get(env, 1.0)
+  lq = env == 'lq'
+  action_clip = None if lq else 1.0
+  if name == 'paper':
+    config = admrl.AdMRLConfig(
+        n_tasks=20, n_slbo=3, n_slbo_first=PAPER_FIRST_NSLBO.get(env, 20),
+        slbo=SLBOConfig(model=ModelConfig(action_clip=action_clip)))
+    return config, {}, alpha
+  if name == 'quick':
+    horizon = 100
+    config = admrl.AdMRLConfig(
+        n_tasks=3, n_slbo=1, n_slbo_first=2, gradient_envs=10,
+        slbo=SLBOConfig(
+            n_inner=3, n_zeroshot=3, n_policy=5, n_rollouts=20,
+            dataset_capacity=50_000,
+            model=ModelConfig(hidden=(200, 200), n_steps=50,
+                              action_clip=action_clip),
+            real=RolloutConfig(n_envs=10)),
+        task_gradient=tg.TaskGradientConfig(iters=50))
+    return config, {'horizon': horizon}, alpha
+  # smoke: every code path once, in about a minute on lq.
+  config = admrl.AdMRLConfig(
+      n_tasks=3, n_slbo=1, n_slbo_first=1, gradient_envs=4,
+      slbo=SLBOConfig(
+          n_inner=2, n_zeroshot=2, n_policy=3, n_rollouts=8,
+          dataset_capacity=5_000,
+          model=ModelConfig(hidden=(32, 32), n_steps=20,
+                            action_clip=action_clip),
+          real=RolloutConfig(n_envs=4)),
+      task_gradient=tg.TaskGradientConfig(iters=20))
+  return config, {'horizon': 25 if lq else 50}, alpha
+
+
+def apply_overrides(config, overrides: Dict[str, str]):
+  """Sets dotted fields of a nested frozen dataclass from strings.
+
+  `{'slbo.trpo.max_kl': '0.02', 'task_gradient.solver': 'per_dimension'}`;
+  values are parsed as the field's current type (int, float, bool, str,
+  tuple of ints such as '256,256', or None). Raises ValueError naming the
+  field on an unknown name or a bad value.
+  """
+  for dotted, text in overrides.items():
+    config = _set(config, dotted.split('.'), text, dotted)
+  return config
+
+
+def _set(obj, path, text, dotted):
+  if not dataclasses.is_dataclass(obj):
+    raise ValueError(f'{dotted}: {path[0]!r} is not a config section')
+  names = {f.name for f in dataclasses.fields(obj)}
+  if path[0] not in names:
+    raise ValueError(f'{dotted}: unknown field {path[0]!r}; valid: '
+                     f'{", ".join(sorted(names))}')
+  current = getattr(obj, path[0])
+  if len(path) > 1:
+    value = _set(current, path[1:], text, dotted)
+  else:
+    value = _parse(current, text, dotted)
+  return dataclasses.replace(obj, **{path[0]: value})
+
+
+def _parse(current, text, dotted):
+  text = text.strip()
+  try:
+    if text.lower() == 'none':
+      return None
+    if isinstance(current, bool):
+      if text.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(text)
+      return text.lower() in ('true', '1')
+    if isinstance(current, int):
+      return int(text)
+    if current is None:  # an optional number: int if it reads as one
+      try:
+        return int(text)
+      except ValueError:
+        return float(text)
+    if isinstance(current, float):
+      return float(text)
+    if isinstance(current, tuple):
+      return tuple(int(x) for x in text.split(','))
+    if isinstance(current, str):
+      return text
+  except ValueError:
+    raise ValueError(f'{dotted}: cannot parse {text!r} as '
+                     f'{type(current).__name__}') from None
+  raise ValueError(f'{dotted}: a {type(current).__name__} cannot be set '
+                   'from a flag')

@@ -1,0 +1,56 @@
+"""Orbax checkpoints of a run's state, saved synchronously and atomically.
+
+Orbax writes each step into a temporary directory and renames it when
+complete, so a run killed mid-save leaves the previous checkpoint intact
+(the partial one is ignored). PRNG keys are stored as their raw key data
+and re-wrapped on restore.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _is_key(x) -> bool:
+  return hasattr(x, 'dtype') and jax.dtypes.issubdtype(x.dtype,
+                                                       jax.dtypes.prng_key)
+
+
+def _to_savable(tree):
+  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x,
+                      tree)
+
+
+class Manager:
+  """Checkpoints under `directory`, one per task iteration (step)."""
+
+  def __init__(self, directory: str, max_to_keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            enable_async_checkpointing=False))
+
+  def latest_step(self):
+    return self._manager.latest_step()
+
+  def path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def save(self, step: int, state) -> None:
+    self._manager.save(step, args=ocp.args.StandardSave(_to_savable(state)))
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int, like):
+    """The state saved at `step`, structured (and keyed) like `like`."""
+    target = _to_savable(like)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = self._manager.restore(
+        step, args=ocp.args.StandardRestore(abstract))
+    return jax.tree.map(
+        lambda r, x: jax.random.wrap_key_data(
+            r, impl=jax.random.key_impl(x)) if _is_key(x) else r,
+        restored, like)

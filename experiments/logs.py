@@ -1,0 +1,89 @@
+"""Per-iteration metrics: `metrics.jsonl` (one line per run member and task
+iteration) and TensorBoard scalars (tensorboardX, no TensorFlow needed)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+_SCALARS = ('gap', 'return_hat', 'return_star', 'grad_norm', 'residual',
+            'model_loss', 'virtual_return', 'trpo_accepted')
+
+
+def _value(x):
+  x = np.asarray(x)
+  if x.dtype == bool:
+    return x.tolist()
+  if np.issubdtype(x.dtype, np.integer):
+    return x.tolist()
+  x = x.astype(float)
+  if x.ndim == 0:
+    return None if not math.isfinite(x) else float(x)
+  return [None if not math.isfinite(v) else float(v) for v in x.tolist()]
+
+
+class MetricsLog:
+  """Appends metrics of batched task iterations; on resume, drops lines of
+  iterations at or after `keep_below` (they are redone)."""
+
+  def __init__(self, workdir: str, members, keep_below: int):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.members = members
+    self.last_summary = ''
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        lines = [line for line in f if line.strip()]
+      kept = [line for line in lines
+              if json.loads(line)['task_index'] < keep_below]
+      tmp = self.path + '.tmp'
+      with open(tmp, 'w') as f:
+        f.writelines(kept)
+      os.replace(tmp, self.path)
+    self._writers = None
+    self._tb_dir = os.path.join(workdir, 'tb')
+
+  def _tensorboard(self):
+    if self._writers is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._writers = [
+          SummaryWriter(os.path.join(self._tb_dir, f'seed{seed}_alpha{alpha:g}'))
+          for seed, alpha in self.members]
+    return self._writers
+
+  def write(self, metrics, wall_time: float) -> None:
+    """metrics: `IterationMetrics` with a leading member axis."""
+    fields = {k: np.asarray(v) for k, v in metrics.__dict__.items()}
+    lines = []
+    for i, (seed, alpha) in enumerate(self.members):
+      row = {'task_index': int(fields['task_index'][i]), 'seed': seed,
+             'alpha': alpha}
+      row.update({k: _value(v[i]) for k, v in fields.items()
+                  if k != 'task_index'})
+      row['wall_time'] = round(wall_time, 2)
+      lines.append(json.dumps(row))
+      writer = self._tensorboard()[i]
+      for name in _SCALARS:
+        value = row.get(name)
+        if value is not None:
+          writer.add_scalar(name, value, row['task_index'])
+      writer.add_scalar('real_samples', row['real_samples'],
+                        row['task_index'])
+      writer.flush()
+    with open(self.path, 'a') as f:
+      f.write('\n'.join(lines) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+    first = json.loads(lines[0])
+    psi = ', '.join(f'{v:.2f}' for v in first['psi'][:4])
+    gap = first['gap']
+    self.last_summary = (
+        f'psi=({psi}{", …" if len(first["psi"]) > 4 else ""}) '
+        f'gap={"n/a" if gap is None else f"{gap:.1f}"} '
+        f'real samples {first["real_samples"]}'
+        + (f' [{len(lines)} members]' if len(lines) > 1 else ''))
+
+  def close(self):
+    for writer in self._writers or []:
+      writer.close()
