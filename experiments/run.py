@@ -6,7 +6,9 @@ r"""AdMRL driver: `python -m experiments.run --env=<family> [flags]`.
 
 Runs Algorithm 1 (or a baseline, --algo) for --ntasks task iterations. Every
 (seed, α) pair of the --seed and --alpha lists is one member of a batch that
-runs as a single jit-compiled, vmapped program. After every task iteration
+runs as a single jit-compiled program: vmapped lanes (--sweep=vmap, default)
+or one member after another (--sweep=map, each member bitwise identical to a
+run of it alone; batched kernels round differently and RL amplifies that). After every task iteration
 it appends one JSON line per member to <workdir>/metrics.jsonl, writes
 TensorBoard scalars under <workdir>/tb/, and saves an orbax checkpoint
 (atomically) under <workdir>/checkpoints/; rerunning with the same workdir
@@ -37,6 +39,10 @@ _ALPHA = flags.DEFINE_string(
     'alpha', None, 'Task step size α, or a comma list (a vmapped sweep); '
     'default: the paper\'s α for the family.')
 _SEED = flags.DEFINE_string('seed', '0', 'Seed, or a comma list (vmapped).')
+_SWEEP = flags.DEFINE_string(
+    'sweep', 'vmap', 'How the (seed, α) members run inside the one compiled '
+    'program: vmap (batched lanes, fastest) or map (one after another, '
+    'each bitwise identical to a run of that member alone).')
 _NTASKS = flags.DEFINE_integer('ntasks', None, 'Task iterations (preset).')
 _PRESET = flags.DEFINE_string('preset', 'paper',
                               'smoke | quick | paper (the SPEC values).')
@@ -47,6 +53,9 @@ _SET = flags.DEFINE_multi_string(
     'slbo.n_inner=5 or task_gradient.linear_solver=minres.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory (default runs/<env>-<algo>-<preset>).')
+_THROTTLE = flags.DEFINE_float(
+    'throttle_s', 0.0, 'Seconds to sleep after each saved task iteration '
+    '(lets a test or a shared machine interrupt a run at a known point).')
 _STOP_AFTER = flags.DEFINE_integer(
     'stop_after', None, 'Stop (cleanly, checkpoint saved) after this many '
     'task iterations in total; rerun to continue.')
@@ -99,6 +108,8 @@ def resolve_settings():
   if any(not a > 0 for a in alphas):
     raise UsageError(f'--alpha: step sizes must be > 0, got {_ALPHA.value!r}')
   seeds = _parse_seeds(_SEED.value)
+  if _SWEEP.value not in ('vmap', 'map'):
+    raise UsageError(f'--sweep: expected vmap or map, got {_SWEEP.value!r}')
   overrides = {'algo': _ALGO.value}
   if _NTASKS.value is not None:
     if _NTASKS.value < 1:
@@ -118,6 +129,7 @@ def resolve_settings():
   family = build_family(_ENV.value, _PIPELINE.value, horizon)
   record = dict(env=_ENV.value, preset=_PRESET.value, pipeline=_PIPELINE.value,
                 horizon=family.horizon, alphas=alphas, seeds=seeds,
+                sweep=_SWEEP.value,
                 config=_jsonable(dataclasses.asdict(config)))
   return family, config, alphas, seeds, record
 
@@ -221,7 +233,14 @@ def run():
 
   done = int(np.asarray(state.iteration)[0])
   metrics_log = logs.MetricsLog(workdir, members, keep_below=done)
-  iteration = jax.jit(jax.vmap(algorithm.task_iteration, in_axes=(0, None)))
+  if record['sweep'] == 'vmap':
+    iteration = jax.jit(jax.vmap(algorithm.task_iteration, in_axes=(0, None)))
+  else:
+    # Batched kernels round differently from unbatched ones (and by batch
+    # size), and RL amplifies rounding; `map` runs each member's unbatched
+    # program in turn, so a sweep member is bitwise a single run.
+    iteration = jax.jit(lambda s, first: jax.lax.map(
+        lambda member: algorithm.task_iteration(member, first), s))
   target = config.n_tasks
   if _STOP_AFTER.value is not None:
     target = min(target, _STOP_AFTER.value)
@@ -239,6 +258,8 @@ def run():
     metrics_log.write(metrics, wall_time=time.time() - start)
     manager.save(done + 1, state)
     done += 1
+    if _THROTTLE.value > 0:
+      time.sleep(_THROTTLE.value)
     summary = metrics_log.last_summary
     log(f'task {done}/{config.n_tasks} done in {elapsed:.1f}s: {summary}'
         + (f', ETA {_eta(durations, config.n_tasks - done)}'

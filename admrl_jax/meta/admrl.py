@@ -297,7 +297,9 @@ class AdMRL:
     if algo == 'mb_unif':
       return self._no_gradient(uniform())
     if algo == 'mb_gauss':
-      return self._no_gradient(family.to_u(family.sample_gaussian(key_random)))
+      # Clip again: ψ → u rounding can land a hair outside [−1, 1].
+      return self._no_gradient(jnp.clip(
+          family.to_u(family.sample_gaussian(key_random)), -1.0, 1.0))
     return self._no_gradient(u)  # slbo: one fixed task
 
   # --------------------------------------------------- task iteration

@@ -116,3 +116,26 @@ def _parse(current, text, dotted):
                      f'{type(current).__name__}') from None
   raise ValueError(f'{dotted}: a {type(current).__name__} cannot be set '
                    'from a flag')
+
+
+def config_from_dict(values: Dict[str, Any],
+                     like=admrl.AdMRLConfig()):
+  """Rebuilds a config from `dataclasses.asdict`-style values (as stored in
+  a run's config.json): nested sections recurse, lists become tuples, and a
+  function-valued field (an activation) must name the default's function."""
+  kwargs = {}
+  for field in dataclasses.fields(like):
+    if field.name not in values:
+      continue
+    default, value = getattr(like, field.name), values[field.name]
+    if dataclasses.is_dataclass(default):
+      kwargs[field.name] = config_from_dict(value, default)
+    elif callable(default):
+      name = getattr(default, '__name__', None)
+      if value != name:
+        raise ValueError(f'{field.name}: cannot rebuild function {value!r}')
+    elif isinstance(value, list):
+      kwargs[field.name] = tuple(value)
+    else:
+      kwargs[field.name] = value
+  return dataclasses.replace(like, **kwargs)

@@ -1,0 +1,57 @@
+"""Reading a run directory written by `experiments.run`."""
+from __future__ import annotations
+
+import json
+import os
+
+from experiments.common import UsageError
+
+
+def load_config(workdir: str):
+  """(family, AdMRLConfig, record) of the run in `workdir`."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  from admrl_jax.meta import presets  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise UsageError(f'{workdir} holds no run (no config.json)')
+  with open(path) as f:
+    record = json.load(f)
+  config = presets.config_from_dict(record['config'])
+  kwargs = dict(horizon=record['horizon'])
+  if record.get('pipeline'):
+    kwargs['pipeline'] = record['pipeline']
+  if record.get('calibration'):
+    kwargs['state_mean'] = np.asarray(record['calibration']['state_mean'],
+                                      np.float32)
+    kwargs['state_std'] = np.asarray(record['calibration']['state_std'],
+                                     np.float32)
+  return envs.make(record['env'], **kwargs), config, record
+
+
+def members(record):
+  """The (seed, α) pairs of the run, in batch order."""
+  return [(seed, alpha) for seed in record['seeds']
+          for alpha in record['alphas']]
+
+
+def load_state(workdir: str, family, config, record, step=None):
+  """(batched AdMRLState, step) of the latest (or given) checkpoint."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
+  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
+
+  algorithm = admrl.AdMRL(family, config)
+  pairs = members(record)
+  like = jax.vmap(algorithm.init)(
+      jnp.stack([jax.random.key(seed) for seed, _ in pairs]),
+      jnp.asarray([alpha for _, alpha in pairs], jnp.float32))
+  manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise UsageError(f'{workdir} has no checkpoint yet')
+  return manager.restore(step, like), step

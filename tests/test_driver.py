@@ -1,0 +1,187 @@
+"""The driver end to end on lq at smoke size: α sweep = single-α runs,
+SIGKILL + resume = uninterrupted (bitwise), and bad input."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ['--env=lq', '--preset=smoke', '--ntasks=3', '--seed=0']
+
+
+def _driver(args, **kwargs):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'experiments.run', *args], cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _finish(proc, timeout=600):
+  out, err = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, err[-3000:]
+  return out
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _final_state(workdir):
+  sys.path.insert(0, ROOT)
+  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  family, config, record = workdir_lib.load_config(workdir)
+  state, step = workdir_lib.load_state(workdir, family, config, record)
+  return state, step
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """Four runs at once: a vmapped sweep α = 1, 2, 4; the same sweep killed
+  with SIGKILL after task iteration 1 and then restarted; the sweep with
+  --sweep=map; α = 2 alone with --sweep=map."""
+  base = tmp_path_factory.mktemp('driver')
+  dirs = {name: str(base / name)
+          for name in ('sweep', 'killed', 'sweep_map', 'single_map')}
+  procs = {
+      'sweep': _driver(SMOKE + ['--alpha=1,2,4', f'--workdir={dirs["sweep"]}']),
+      'killed': _driver(SMOKE + ['--alpha=1,2,4', f'--workdir={dirs["killed"]}',
+                                 '--throttle_s=600']),
+      'sweep_map': _driver(SMOKE + ['--alpha=1,2,4', '--sweep=map',
+                                    f'--workdir={dirs["sweep_map"]}']),
+      'single_map': _driver(SMOKE + ['--alpha=2', '--sweep=map',
+                                     f'--workdir={dirs["single_map"]}'])}
+  # Kill that run once iteration 1 is checkpointed (it then sleeps).
+  deadline = time.time() + 900
+  first_checkpoint = os.path.join(dirs['killed'], 'checkpoints', '1')
+  while not os.path.isdir(first_checkpoint):
+    assert procs['killed'].poll() is None, (
+        procs['killed'].communicate()[1][-3000:])
+    assert time.time() < deadline
+    time.sleep(0.5)
+  time.sleep(1.0)
+  procs['killed'].send_signal(signal.SIGKILL)
+  procs['killed'].wait()
+  assert len(_metrics(dirs['killed'])) == 3  # 1 iteration × 3 members
+  resumed = _driver(SMOKE + ['--alpha=1,2,4', f'--workdir={dirs["killed"]}'])
+  for name in ('sweep', 'sweep_map', 'single_map'):
+    _finish(procs[name])
+  out = _finish(resumed)
+  assert 'resumed from task iteration 1' in out
+  return dirs
+
+
+def test_resume_after_sigkill_is_bitwise_identical(runs):
+  a, step_a = _final_state(runs['sweep'])
+  b, step_b = _final_state(runs['killed'])
+  assert step_a == step_b == 3
+  leaves_a = jax.tree.leaves(jax.tree.map(
+      lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(
+          x.dtype, jax.dtypes.prng_key) else x, a))
+  leaves_b = jax.tree.leaves(jax.tree.map(
+      lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(
+          x.dtype, jax.dtypes.prng_key) else x, b))
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # The log has each iteration once, identical up to wall time.
+  assert _strip(_metrics(runs['sweep'])) == _strip(_metrics(runs['killed']))
+
+
+def _strip(rows):
+  return [{k: v for k, v in r.items() if k != 'wall_time'} for r in rows]
+
+
+def test_alpha_sweep_member_equals_the_single_alpha_run(runs):
+  """--sweep=map: bitwise the same trajectory and metrics as α = 2 alone."""
+  sweep = [r for r in _metrics(runs['sweep_map']) if r['alpha'] == 2.0]
+  single = _metrics(runs['single_map'])
+  assert [r['task_index'] for r in sweep] == [0, 1, 2]
+  assert _strip(sweep) == _strip(single)
+  # Each member steps with its own α: u_next = clip(u + α ∂L/∂u, −1, 1).
+  # (Task 1 is the first with a gradient; until then members are equal.)
+  for r in _metrics(runs['sweep_map']):
+    if r['task_index'] == 1:
+      assert r['grad_accepted']
+      np.testing.assert_allclose(
+          r['u_next'], np.clip(np.asarray(r['u']) + r['alpha'] * np.asarray(
+              r['grad_u']), -1.0, 1.0), rtol=1e-5, atol=1e-6)
+
+
+def test_vmapped_sweep_agrees_with_single_runs_to_rounding(runs):
+  """--sweep=vmap runs the members as batched lanes, whose kernels round
+  differently (by batch size). On the first task iteration every metric
+  agrees to 1e-4; later iterations drift apart as RL amplifies rounding,
+  which is why --sweep=map exists."""
+  vmapped = [r for r in _metrics(runs['sweep']) if r['task_index'] == 0]
+  mapped = [r for r in _metrics(runs['sweep_map']) if r['task_index'] == 0]
+  assert len(vmapped) == len(mapped) == 3
+  for a, b in zip(vmapped, mapped):
+    assert a['alpha'] == b['alpha']
+    for name in ('psi', 'u_next', 'model_loss', 'virtual_return',
+                 'real_samples'):
+      np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-4,
+                                 err_msg=name)
+
+
+def _tree_digest(path):
+  digest = hashlib.sha256()
+  for root, dirs, files in sorted(os.walk(path)):
+    dirs.sort()
+    for name in sorted(files):
+      with open(os.path.join(root, name), 'rb') as f:
+        digest.update(name.encode() + f.read())
+  return digest.hexdigest()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--env=lq2'], 'unknown environment'),
+    (['--env=lq', '--algo=maml'], 'unknown algorithm'),
+    (['--env=lq', '--alpha=0'], 'must be > 0'),
+    (['--env=lq', '--alpha=-1,2'], 'must be > 0'),
+    (['--env=lq', '--alpha='], 'comma-separated list'),
+    (['--env=lq', '--alpha=1,,2'], 'comma-separated list'),
+    (['--env=lq', '--alpha=1,x'], 'not a number'),
+    (['--env=lq', '--seed=1.5'], 'non-negative integers'),
+    (['--env=lq', '--preset=huge'], 'unknown preset'),
+    (['--env=lq', '--set=slbo.n_innr=3'], 'unknown field'),
+    (['--env=lq', '--set=slbo.n_inner=x'], 'cannot parse'),
+])
+def test_bad_flags_exit_2_with_a_message(args, message, tmp_path):
+  proc = _driver(args + [f'--workdir={tmp_path / "w"}'])
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 2, err
+  assert message in err
+  assert not os.path.exists(tmp_path / 'w')  # nothing was created
+
+
+def test_other_configuration_and_corrupt_checkpoint_leave_files_alone(
+    runs, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(runs['single_map'], workdir)
+  before = _tree_digest(workdir)
+  # Another configuration in the same workdir.
+  proc = _driver(SMOKE + ['--alpha=8', '--sweep=map', f'--workdir={workdir}'])
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 2 and 'another configuration' in err, err
+  assert 'alphas' in err
+  assert _tree_digest(workdir) == before
+  # A corrupt latest checkpoint: every file of it overwritten with junk.
+  latest = os.path.join(workdir, 'checkpoints', '3')
+  for root, _, files in os.walk(latest):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'\x00garbage')
+  before = _tree_digest(workdir)
+  proc = _driver(SMOKE + ['--alpha=2', '--sweep=map', f'--workdir={workdir}'])
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 1, err
+  assert 'corrupt or unreadable' in err and latest in err
+  assert _tree_digest(workdir) == before
