@@ -196,54 +196,68 @@ class AdMRL:
     return 2 * self.config.gradient_envs * self.family.horizon
 
   # ------------------------------------------------------------ pieces
-  def _zero_shot(self, s, psi, key, first):
-    def run(s):
-      s, metrics = self.engine._virtual_training(  # pylint: disable=protected-access
-          s, psi, key, self.config.slbo.n_zeroshot)
-      return s, metrics
+  def _phases(self, s, psi, key, first):
+    """Zero-shot (phase 0) and the SLBO stages (phases 1…) as one scan.
 
-    def skip(s):
-      shapes = jax.eval_shape(run, s)[1]
-      return s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
-
-    # `first`, not `data.size == 0`: an unbatched predicate keeps this a
-    # real branch under vmap (the dataset is empty exactly on the first task).
-    return jax.lax.cond(first, skip, run, s)
-
-  def _slbo_stages(self, s, psi, key, first):
+    Every phase is the same code — optionally collect real samples, then
+    VirtualTraining with a masked iteration count — so the compiled program
+    holds one copy of VirtualTraining (compile time), and a phase is
+    skipped by a branch on `first` and the phase index, never on batched
+    data. Returns the state, θ̂ = (policy, value, state normaliser) after
+    zero-shot, the last active stage's last VirtualTraining metrics, and
+    the number of stages run.
+    """
     config = self.config
-    n_max = max(config.n_slbo, config.n_slbo_first)
-    n_active = jnp.where(first, config.n_slbo_first, config.n_slbo)
+    n_stages = jnp.where(first, config.n_slbo_first, config.n_slbo)
+    n_phases = 1 + max(config.n_slbo, config.n_slbo_first)
+    n_iterations = max(config.slbo.n_zeroshot, config.slbo.n_inner)
 
-    def stage(s, inputs):
-      index, key_stage = inputs
+    def phase(s, inputs):
+      index, key_phase = inputs
+      zero_shot = index == 0
+      active = jnp.where(zero_shot, ~first, index <= n_stages)
+      key_collect, key_train = jax.random.split(key_phase)
 
       def run(s):
-        return self.engine._stage(s, psi, key_stage)  # pylint: disable=protected-access
+        s = jax.lax.cond(
+            zero_shot, lambda s: s,
+            lambda s: self.engine._collect_real(s, psi, key_collect), s)  # pylint: disable=protected-access
+        n_active = jnp.where(zero_shot, config.slbo.n_zeroshot,
+                             config.slbo.n_inner)
+        return self.engine._virtual_training(  # pylint: disable=protected-access
+            s, psi, key_train, n_iterations, n_active)
 
       def skip(s):
         shapes = jax.eval_shape(run, s)[1]
-        return s, jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype)
-                               if jnp.issubdtype(x.dtype, jnp.floating)
-                               else jnp.zeros(x.shape, x.dtype), shapes)
+        return s, jax.tree.map(
+            lambda x: jnp.full(x.shape, jnp.nan, x.dtype)
+            if jnp.issubdtype(x.dtype, jnp.floating)
+            else jnp.zeros(x.shape, x.dtype), shapes)
 
-      return jax.lax.cond(index < n_active, run, skip, s)
+      s, metrics = jax.lax.cond(active, run, skip, s)
+      hat = (s.agent.policy, s.agent.value, s.model.norms.state)
+      return s, (metrics, hat)
 
-    s, metrics = jax.lax.scan(
-        stage, s, (jnp.arange(n_max), jax.random.split(key, n_max)))
-    # The last active stage's last VirtualTraining iteration.
-    last = jax.tree.map(lambda x: x[n_active - 1, -1], metrics)
-    return s, last, n_active
+    s, (metrics, hats) = jax.lax.scan(
+        phase, s, (jnp.arange(n_phases), jax.random.split(key, n_phases)))
+    hat = jax.tree.map(lambda x: x[0], hats)  # after phase 0 (zero-shot)
+    last = jax.tree.map(lambda x: x[n_stages, config.slbo.n_inner - 1],
+                        metrics)
+    return s, hat, last, n_stages
 
   def _task_gradient(self, s, hat, psi, u, alpha, key):
     """Real and virtual roll-outs of θ̂ and θ*, Eq. 2, the ascent step."""
     policy_hat, value_hat, norm_hat = hat
     key_hat, key_star, key_virtual, key_start = jax.random.split(key, 4)
-    real_hat = self._collect.jitted((policy_hat, norm_hat), psi, key_hat,
-                                    jnp.zeros((), jnp.float32))
-    star = (s.agent.policy, s.model.norms.state)
-    real_star = self._collect.jitted(star, psi, key_star,
-                                     jnp.zeros((), jnp.float32))
+    # θ̂ and θ* in one vmapped collection: one copy of the simulator step.
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]),
+                        (policy_hat, norm_hat),
+                        (s.agent.policy, s.model.norms.state))
+    rollouts = jax.vmap(self._collect.jitted, in_axes=(0, None, 0, None))(
+        both, psi, jnp.stack([key_hat, key_star]),
+        jnp.zeros((), jnp.float32))
+    real_hat = jax.tree.map(lambda x: x[0], rollouts)
+    real_star = jax.tree.map(lambda x: x[1], rollouts)
     start_obs = jax.vmap(self.family.reset)(
         jax.random.split(key_start, self.config.gradient_envs)).obs
     virtual_hat = self._virtual((policy_hat, norm_hat), s.model, psi,
@@ -313,14 +327,11 @@ class AdMRL:
         unbatched under vmap).
     """
     first = jnp.asarray(first, bool)
-    key, key_agent, key_zero, key_stages, key_next = jax.random.split(
-        state.key, 5)
+    key, key_agent, key_phases, key_next = jax.random.split(state.key, 4)
     u = state.u
     psi = self.family.from_u(u)
     s = self.engine.new_task(state.slbo, key_agent)
-    s, _ = self._zero_shot(s, psi, key_zero, first)
-    hat = (s.agent.policy, s.agent.value, s.model.norms.state)
-    s, last, n_stages = self._slbo_stages(s, psi, key_stages, first)
+    s, hat, last, n_stages = self._phases(s, psi, key_phases, first)
     u_next, grad_metrics = self._next_task(s, hat, psi, u, state.alpha,
                                            key_next, first)
     real_samples = (state.real_samples

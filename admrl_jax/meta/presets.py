@@ -37,17 +37,18 @@ def preset(env: str, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
         slbo=SLBOConfig(model=ModelConfig(action_clip=action_clip)))
     return config, {}, alpha
   if name == 'quick':
-    horizon = 100
+    # Minutes on a 2-core CPU for any family (compilation included): every
+    # phase of the paper at reduced budgets.
     config = admrl.AdMRLConfig(
-        n_tasks=3, n_slbo=1, n_slbo_first=2, gradient_envs=10,
+        n_tasks=4, n_slbo=2, n_slbo_first=3, gradient_envs=10,
         slbo=SLBOConfig(
-            n_inner=3, n_zeroshot=3, n_policy=5, n_rollouts=20,
+            n_inner=5, n_zeroshot=5, n_policy=10, n_rollouts=20,
             dataset_capacity=50_000,
-            model=ModelConfig(hidden=(200, 200), n_steps=50,
+            model=ModelConfig(hidden=(200, 200), n_steps=100,
                               action_clip=action_clip),
             real=RolloutConfig(n_envs=10)),
         task_gradient=tg.TaskGradientConfig(iters=50))
-    return config, {'horizon': horizon}, alpha
+    return config, {'horizon': 100}, alpha
   # smoke: every code path once, in about a minute on lq.
   config = admrl.AdMRLConfig(
       n_tasks=3, n_slbo=1, n_slbo_first=1, gradient_envs=4,

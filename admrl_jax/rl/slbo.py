@@ -214,8 +214,14 @@ class SLBO:
     return state.replace(agent=agent), (virtual_return, info.accepted,
                                         info.kl, value_loss)
 
-  def _virtual_training(self, state: SLBOState, psi, key, n: int):
-    """Algorithm 2: n × [nmodel model steps; npolicy TRPO steps]."""
+  def _virtual_training(self, state: SLBOState, psi, key, n: int,
+                        n_active=None):
+    """Algorithm 2: n × [nmodel model steps; npolicy TRPO steps].
+
+    With `n_active` (a traced int ≤ n) only the first n_active iterations
+    run and the rest are skipped (their metrics are NaN): one compiled
+    program then serves phases of different lengths.
+    """
     def iteration(state, key):
       key_fit, key_policy = jax.random.split(key)
       model, fit_metrics = self._fit(state.model, state.data, key_fit)
@@ -229,19 +235,39 @@ class SLBO:
           virtual_return=v_ret[-1], trpo_accepted=jnp.mean(accepted),
           trpo_kl=kl[-1], value_loss=v_loss[-1])
 
-    return jax.lax.scan(iteration, state, jax.random.split(key, n))
+    if n_active is None:
+      return jax.lax.scan(iteration, state, jax.random.split(key, n))
+
+    def masked(state, inputs):
+      index, key_i = inputs
+
+      def skip(state):
+        shapes = jax.eval_shape(iteration, state, key_i)[1]
+        return state, jax.tree.map(
+            lambda x: jnp.full(x.shape, jnp.nan, x.dtype)
+            if jnp.issubdtype(x.dtype, jnp.floating)
+            else jnp.zeros(x.shape, x.dtype), shapes)
+
+      return jax.lax.cond(index < n_active,
+                          lambda s: iteration(s, key_i), skip, state)
+
+    return jax.lax.scan(masked, state,
+                        (jnp.arange(n), jax.random.split(key, n)))
+
+  def _collect_real(self, state: SLBOState, psi, key) -> SLBOState:
+    """Real samples of π_θ with exploration noise into the dataset, and
+    the normalisers updated from them (the first half of a stage)."""
+    params = (state.agent.policy, state.model.norms.state)
+    real = self._collect(params, psi, key)
+    return state.replace(
+        data=dataset_lib.add(state.data, real.transitions),
+        model=dynamics.update_normalizers(state.model, real.transitions))
 
   def _stage(self, state: SLBOState, psi, key):
     """Collect real samples with exploration, then VirtualTraining(ninner)."""
     key_collect, key_train = jax.random.split(key)
-    params = (state.agent.policy, state.model.norms.state)
-    real = self._collect(params, psi, key_collect)
-    state = state.replace(
-        data=dataset_lib.add(state.data, real.transitions),
-        model=dynamics.update_normalizers(state.model, real.transitions))
-    state, metrics = self._virtual_training(state, psi, key_train,
-                                            self.config.n_inner)
-    return state, metrics
+    state = self._collect_real(state, psi, key_collect)
+    return self._virtual_training(state, psi, key_train, self.config.n_inner)
 
   def evaluate(self, state: SLBOState, psi, key) -> rollout.Rollout:
     params = (state.agent.policy, state.model.norms.state)
