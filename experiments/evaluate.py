@@ -1,0 +1,457 @@
+r"""Evaluates a run: `python -m experiments.evaluate --workdir=DIR [flags]`.
+
+    python -m experiments.evaluate --workdir=runs/ant2d-admrl-paper
+    python -m experiments.evaluate --workdir=runs/ant2d-admrl-paper --eval_env=ant2d_ood
+    python -m experiments.evaluate --workdir=/tmp/lq --budgets=500,1000 --max_tasks=4
+
+For every member (seed, α) of the run's latest checkpoint and every task ψ of
+the evaluation set (the family's, or --eval_env's: e.g. the ant2d_ood boundary
+tasks for a model trained on ant2d — same dynamics and observations), it
+adapts the trained model (SPEC §5): fresh policy, zero-shot VirtualTraining →
+A0, then SLBO stages of --stage_samples real samples each → A_n at each
+--budgets n. A*(ψ) is the closed form where the family has one (lq), else
+the best return of a long SLBO run from scratch with --astar_budget real
+samples; it is cached per (family, ψ, budget) in --astar_cache (default
+<workdir>/../astar_cache.json), so every method evaluated beside it uses the
+same A*.
+
+Writes <workdir>/eval.json (eval_<env>.json for another --eval_env) with A0,
+An, A*, Gn, Gmax_n, average An per member, their mean/std over members, the
+budgets and the A* budget; and PNGs beside it: gap_heatmap (G_n over the grid,
+a column per budget; slices over the last coordinate for 3-D boxes), gmax
+(Gmax_n vs n), average_return (average A_n vs n, n = 0 is A0), visited_tasks
+(the run's training tasks over the box). Bad input: one line on stderr,
+exit status 2 (an unreadable checkpoint: exit status 1).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from experiments.common import UsageError, parse_floats
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
+_BUDGETS = flags.DEFINE_string(
+    'budgets', '2000,4000,6000',
+    'Real-sample counts n of A_n, multiples of --stage_samples.')
+_STAGE_SAMPLES = flags.DEFINE_integer(
+    'stage_samples', None, 'Real samples per adaptation stage (a multiple of '
+    'the horizon); default: the gcd of --budgets (2000 for the default).')
+_ASTAR_METHOD = flags.DEFINE_string(
+    'astar_method', 'auto', 'auto (closed form where the family has one, '
+    'else slbo) | closed_form | slbo.')
+_ASTAR_BUDGET = flags.DEFINE_integer(
+    'astar_budget', 100_000, 'Real samples of the long SLBO run that '
+    'estimates A* (method slbo).')
+_ASTAR_CACHE = flags.DEFINE_string(
+    'astar_cache', None, 'JSON cache of A* (default '
+    '<workdir>/../astar_cache.json).')
+_EVAL_ENV = flags.DEFINE_string(
+    'eval_env', None, 'Evaluate on this family\'s evaluation set (same '
+    'dynamics and observations as the run\'s), e.g. ant2d_ood.')
+_MAX_TASKS = flags.DEFINE_integer(
+    'max_tasks', None, 'Evaluate only the first N tasks of the set.')
+_EVAL_EPISODES = flags.DEFINE_integer(
+    'eval_episodes', None, 'Real episodes per measured return (default '
+    'stage_samples // horizon).')
+_N_INNER = flags.DEFINE_integer('n_inner', None, 'VirtualTraining iterations '
+                                'per stage (default: the run\'s).')
+_N_ZEROSHOT = flags.DEFINE_integer('n_zeroshot', None, 'Zero-shot '
+                                   'VirtualTraining iterations, 0 for none '
+                                   '(default: the run\'s).')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint (task iteration) to '
+                             'evaluate; default the latest.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the evaluation roll-outs.')
+
+FIGURES = ('gap_heatmap', 'gmax', 'average_return', 'visited_tasks')
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
+    sys.exit(2)
+  try:
+    run()
+  except UsageError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be restored: one line, exit status 1."""
+
+
+# ------------------------------------------------------------ settings
+def parse_ints(text: str, what: str, minimum: int = 1) -> list[int]:
+  """'2000,4000' -> [2000, 4000]: integers >= minimum, strictly increasing."""
+  values = parse_floats(text, what)
+  if any(v != int(v) or v < minimum for v in values):
+    raise UsageError(f'--{what}: expected integers >= {minimum}, got {text!r}')
+  values = [int(v) for v in values]
+  if values != sorted(set(values)):
+    raise UsageError(f'--{what}: values must be strictly increasing, got '
+                     f'{text!r}')
+  return values
+
+
+def _positive(flag, name):
+  if flag.value is not None and flag.value < 1:
+    raise UsageError(f'--{name} must be >= 1, got {flag.value}')
+  return flag.value
+
+
+def outputs(workdir: str, record, eval_env) -> dict:
+  """Paths of eval.json and the PNGs (suffixed for another --eval_env)."""
+  suffix = '' if eval_env in (None, record['env']) else f'_{eval_env}'
+  paths = {name: os.path.join(workdir, f'{name}{suffix}.png')
+           for name in FIGURES}
+  paths['json'] = os.path.join(workdir, f'eval{suffix}.json')
+  return paths
+
+
+def eval_family(family, record, eval_env):
+  """The family whose evaluation set (and reward) is used."""
+  if eval_env is None or eval_env == record['env']:
+    return family
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  if eval_env not in envs.names():
+    raise UsageError(f'--eval_env: unknown environment {eval_env!r}; valid: '
+                     f'{", ".join(envs.names())}')
+  kwargs = dict(horizon=family.horizon)
+  if record.get('pipeline'):
+    kwargs['pipeline'] = record['pipeline']
+  try:
+    other = envs.make(eval_env, **kwargs)
+  except ValueError as e:
+    raise UsageError(f'--eval_env: {e}') from None
+  if (other.obs_size, other.action_size) != (family.obs_size,
+                                             family.action_size) or (
+                                                 other.task_dim
+                                                 != family.task_dim):
+    raise UsageError(
+        f'--eval_env {eval_env} does not share {family.name}\'s dynamics '
+        f'(obs {other.obs_size} vs {family.obs_size}, action '
+        f'{other.action_size} vs {family.action_size}, task dim '
+        f'{other.task_dim} vs {family.task_dim})')
+  return other
+
+
+# ----------------------------------------------------------- A* cache
+def family_fingerprint(family) -> str:
+  """What besides ψ sets a family's returns: name, horizon, frame skip,
+  pipeline, and a run's calibration (Cheetah-Highdim's μ, σ)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  parts = [family.name, f'h{family.horizon}']
+  for name in ('frame_skip', 'pipeline'):
+    value = getattr(family, name, None)
+    if value is not None:
+      parts.append(f'{name}={value}')
+  mean = getattr(family, 'state_mean', None)
+  if mean is not None:
+    blob = np.concatenate([np.asarray(mean, np.float32).ravel(),
+                           np.asarray(family.state_std, np.float32).ravel()])
+    parts.append('cal=' + hashlib.sha1(blob.tobytes()).hexdigest()[:10])
+  return '|'.join(parts)
+
+
+def astar_key(fingerprint: str, psi, method: str, budget) -> str:
+  where = 'closed_form' if method == 'closed_form' else f'slbo{budget}'
+  return f'{fingerprint}|{where}|psi=' + ','.join(f'{float(v):.6g}'
+                                                  for v in psi)
+
+
+def read_cache(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      cache = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UsageError(f'--astar_cache {path} is unreadable ({e}); move it '
+                     'aside') from None
+  if not isinstance(cache, dict):
+    raise UsageError(f'--astar_cache {path} is not a JSON object')
+  return cache
+
+
+def update_cache(path: str, entries: dict) -> None:
+  """Merges `entries` into the cache file (re-read first: another evaluation
+  may have written meanwhile; existing entries win) and writes atomically."""
+  cache = read_cache(path)
+  for key, value in entries.items():
+    cache.setdefault(key, value)
+  write_json(path, cache)
+
+
+def write_json(path: str, value) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=1, allow_nan=False)
+  os.replace(tmp, path)
+
+
+def astar_values(family, slbo_config, tasks, method, budget, stage_samples,
+                 cache_path, seed, log):
+  """A* of every task, (t,), from the cache or computed (then cached)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import optimum  # pylint: disable=g-import-not-at-top
+
+  fingerprint = family_fingerprint(family)
+  keys = [astar_key(fingerprint, psi, method, budget) for psi in tasks]
+  cache = read_cache(cache_path)
+  missing = [i for i, key in enumerate(keys) if key not in cache]
+  new = {}
+  if missing:
+    psis = tasks[missing]
+    if method == 'closed_form':
+      values = np.asarray(optimum.closed_form_astar(family, psis))
+      extra = [{} for _ in missing]
+    else:
+      log(f'A*: {len(missing)} task(s) not cached; SLBO from scratch with '
+          f'{budget} real samples each')
+      estimator = optimum.SLBOOptimum(
+          family, slbo_config,
+          optimum.OptimumConfig(budget=budget, stage_samples=stage_samples))
+      task_keys = jax.vmap(
+          lambda i: jax.random.fold_in(jax.random.key(seed), i))(
+              np.asarray(missing))
+      result = estimator.estimate_tasks(psis, task_keys)
+      values = np.asarray(result.astar)
+      extra = [dict(stage_returns=[float(v) for v in row],
+                    stage_samples=stage_samples)
+               for row in np.asarray(result.stage_returns)]
+    for i, value, more in zip(missing, values, extra):
+      if not math.isfinite(float(value)):
+        log(f'A*: estimate for task {i} is not finite; not cached')
+        continue
+      new[keys[i]] = dict(astar=float(value), family=fingerprint,
+                          psi=[float(v) for v in tasks[i]], method=method,
+                          budget=None if method == 'closed_form' else budget,
+                          created=time.strftime('%Y-%m-%dT%H:%M:%S'), **more)
+    update_cache(cache_path, new)
+    cache = read_cache(cache_path)
+  return np.asarray([cache[key]['astar'] if key in cache else np.nan
+                     for key in keys], np.float64), len(missing)
+
+
+# ---------------------------------------------------------------- run
+def run():
+  start = time.time()
+
+  def log(message):
+    print(f'[{time.time() - start:7.1f}s] {message}', flush=True)
+
+  workdir = _WORKDIR.value
+  if not workdir:
+    raise UsageError('--workdir is required')
+  if not os.path.isdir(workdir):
+    raise UsageError(f'--workdir {workdir} does not exist')
+  budgets = parse_ints(_BUDGETS.value, 'budgets')
+  stage_samples = _positive(_STAGE_SAMPLES, 'stage_samples') or math.gcd(
+      *budgets)
+  if any(b % stage_samples for b in budgets):
+    raise UsageError(f'--budgets {budgets} must be multiples of '
+                     f'--stage_samples={stage_samples}')
+  max_tasks = _positive(_MAX_TASKS, 'max_tasks')
+  if _ASTAR_METHOD.value not in ('auto', 'closed_form', 'slbo'):
+    raise UsageError(f'--astar_method: expected auto, closed_form or slbo, '
+                     f'got {_ASTAR_METHOD.value!r}')
+  _positive(_ASTAR_BUDGET, 'astar_budget')
+  for flag, name in ((_EVAL_EPISODES, 'eval_episodes'), (_N_INNER, 'n_inner')):
+    _positive(flag, name)
+  if _N_ZEROSHOT.value is not None and _N_ZEROSHOT.value < 0:
+    raise UsageError(f'--n_zeroshot must be >= 0, got {_N_ZEROSHOT.value}')
+  if _SEED.value < 0:
+    raise UsageError(f'--seed must be >= 0, got {_SEED.value}')
+
+  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  family, config, record = workdir_lib.load_config(workdir)
+  target = eval_family(family, record, _EVAL_ENV.value)
+
+  from admrl_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import optimum  # pylint: disable=g-import-not-at-top
+  method = (optimum.default_method(target) if _ASTAR_METHOD.value == 'auto'
+            else _ASTAR_METHOD.value)
+  if method == 'closed_form' and not optimum.has_closed_form(target):
+    raise UsageError(f'--astar_method=closed_form: {target.name} has no '
+                     'closed-form optimum; use slbo')
+  astar_budget = None if method == 'closed_form' else _ASTAR_BUDGET.value
+  try:
+    adapt_config = adaptation.AdaptationConfig.from_budgets(
+        budgets, stage_samples, n_zeroshot=_N_ZEROSHOT.value,
+        n_inner=_N_INNER.value, eval_episodes=_EVAL_EPISODES.value)
+    adaptation.stage_slbo_config(target, config.slbo, stage_samples)
+    if astar_budget is not None:
+      optimum.OptimumConfig(budget=astar_budget, stage_samples=stage_samples)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+
+  if _STEP.value is not None:
+    _positive(_STEP, 'step')
+    if not os.path.isdir(os.path.join(workdir, 'checkpoints',
+                                      str(_STEP.value))):
+      raise UsageError(f'--step: {workdir} has no checkpoint {_STEP.value}')
+  try:
+    state, step = workdir_lib.load_state(workdir, family, config, record,
+                                         _STEP.value)
+  except UsageError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    what = ('the latest checkpoint' if _STEP.value is None
+            else f'checkpoint {_STEP.value}')
+    raise CheckpointError(f'{workdir}: cannot restore {what} '
+                          f'({type(e).__name__}: {str(e)[:200]})') from None
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  tasks = np.asarray(target.eval_tasks(), np.float32)
+  if max_tasks is not None:
+    tasks = tasks[:max_tasks]
+  members = workdir_lib.members(record)
+  paths = outputs(workdir, record, _EVAL_ENV.value)
+  log(f'{workdir}: {record["env"]} {config.algo}, checkpoint {step}, '
+      f'{len(members)} member(s); {len(tasks)} {target.name} task(s), '
+      f'budgets {budgets} ({stage_samples} per stage), A* {method}'
+      + (f' ({astar_budget} samples)' if astar_budget else ''))
+
+  cache_path = _ASTAR_CACHE.value or os.path.join(
+      os.path.dirname(os.path.abspath(workdir)), 'astar_cache.json')
+  astar, computed = astar_values(target, config.slbo, tasks, method,
+                                 astar_budget, stage_samples, cache_path,
+                                 _SEED.value, log)
+  log(f'A* of {len(tasks)} task(s) ({computed} computed, '
+      f'{len(tasks) - computed} cached) in {cache_path}')
+
+  adapter = adaptation.Adaptation(target, config.slbo, adapt_config)
+  key = jax.random.key(_SEED.value)
+  a0, an = [], []
+  for m, (seed, alpha) in enumerate(members):
+    t0 = time.time()
+    member_state = jax.tree.map(lambda x, m=m: x[m], state.slbo)
+    result = adapter.evaluate_tasks(member_state, tasks,
+                                    jax.random.fold_in(key, m))
+    a0.append(np.asarray(result.a0))
+    an.append(np.asarray(result.an))
+    log(f'member {m + 1}/{len(members)} (seed {seed}, alpha {alpha:g}): '
+        f'mean A0 {np.mean(a0[-1]):.3f}, mean A_n '
+        + ', '.join(f'{v:.3f}' for v in np.mean(an[-1], axis=0))
+        + f' ({time.time() - t0:.1f}s)')
+
+  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  result = metrics.evaluation(np.stack(a0), np.stack(an), astar, tasks,
+                              budgets, method, astar_budget)
+  visited = np.asarray(family.from_u(np.asarray(state.visited_u)))
+  iterations = np.asarray(state.iteration)
+  visited = [v[:int(n)] for v, n in zip(visited, iterations)]
+  report = dict(
+      workdir=os.path.abspath(workdir), env=record['env'],
+      eval_env=target.name, algo=config.algo, preset=record.get('preset'),
+      step=int(step), members=[dict(seed=s, alpha=a) for s, a in members],
+      budgets=budgets, stage_samples=stage_samples,
+      eval_episodes=adapter.eval_episodes,
+      n_zeroshot=adapter.n_zeroshot, n_inner=adapter.n_inner,
+      astar_method=method, astar_budget=astar_budget, astar_cache=cache_path,
+      tasks=np.round(tasks.astype(np.float64), 6),
+      task_names=_names(target),
+      task_low=target.task_low, task_high=target.task_high,
+      train_task_low=family.task_low, train_task_high=family.task_high,
+      A0=result.a0, An=result.an, Astar=result.astar, Gn=result.metrics.gn,
+      Gmax_n=result.metrics.gmax, average_An=result.metrics.average_an,
+      average_A0=result.metrics.average_a0,
+      worst_task=result.metrics.worst_task,
+      summary=result.summary(), visited_tasks=visited,
+      wall_time_s=time.time() - start)
+  write_json(paths['json'], metrics.to_jsonable(report))
+  summary = result.summary()
+  log('Gmax_n ' + ', '.join(
+      f'n={b}: {m:.3f}±{s:.3f}' for b, m, s in zip(
+          budgets, summary['Gmax_n_mean'], summary['Gmax_n_std']))
+      + (' (A* closed form)' if astar_budget is None
+         else f' (A* from {astar_budget} samples)'))
+  draw(report_for_plots(report), paths)
+  log(f'wrote {paths["json"]} and '
+      f'{", ".join(os.path.basename(paths[n]) for n in FIGURES)}')
+
+
+def _names(family):
+  from admrl_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
+  return list(plots.task_names(family))
+
+
+def report_for_plots(report):
+  """The JSON form of a report (as plot.py reads it back from eval.json)."""
+  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  return json.loads(json.dumps(metrics.to_jsonable(report)))
+
+
+def astar_note(report) -> str:
+  if report['astar_budget'] is None:
+    return 'A* closed form'
+  return f'A* from {report["astar_budget"]} samples'
+
+
+def draw(report, paths) -> None:
+  """The four figures of one evaluated run (from its JSON report)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
+
+  label = f'{report["algo"]} ({report["env"]})'
+  summary = report['summary']
+  budgets = report['budgets']
+  names = report['task_names']
+  fig = plots.gap_heatmaps([(label, _arr(summary['Gn_mean']))],
+                           _arr(report['tasks']), budgets, names,
+                           title=f'{report["eval_env"]}: G_n, mean over '
+                           f'{summary["members"]} member(s); '
+                           f'{astar_note(report)}')
+  fig.savefig(paths['gap_heatmap'], dpi=110)
+  fig = plots.curves(budgets, [(label, _arr(summary['Gmax_n_mean']),
+                                _arr(summary['Gmax_n_std']))],
+                     'Gmax_n = max_ψ (A* − A_n)',
+                     f'{report["eval_env"]}; {astar_note(report)}')
+  fig.savefig(paths['gmax'], dpi=110)
+  fig = plots.curves(
+      [0] + budgets,
+      [(label, np.concatenate([[_num(summary['average_A0_mean'])],
+                               _arr(summary['average_An_mean'])]),
+        np.concatenate([[_num(summary['average_A0_std'])],
+                        _arr(summary['average_An_std'])]))],
+      'average A_n (n = 0: A0)', report['eval_env'])
+  fig.savefig(paths['average_return'], dpi=110)
+  runs = [(f'{report["algo"]}, seed {m["seed"]}, α {m["alpha"]:g}',
+           _arr(v, len(names))) for m, v in zip(report['members'],
+                                                report['visited_tasks'])]
+  fig = plots.visited_tasks(runs, report['train_task_low'],
+                            report['train_task_high'], names,
+                            eval_tasks=_arr(report['tasks']),
+                            title=f'{report["env"]}: training tasks visited')
+  fig.savefig(paths['visited_tasks'], dpi=110)
+
+
+def _arr(x, k=None):
+  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  return metrics.from_jsonable(x, k)
+
+
+def _num(x):
+  return float('nan') if x is None else float(x)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,434 @@
+"""Evaluation on lq against its closed-form optimum: A0/A_n adaptation, A*
+(closed form and the SLBO estimate), the gap metrics, the grid helpers of
+the figures, and the evaluate/plot scripts end to end (with bad input)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from admrl_jax import envs
+from admrl_jax.config import RolloutConfig
+from admrl_jax.evaluation import adaptation
+from admrl_jax.evaluation import metrics
+from admrl_jax.evaluation import optimum
+from admrl_jax.evaluation import plots
+from admrl_jax.models import dynamics
+from admrl_jax.models.dynamics import ModelConfig
+from admrl_jax.rl import dataset as dataset_lib
+from admrl_jax.rl import rollout
+from admrl_jax.rl import slbo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HORIZON = 20
+STAGE = 200          # 10 environments × one 20-step episode
+EPISODES = 20
+SMOKE_HORIZON = 25   # the lq smoke preset's
+
+
+# Processes started; at teardown (e.g. when the end-to-end tests were
+# deselected) the running ones are killed and no new one starts.
+_LIVE = []
+_LOCK = threading.Lock()
+_STOP = threading.Event()
+
+
+def _script(module, *args):
+  with _LOCK:
+    if _STOP.is_set():
+      raise RuntimeError('module teardown: not starting ' + module)
+    proc = subprocess.Popen(
+        [sys.executable, '-m', module, *args], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _LIVE.append(proc)
+  return proc
+
+
+def _pipeline(base, results):
+  """The scripts one after the other: a 2-task smoke run, evaluate (with the
+  bad-input cases beside it), then plot against a copy of the run."""
+  workdir = os.path.join(base, 'lq-admrl')
+  results['workdir'] = workdir
+  try:
+    run = _script('experiments.run', '--env=lq', '--preset=smoke',
+                  '--ntasks=2', f'--workdir={workdir}')
+    results['run'] = run.communicate(timeout=600) + (run.returncode,)
+    if run.returncode:
+      return
+    no_checkpoint = os.path.join(base, 'no-checkpoint')
+    os.makedirs(no_checkpoint)
+    shutil.copy(os.path.join(workdir, 'config.json'), no_checkpoint)
+    bad = {
+        'missing workdir': ('experiments.evaluate', f'--workdir={base}/none'),
+        'no workdir flag': ('experiments.evaluate',),
+        'no checkpoint': ('experiments.evaluate',
+                          f'--workdir={no_checkpoint}', '--budgets=50'),
+        'bad list': ('experiments.evaluate', f'--workdir={workdir}',
+                     '--budgets=50,abc'),
+        'decreasing': ('experiments.evaluate', f'--workdir={workdir}',
+                       '--budgets=100,50'),
+        'not whole episodes': ('experiments.evaluate',
+                               f'--workdir={workdir}', '--budgets=30'),
+        'unknown eval env': ('experiments.evaluate', f'--workdir={workdir}',
+                             '--budgets=50', '--eval_env=nope'),
+        'plot not evaluated': ('experiments.plot',
+                               f'--workdirs={no_checkpoint}',
+                               f'--out={base}/figures'),
+        'plot no out': ('experiments.plot', f'--workdirs={workdir}'),
+    }
+    t0 = time.time()
+    evaluate = _script('experiments.evaluate', f'--workdir={workdir}',
+                       '--budgets=50,100', '--max_tasks=3')
+    bad_procs = {what: _script(*args) for what, args in bad.items()}
+    results['bad'] = {what: p.communicate(timeout=600)[1:] + (p.returncode,)
+                      for what, p in bad_procs.items()}
+    results['evaluate'] = evaluate.communicate(timeout=600) + (
+        evaluate.returncode,)
+    results['evaluate_wall_s'] = time.time() - t0
+    if evaluate.returncode:
+      return
+    other = os.path.join(base, 'lq-copy')
+    shutil.copytree(workdir, other)
+    plot = _script('experiments.plot', f'--workdirs={workdir},{other}',
+                   f'--out={base}/figures')
+    results['plot'] = plot.communicate(timeout=600) + (plot.returncode,)
+  except Exception as e:  # pylint: disable=broad-except
+    results['error'] = repr(e)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def scripts(tmp_path_factory):
+  """Runs `_pipeline` in the background from the start of the module, so
+  the scripts run while the in-process tests compile (2 cores)."""
+  base = str(tmp_path_factory.mktemp('evaluation'))
+  results = dict(base=base)
+  thread = threading.Thread(target=_pipeline, args=(base, results),
+                            daemon=True)
+  thread.start()
+  yield dict(results=results, thread=thread)
+  with _LOCK:
+    _STOP.set()
+    for proc in _LIVE:
+      if proc.poll() is None:
+        proc.kill()
+  thread.join(timeout=60)
+
+
+@pytest.fixture(scope='module')
+def lq():
+  return envs.make('lq', horizon=HORIZON)
+
+
+@pytest.fixture(scope='module')
+def slbo_config():
+  return slbo.SLBOConfig(
+      n_inner=3, n_zeroshot=3, n_policy=8, n_rollouts=32,
+      dataset_capacity=4000,
+      model=ModelConfig(hidden=(32, 32), n_steps=100, action_clip=None),
+      real=RolloutConfig(n_envs=10))
+
+
+@pytest.fixture(scope='module')
+def adapter(lq, slbo_config):
+  return adaptation.Adaptation(
+      lq, slbo_config, adaptation.AdaptationConfig(
+          stage_samples=STAGE, stages=(1, 2, 3), eval_episodes=EPISODES))
+
+
+@pytest.fixture(scope='module')
+def trained(lq, slbo_config):
+  """A dataset of 400 real transitions of a uniformly random policy, with
+  normalisers; the model is fitted during the zero-shot phase (a cheap
+  stand-in for a trained run: no extra compiled stage)."""
+  state = slbo.init(jax.random.key(0), lq, slbo_config)
+  collect = rollout.make_collector(lq, rollout.random_policy(lq.action_size),
+                                   RolloutConfig(n_envs=20))
+  for i, psi in enumerate([(0.5, -0.5), (-0.5, 0.5)]):
+    real = collect(None, jnp.asarray(psi), jax.random.key(i), 0.0)
+    state = state.replace(
+        data=dataset_lib.add(state.data, real.transitions),
+        model=dynamics.update_normalizers(state.model, real.transitions))
+  assert int(state.data.size) == 2 * 20 * HORIZON
+  return state
+
+
+@pytest.fixture(scope='module')
+def tasks(lq):
+  # Two opposite corners and an inner point.
+  return lq.eval_tasks()[[0, 14, 35]]
+
+
+@pytest.fixture(scope='module')
+def adapted(adapter, trained, tasks):
+  return adapter.evaluate_tasks(trained, tasks, jax.random.key(5))
+
+
+# ------------------------------------------------------------ configs
+def test_budgets_are_multiples_of_stages_of_whole_episodes(lq, slbo_config):
+  config = adaptation.AdaptationConfig.from_budgets((2000, 4000, 6000))
+  assert config.stages == (1, 2, 3) and config.budgets == (2000, 4000, 6000)
+  with pytest.raises(ValueError, match='multiples of stage_samples'):
+    adaptation.AdaptationConfig.from_budgets((2000, 3000), 2000)
+  with pytest.raises(ValueError, match='increasing'):
+    adaptation.AdaptationConfig(stages=(2, 1))
+  with pytest.raises(ValueError, match='multiple of the lq horizon 20'):
+    adaptation.stage_slbo_config(lq, slbo_config, 210)
+  stage = adaptation.stage_slbo_config(lq, slbo_config, 2000)
+  assert slbo.real_samples_per_stage(lq, stage) == 2000
+  assert stage.real.n_envs == 100 and stage.model == slbo_config.model
+  with pytest.raises(ValueError, match='multiple of stage_samples'):
+    optimum.OptimumConfig(budget=1000, stage_samples=300)
+
+
+# ---------------------------------------------------------- adaptation
+def test_adaptation_returns_every_task_and_budget(adapted, tasks):
+  assert adapted.a0.shape == (len(tasks),)
+  assert adapted.an.shape == (len(tasks), 3)
+  assert adapted.stage_returns.shape == (len(tasks), 3)
+  # A_n after stages (1, 2, 3) is the return after those stages.
+  np.testing.assert_array_equal(adapted.an, adapted.stage_returns)
+  assert np.all(np.isfinite(adapted.a0)) and np.all(np.isfinite(adapted.an))
+
+
+def test_returns_never_beat_the_closed_form_optimum(lq, adapted, tasks):
+  """A*(ψ) is the best expected return of any policy with noise-free
+  actions, so every measured A0, A_n stays below it up to the noise of a
+  20-episode mean (process noise 0.05: well under 0.05)."""
+  astar = np.asarray(optimum.closed_form_astar(lq, tasks))
+  assert astar[0] == pytest.approx(float(lq.optimal_return(
+      jnp.asarray(tasks[0]), 0.0)), rel=1e-6)
+  assert np.all(np.asarray(adapted.a0) <= astar + 0.05)
+  assert np.all(np.asarray(adapted.an) <= astar[:, None] + 0.05)
+
+
+def _zero_action_return(lq, psis):
+  """Exact return of the policy a = 0 (a fresh policy's mean is near it)."""
+  m, n = lq.action_size, lq.obs_size
+  return np.asarray(jax.jit(jax.vmap(lambda psi: lq.expected_return(
+      psi, jnp.zeros((m, n)), jnp.zeros((m,)))))(jnp.asarray(psis)))
+
+
+def test_adaptation_reaches_the_optimum_and_more_samples_do_not_hurt(
+    lq, adapted, tasks):
+  astar = np.asarray(optimum.closed_form_astar(lq, tasks))
+  baseline = _zero_action_return(lq, tasks)
+  an = np.asarray(adapted.an)
+  gn = np.asarray(metrics.gaps(astar, an))
+  # After 600 samples every task has closed >= 80% of the gap between
+  # doing nothing and the optimum.
+  closed = (an[:, -1] - baseline) / (astar - baseline)
+  assert np.all(closed >= 0.8), (closed, an, astar, baseline)
+  # The last budget's gap is no worse than the first's, beyond noise.
+  assert np.all(gn[:, -1] <= gn[:, 0] + 0.1 + 0.05 * np.abs(astar)), gn
+
+
+def test_tasks_adapt_independently_from_the_trained_state(
+    adapter, trained, tasks, adapted):
+  """Task 0's result does not depend on the other tasks of the set (each
+  starts from the trained model and data), and a new set of the same size
+  reuses the compiled program."""
+  other = adapter.evaluate_tasks(
+      trained, np.concatenate([tasks[:1], tasks[:0:-1]]), jax.random.key(5))
+  np.testing.assert_array_equal(other.a0[0], adapted.a0[0])
+  np.testing.assert_array_equal(other.an[0], adapted.an[0])
+  assert adapter.evaluate_tasks._cache_size() == 1
+
+
+# --------------------------------------------------------------- A*
+def test_slbo_astar_is_below_the_closed_form_and_its_best_stage(
+    lq, slbo_config, tasks):
+  """The SLBO estimate of A* (600 samples from scratch) approaches the
+  closed form from below, and is the best of its stages."""
+  estimator = optimum.SLBOOptimum(
+      lq, slbo_config, optimum.OptimumConfig(budget=3 * STAGE,
+                                             stage_samples=STAGE,
+                                             eval_episodes=EPISODES))
+  assert estimator.slbo_config.dataset_capacity == 3 * STAGE
+  psis = tasks[:2]
+  result = estimator.estimate_tasks(psis, jax.random.split(jax.random.key(3),
+                                                           2))
+  closed = np.asarray(optimum.closed_form_astar(lq, psis))
+  np.testing.assert_array_equal(result.astar,
+                                np.max(result.stage_returns, axis=1))
+  assert np.all(np.asarray(result.astar) <= closed + 0.05)
+  # More than half of the way from doing nothing to the optimum.
+  baseline = _zero_action_return(lq, psis)
+  progress = (np.asarray(result.astar) - baseline) / (closed - baseline)
+  assert np.all(progress >= 0.5), (progress, result.stage_returns, closed)
+
+
+def test_families_without_closed_form_are_refused():
+  assert optimum.default_method(envs.make('lq')) == 'closed_form'
+
+  class NoOptimum:
+    name = 'x'
+  assert not optimum.has_closed_form(NoOptimum())
+  with pytest.raises(ValueError, match='no closed-form'):
+    optimum.closed_form_astar(NoOptimum(), np.zeros((1, 2)))
+
+
+# ------------------------------------------------------------ metrics
+def test_gap_metrics_against_their_definitions():
+  rng = np.random.default_rng(0)
+  m, t, b = 3, 5, 2
+  a0 = rng.normal(size=(m, t))
+  an = rng.normal(size=(m, t, b))
+  astar = rng.normal(size=(t,)) + 3.0
+  ev = metrics.evaluation(a0, an, astar, rng.normal(size=(t, 2)), (100, 200),
+                          'slbo', 5000)
+  gn = ev.metrics.gn
+  for i in range(m):
+    for j in range(t):
+      for n in range(b):
+        assert gn[i, j, n] == astar[j] - an[i, j, n]   # exactly
+  np.testing.assert_array_equal(ev.metrics.gmax, gn.max(axis=1))
+  np.testing.assert_array_equal(
+      gn[np.arange(m)[:, None], ev.metrics.worst_task, np.arange(b)],
+      ev.metrics.gmax)
+  np.testing.assert_allclose(ev.metrics.average_an, an.mean(axis=1))
+  np.testing.assert_allclose(ev.metrics.average_a0, a0.mean(axis=1))
+  summary = ev.summary()
+  assert summary['astar_budget'] == 5000 and summary['budgets'] == [100, 200]
+  np.testing.assert_allclose(summary['Gmax_n_mean'], gn.max(axis=1).mean(0))
+  np.testing.assert_allclose(summary['Gmax_n_std'], gn.max(axis=1).std(0))
+  # The same functions under jit.
+  jitted = jax.jit(metrics.gap_metrics)(jnp.asarray(a0), jnp.asarray(an),
+                                        jnp.asarray(astar))
+  np.testing.assert_allclose(jitted.gmax, ev.metrics.gmax, rtol=1e-6)
+  # A diverged member is not hidden.
+  an[1, 2, 0] = np.nan
+  assert np.isnan(metrics.evaluation(a0, an, astar, np.zeros((t, 2)),
+                                     (100, 200), 'slbo', 1).metrics.gmax[1, 0])
+  with pytest.raises(ValueError, match='inconsistent shapes'):
+    metrics.evaluation(a0, an[:, :, :1], astar, np.zeros((t, 2)), (1, 2),
+                       'slbo', 1)
+  assert metrics.to_jsonable({'x': np.array([1.0, np.nan])}) == {
+      'x': [1.0, None]}
+  np.testing.assert_array_equal(
+      metrics.from_jsonable([[1.0, None]]), np.array([[1.0, np.nan]]))
+
+
+def test_grid_slices_place_every_task_in_its_cell():
+  box = envs.make('lq')
+  tasks = box.eval_tasks()                     # 6 × 6
+  values = np.arange(len(tasks), dtype=float)
+  [(value, grid, xs, ys)] = plots.grid_slices(values, tasks)
+  assert value is None and grid.shape == (6, 6)
+  for v, (x, y) in zip(values, tasks):
+    assert grid[np.argmin(abs(xs - x)), np.argmin(abs(ys - y))] == v
+  # A 3-D grid (ant3d's 4 × 4 × 3) is one slice per last coordinate.
+  from admrl_jax.envs.base import grid as make_grid
+  tasks3 = make_grid(np.array([-3, -3, 0.4]), np.array([3, 3, 0.6]),
+                     (4, 4, 3))
+  slices = plots.grid_slices(np.arange(48.0), tasks3)
+  assert [s[0] for s in slices] == pytest.approx([0.4, 0.5, 0.6])
+  assert all(s[1].shape == (4, 4) and np.all(np.isfinite(s[1]))
+             for s in slices)
+  # Boundary cells only (ant2d_ood): the interior is empty.
+  edge = tasks[np.any(np.isclose(np.abs(tasks), 1.0), axis=-1)]
+  [(_, grid, _, _)] = plots.grid_slices(np.ones(len(edge)), edge)
+  assert np.isnan(grid[1:-1, 1:-1]).all() and np.isfinite(grid[0]).all()
+
+
+def test_figures_for_3d_boxes_and_high_dimensional_task_sets(tmp_path):
+  """ant3d-like 4 × 4 × 3 grids draw a row per slice; 18-D task sets (no
+  grid) draw bars; visited tasks skip the iterations not run (NaN)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from admrl_jax.envs.base import grid as make_grid  # pylint: disable=g-import-not-at-top
+  low, high = np.array([-3, -3, 0.4]), np.array([3, 3, 0.6])
+  tasks3 = make_grid(low, high, (4, 4, 3))
+  gn = np.random.default_rng(0).uniform(size=(48, 2))
+  fig = plots.gap_heatmaps([('admrl', gn), ('mb_unif', gn + 1)], tasks3,
+                           (2000, 4000), ('vx', 'vy', 'hz'))
+  assert len(fig.axes) == 2 * 3 * 2 + 1          # + the colour bar
+  fig.savefig(tmp_path / 'ant3d.png')
+  fig = plots.gap_heatmaps([('admrl', gn[:20])], np.zeros((20, 18)),
+                           (2000, 4000), [f'ψ{i}' for i in range(18)])
+  assert len(fig.axes) == 2
+  fig.savefig(tmp_path / 'highdim.png')
+  visited = np.full((5, 3), np.nan)
+  visited[:2] = [[0.0, 1.0, 0.5], [2.0, -1.0, 0.45]]
+  fig = plots.visited_tasks([('admrl', visited)], low, high,
+                            ('vx', 'vy', 'hz'), eval_tasks=tasks3)
+  fig.savefig(tmp_path / 'visited.png')
+  assert len(fig.axes[0].collections[-1].get_offsets()) == 2
+
+
+# ------------------------------------------------------ end to end
+def _ok(results, name):
+  assert name in results, results.get('error', f'{name} did not run')
+  out, err, code = results[name]
+  assert code == 0, err[-3000:]
+  return out
+
+
+def test_evaluate_and_plot_end_to_end(scripts):
+  scripts['thread'].join(timeout=600)
+  results = scripts['results']
+  assert 'error' not in results, results['error']
+  _ok(results, 'run')
+  out = _ok(results, 'evaluate')
+  assert 'Gmax_n' in out
+  print(f'evaluate on the smoke workdir: {results["evaluate_wall_s"]:.1f}s '
+        '(beside the bad-input processes)')
+  base, workdir = results['base'], results['workdir']
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    report = json.load(f)
+  lq = envs.make('lq', horizon=SMOKE_HORIZON)
+  tasks = np.asarray(report['tasks'])
+  np.testing.assert_allclose(tasks, lq.eval_tasks()[:3], atol=1e-6)
+  astar = np.asarray(report['Astar'])
+  np.testing.assert_allclose(
+      astar, [float(lq.optimal_return(jnp.asarray(p, jnp.float32), 0.0))
+              for p in lq.eval_tasks()[:3]], rtol=1e-5)
+  an = np.asarray(report['An'])
+  assert an.shape == (1, 3, 2) and np.asarray(report['A0']).shape == (1, 3)
+  np.testing.assert_allclose(report['Gn'], astar[None, :, None] - an,
+                             rtol=1e-12)
+  np.testing.assert_allclose(report['Gmax_n'],
+                             np.max(astar[None, :, None] - an, axis=1))
+  np.testing.assert_allclose(report['average_An'], an.mean(axis=1))
+  assert report['budgets'] == [50, 100] and report['astar_budget'] is None
+  assert report['astar_method'] == 'closed_form'
+  assert len(report['visited_tasks'][0]) == 2       # two task iterations
+  for name in ('gap_heatmap', 'gmax', 'average_return', 'visited_tasks'):
+    path = os.path.join(workdir, f'{name}.png')
+    with open(path, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n', path
+  # A* cached beside the run (the default place) for every task.
+  with open(os.path.join(base, 'astar_cache.json')) as f:
+    entries = json.load(f)
+  assert len(entries) == 3
+  assert sorted(e['astar'] for e in entries.values()) == pytest.approx(
+      sorted(astar))
+
+  _ok(results, 'plot')
+  out_dir = os.path.join(base, 'figures')
+  for name in ('gmax', 'average_return', 'gap_heatmap', 'visited_tasks'):
+    assert os.path.getsize(os.path.join(out_dir,
+                                        f'comparison_{name}.png')) > 1000
+  with open(os.path.join(out_dir, 'comparison.json')) as f:
+    table = json.load(f)
+  assert sorted(table) == ['admrl (lq-admrl)', 'admrl (lq-copy)']
+  np.testing.assert_allclose(table['admrl (lq-copy)']['Gmax_n_mean'],
+                             report['Gmax_n'][0])
+
+
+def test_bad_input_exits_2_with_one_line(scripts):
+  scripts['thread'].join(timeout=600)
+  results = scripts['results']
+  assert 'bad' in results, results.get('error', 'the smoke run failed')
+  for what, (err, code) in results['bad'].items():
+    assert code == 2, (what, err[-2000:])
+    lines = [line for line in err.splitlines() if line.startswith('error:')]
+    assert len(lines) == 1, (what, err[-2000:])
+  assert not os.path.exists(os.path.join(results['base'], 'no-checkpoint',
+                                         'eval.json'))
