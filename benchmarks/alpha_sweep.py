@@ -12,7 +12,10 @@ and the same seed:
                  sweep_compile_s for the vmapped one
 Times exclude compilation (reported separately) and include the first task
 iteration (no task gradient) and a second one (with it). The two programs
-are compiled concurrently. Writes benchmarks/results/alpha_sweep.json.
+are compiled concurrently. --quick compiles with XLA's backend optimisation
+level 0 (compilation dominates; this keeps the run under a minute), so its
+times are of unoptimised code; the full run uses the default level. Writes
+benchmarks/results/alpha_sweep.json.
 """
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ ALPHAS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 def main(argv):
   del argv
+  if _QUICK.value:  # before JAX starts: flags are read once
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                               + ' --xla_backend_optimization_level=0')
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
@@ -97,6 +103,7 @@ def main(argv):
                 device=str(jax.devices()[0]), cpu_count=os.cpu_count(),
                 machine=platform.machine(), env=family.name,
                 preset=_PRESET.value, quick=_QUICK.value,
+                xla_flags=os.environ.get('XLA_FLAGS', ''),
                 task_iterations=2, wall_s=round(time.time() - wall, 1)),
       K=k, alphas=list(ALPHAS), sweep_s=sweep_s, sequential_s=sequential_s,
       ratio=sweep_s / sequential_s, compile_s=compile_s,
