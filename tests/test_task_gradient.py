@@ -123,7 +123,10 @@ def test_sampled_task_gradient_on_lq_reinforce():
 
 def test_sampled_task_gradient_on_lq_pathwise():
   """The pathwise Hessian and mixed term differentiate 2·10⁴ reparameterised
-  roll-outs of a noise-free model: within 5% of the truth for that model."""
+  roll-outs of a noise-free model. Measured over seeds 1, 11, 21: implicit
+  term 0.3–1.1% from the exact one (tolerance 5%), ∂L/∂ψ 6–11% from the
+  finite differences (tolerance 15%) — its error is now that of the
+  real-sample terms (10⁶ samples each)."""
   with jax.enable_x64(True):
     b = _collect_lq_batches(100_000, jax.random.key(1), model_noise_std=0.0)
     model, n_paths = b['model'], 20_000
