@@ -1,9 +1,33 @@
 """Flag-free helpers shared by the experiment scripts."""
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class UsageError(ValueError):
   """A bad flag value: reported in one line, exit status 2."""
+
+
+class CheckpointError(RuntimeError):
+  """An unreadable checkpoint or run record: reported in one line, exit
+  status 1, files left alone."""
+
+
+def run_main(argv, run: Callable[[], object]) -> None:
+  """Runs a script's `run()`, turning its errors into one line and an exit
+  status: UsageError → 2, CheckpointError → 1; extra arguments → 2."""
+  if len(argv) > 1:
+    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
+    sys.exit(2)
+  try:
+    run()
+  except UsageError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 def parse_floats(text: str, what: str) -> list[float]:

@@ -29,13 +29,13 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 
-from experiments.common import UsageError, parse_floats
+from experiments.common import (CheckpointError, UsageError, parse_floats,
+                                run_main)
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
 _BUDGETS = flags.DEFINE_string(
@@ -74,21 +74,7 @@ FIGURES = ('gap_heatmap', 'gmax', 'average_return', 'visited_tasks')
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
-    sys.exit(2)
-  try:
-    run()
-  except UsageError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except CheckpointError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be restored: one line, exit status 1."""
+  run_main(argv, run)
 
 
 # ------------------------------------------------------------ settings

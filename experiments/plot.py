@@ -21,7 +21,7 @@ import sys
 from absl import app
 from absl import flags
 
-from experiments.common import UsageError
+from experiments.common import UsageError, run_main
 
 _WORKDIRS = flags.DEFINE_string('workdirs', None,
                                 'Comma-separated evaluated run directories.')
@@ -34,14 +34,7 @@ FIGURES = ('gmax', 'average_return', 'gap_heatmap', 'visited_tasks')
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
-    sys.exit(2)
-  try:
-    run()
-  except UsageError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  run_main(argv, run)
 
 
 def load_report(workdir: str, eval_env=None) -> dict:

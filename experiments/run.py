@@ -24,13 +24,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 
-from experiments.common import UsageError, build_family, parse_floats
+from experiments.common import (CheckpointError, UsageError, build_family,
+                                parse_floats, run_main)
 
 _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim', 'Task family.')
 _ALGO = flags.DEFINE_string('algo', 'admrl',
@@ -62,21 +62,7 @@ _STOP_AFTER = flags.DEFINE_integer(
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
-    sys.exit(2)
-  try:
-    run()
-  except UsageError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except CheckpointError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-
-
-class CheckpointError(RuntimeError):
-  """An unreadable checkpoint: reported, exit status 1, files left alone."""
+  run_main(argv, run)
 
 
 # ------------------------------------------------------------ settings
