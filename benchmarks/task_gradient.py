@@ -71,12 +71,13 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
 
-  from admrl_jax import envs, types  # pylint: disable=g-import-not-at-top
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import estimators  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import task_gradient as tg  # pylint: disable=g-import-not-at-top
   from admrl_jax.models import dynamics, normalizer  # pylint: disable=g-import-not-at-top
   from admrl_jax.policies import gaussian_mlp as gm  # pylint: disable=g-import-not-at-top
-  from admrl_jax.rl import dataset, slbo, virtual  # pylint: disable=g-import-not-at-top
+  from admrl_jax.rl import slbo, virtual  # pylint: disable=g-import-not-at-top
+  from benchmarks import synthetic  # pylint: disable=g-import-not-at-top
 
   wall = time.time()
   quick = _QUICK.value
@@ -88,23 +89,11 @@ def main(argv):
                      state_std=np.ones(18, np.float32))
   family = envs.make(_ENV.value, **overrides)
   config = slbo.SLBOConfig()  # paper shapes
-  ds, da, k = family.obs_size, family.action_size, family.task_dim
+  k = family.task_dim
 
   # SLBO state with normalisers from synthetic transitions.
-  state = slbo.init(jax.random.key(0), family, config)
-  start_obs = jax.vmap(family.reset)(jax.random.split(jax.random.key(1),
-                                                      256)).obs
-  noise = jax.random.normal(jax.random.key(2), (4096, ds))
-  obs = start_obs[jnp.arange(4096) % 256] + 0.1 * noise
-  actions = jax.random.uniform(jax.random.key(3), (4096, da), minval=-1,
-                               maxval=1)
-  flag = jnp.zeros((4096,), bool)
-  synthetic = types.Transition(obs=obs, action=actions, raw_action=actions,
-                               reward=jnp.zeros(4096), next_obs=obs + noise,
-                               done=flag, timeout=flag)
-  state = state.replace(
-      data=dataset.add(state.data, synthetic),
-      model=dynamics.update_normalizers(state.model, synthetic))
+  state, start_obs = synthetic.slbo_state(family, config,
+                                          jax.random.key(0))
   psi = jnp.asarray(family.from_u(jnp.full(k, 0.3)))
   norm = state.model.norms.state
 

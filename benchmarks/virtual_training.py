@@ -55,9 +55,10 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from admrl_jax import envs, types  # pylint: disable=g-import-not-at-top
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   from admrl_jax.models import dynamics  # pylint: disable=g-import-not-at-top
-  from admrl_jax.rl import dataset, slbo, virtual  # pylint: disable=g-import-not-at-top
+  from admrl_jax.rl import slbo, virtual  # pylint: disable=g-import-not-at-top
+  from benchmarks import synthetic  # pylint: disable=g-import-not-at-top
 
   wall = time.time()
   repeats = 2 if _QUICK.value else 5
@@ -76,20 +77,8 @@ def main(argv):
 
   # Normalisers from synthetic transitions (throughput does not depend on
   # the data; this avoids compiling a real roll-out here).
-  state = slbo.init(jax.random.key(3), family, config)
-  start_obs = jax.vmap(family.reset)(jax.random.split(jax.random.key(4),
-                                                      256)).obs
-  noise = jax.random.normal(jax.random.key(5), (4096, ds))
-  obs = start_obs[jnp.arange(4096) % 256] + 0.1 * noise
-  actions = jax.random.uniform(jax.random.key(6), (4096, da), minval=-1,
-                               maxval=1)
-  flag = jnp.zeros((4096,), bool)
-  synthetic = types.Transition(obs=obs, action=actions, raw_action=actions,
-                               reward=jnp.zeros(4096), next_obs=obs + noise,
-                               done=flag, timeout=flag)
-  state = state.replace(
-      data=dataset.add(state.data, synthetic),
-      model=dynamics.update_normalizers(state.model, synthetic))
+  state, start_obs = synthetic.slbo_state(family, config,
+                                          jax.random.key(3))
   psi = jnp.asarray(family.from_u(jnp.full(family.task_dim, 0.3)))
   norm = state.model.norms.state
   dynamics_fn = dynamics.make_dynamics_fn(config.model)
