@@ -228,11 +228,7 @@ class AdMRL:
             s, psi, key_train, n_iterations, n_active)
 
       def skip(s):
-        shapes = jax.eval_shape(run, s)[1]
-        return s, jax.tree.map(
-            lambda x: jnp.full(x.shape, jnp.nan, x.dtype)
-            if jnp.issubdtype(x.dtype, jnp.floating)
-            else jnp.zeros(x.shape, x.dtype), shapes)
+        return s, slbo_lib.skipped_metrics(run, s)
 
       s, metrics = jax.lax.cond(active, run, skip, s)
       hat = (s.agent.policy, s.agent.value, s.model.norms.state)

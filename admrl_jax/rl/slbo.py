@@ -136,6 +136,16 @@ def init(key, family: TaskFamily, config: SLBOConfig) -> SLBOState:
                    data=dataset_lib.init(example, config.dataset_capacity))
 
 
+def skipped_metrics(fn, *args):
+  """Placeholders for the metrics `fn(*args)[1]` of a skipped branch: NaN
+  for floats, zeros otherwise, same shapes (nothing is computed)."""
+  shapes = jax.eval_shape(fn, *args)[1]
+  return jax.tree.map(
+      lambda x: jnp.full(x.shape, jnp.nan, x.dtype)
+      if jnp.issubdtype(x.dtype, jnp.floating)
+      else jnp.zeros(x.shape, x.dtype), shapes)
+
+
 def policy_fn(params, obs, key):
   """π acting on raw observations; params = (PolicyParams, state Normalizer)."""
   policy, norm = params
@@ -242,11 +252,7 @@ class SLBO:
       index, key_i = inputs
 
       def skip(state):
-        shapes = jax.eval_shape(iteration, state, key_i)[1]
-        return state, jax.tree.map(
-            lambda x: jnp.full(x.shape, jnp.nan, x.dtype)
-            if jnp.issubdtype(x.dtype, jnp.floating)
-            else jnp.zeros(x.shape, x.dtype), shapes)
+        return state, skipped_metrics(iteration, state, key_i)
 
       return jax.lax.cond(index < n_active,
                           lambda s: iteration(s, key_i), skip, state)
