@@ -31,3 +31,13 @@ class Transition:
   next_obs: jax.Array
   done: jax.Array
   timeout: jax.Array
+
+
+def float_dtype():
+  """JAX's default float dtype: float32, or float64 when x64 is enabled.
+
+  State and metrics are created in this dtype so the same code runs in
+  either mode (float64 is how one checks that two programs differ only by
+  rounding, e.g. a vmapped α sweep against single runs).
+  """
+  return jax.dtypes.canonicalize_dtype(jax.numpy.float64)

@@ -31,6 +31,7 @@ from absl import flags
 
 from experiments.common import (CheckpointError, UsageError, build_family,
                                 parse_floats, run_main)
+from experiments.progress import Progress, format_seconds
 
 _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim', 'Task family.')
 _ALGO = flags.DEFINE_string('algo', 'admrl',
@@ -56,6 +57,10 @@ _WORKDIR = flags.DEFINE_string(
 _THROTTLE = flags.DEFINE_float(
     'throttle_s', 0.0, 'Seconds to sleep after each saved task iteration '
     '(lets a test or a shared machine interrupt a run at a known point).')
+_X64 = flags.DEFINE_bool(
+    'x64', False, 'Compute in float64 (slower). A vmapped sweep member then '
+    'tracks the run of that member alone to rounding, which float32 '
+    'training amplifies past any tolerance (see README).')
 _STOP_AFTER = flags.DEFINE_integer(
     'stop_after', None, 'Stop (cleanly, checkpoint saved) after this many '
     'task iterations in total; rerun to continue.')
@@ -117,6 +122,8 @@ def resolve_settings():
                 horizon=family.horizon, alphas=alphas, seeds=seeds,
                 sweep=_SWEEP.value,
                 config=_jsonable(dataclasses.asdict(config)))
+  if _X64.value:
+    record['x64'] = True  # absent (not False) keeps older workdirs valid
   return family, config, alphas, seeds, record
 
 
@@ -145,6 +152,9 @@ def _differences(saved, current, prefix=''):
 # --------------------------------------------------------------- run
 def run():
   start = time.time()
+  if _X64.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_enable_x64', True)  # before any array exists
   family, config, alphas, seeds, record = resolve_settings()
   workdir = _WORKDIR.value or os.path.join(
       'runs', f'{family.name}-{config.algo}-{_PRESET.value}')
@@ -193,11 +203,12 @@ def run():
       f'{len(seeds)} seed(s) x {len(alphas)} alpha(s), '
       f'{config.n_tasks} tasks, workdir {workdir}')
 
-  algorithm = admrl.AdMRL(family, config)
   members = [(seed, alpha) for seed in seeds for alpha in alphas]
+  progress = Progress(config, len(members), record['sweep'], log)
+  algorithm = admrl.AdMRL(family, config, on_phase=progress)
   state = jax.vmap(algorithm.init)(
       jax.numpy.stack([jax.random.key(seed) for seed, _ in members]),
-      jax.numpy.asarray([alpha for _, alpha in members], jax.numpy.float32))
+      jax.numpy.asarray([alpha for _, alpha in members]))
 
   manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
   step = manager.latest_step()
@@ -230,36 +241,31 @@ def run():
   target = config.n_tasks
   if _STOP_AFTER.value is not None:
     target = min(target, _STOP_AFTER.value)
-  durations = []
+  progress.start(done, target)
+  compiled = False
   while done < target:
     t0 = time.time()
-    log(f'task {done + 1}/{config.n_tasks}: '
-        + ('compiling and running' if not durations else 'running')
-        + (f', ETA {_eta(durations, config.n_tasks - done)}'
-           if durations else ''))
+    if not compiled:
+      log(f'task {done + 1}/{config.n_tasks}: compiling the task iteration, '
+          'then running it (a line per phase follows)')
+      compiled = True
     state, metrics = iteration(state, done == 0)
     jax.block_until_ready(state)
     elapsed = time.time() - t0
-    durations.append(elapsed)
     metrics_log.write(metrics, wall_time=time.time() - start)
     manager.save(done + 1, state)
     done += 1
     if _THROTTLE.value > 0:
       time.sleep(_THROTTLE.value)
     summary = metrics_log.last_summary
-    log(f'task {done}/{config.n_tasks} done in {elapsed:.1f}s: {summary}'
-        + (f', ETA {_eta(durations, config.n_tasks - done)}'
-           if done < config.n_tasks else ''))
+    eta = progress.eta_seconds()
+    log(f'task {done}/{config.n_tasks} done in {elapsed:.1f}s, checkpoint '
+        f'saved: {summary}'
+        + (f', ETA {format_seconds(eta)}'
+           if done < target and eta is not None else ''))
   metrics_log.close()
   log(f'finished {done}/{config.n_tasks} task iterations; metrics in '
       f'{os.path.join(workdir, "metrics.jsonl")}')
-
-
-def _eta(durations, remaining):
-  # The first iteration includes the compile; later ones predict better.
-  per = durations[-1] if len(durations) > 1 else durations[0]
-  seconds = per * remaining
-  return f'{seconds / 60:.1f} min' if seconds >= 60 else f'{seconds:.0f}s'
 
 
 if __name__ == '__main__':

@@ -19,6 +19,9 @@ def load_config(workdir: str):
     raise UsageError(f'{workdir} holds no run (no config.json)')
   with open(path) as f:
     record = json.load(f)
+  if record.get('x64'):
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_enable_x64', True)  # the run's dtypes
   config = presets.config_from_dict(record['config'])
   kwargs = dict(horizon=record['horizon'])
   if record.get('pipeline'):
@@ -49,7 +52,7 @@ def load_state(workdir: str, family, config, record, step=None):
   pairs = members(record)
   like = jax.vmap(algorithm.init)(
       jnp.stack([jax.random.key(seed) for seed, _ in pairs]),
-      jnp.asarray([alpha for _, alpha in pairs], jnp.float32))
+      jnp.asarray([alpha for _, alpha in pairs]))
   manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
   step = manager.latest_step() if step is None else step
   if step is None:

@@ -43,12 +43,14 @@ def _final_state(workdir):
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """Four runs at once: a vmapped sweep α = 1, 2, 4; the same sweep killed
+  """Six runs at once: a vmapped sweep α = 1, 2, 4; the same sweep killed
   with SIGKILL after task iteration 1 and then restarted; the sweep with
-  --sweep=map; α = 2 alone with --sweep=map."""
+  --sweep=map; α = 2 alone with --sweep=map; the vmapped sweep and α = 2
+  alone in float64 (--x64)."""
   base = tmp_path_factory.mktemp('driver')
   dirs = {name: str(base / name)
-          for name in ('sweep', 'killed', 'sweep_map', 'single_map')}
+          for name in ('sweep', 'killed', 'sweep_map', 'single_map',
+                       'sweep_x64', 'single_x64')}
   procs = {
       'sweep': _driver(SMOKE + ['--alpha=1,2,4', f'--workdir={dirs["sweep"]}']),
       'killed': _driver(SMOKE + ['--alpha=1,2,4', f'--workdir={dirs["killed"]}',
@@ -56,7 +58,11 @@ def runs(tmp_path_factory):
       'sweep_map': _driver(SMOKE + ['--alpha=1,2,4', '--sweep=map',
                                     f'--workdir={dirs["sweep_map"]}']),
       'single_map': _driver(SMOKE + ['--alpha=2', '--sweep=map',
-                                     f'--workdir={dirs["single_map"]}'])}
+                                     f'--workdir={dirs["single_map"]}']),
+      'sweep_x64': _driver(SMOKE + ['--alpha=1,2,4', '--x64',
+                                    f'--workdir={dirs["sweep_x64"]}']),
+      'single_x64': _driver(SMOKE + ['--alpha=2', '--x64',
+                                     f'--workdir={dirs["single_x64"]}'])}
   # Kill that run once iteration 1 is checkpointed (it then sleeps).
   deadline = time.time() + 900
   first_checkpoint = os.path.join(dirs['killed'], 'checkpoints', '1')
@@ -70,14 +76,17 @@ def runs(tmp_path_factory):
   procs['killed'].wait()
   assert len(_metrics(dirs['killed'])) == 3  # 1 iteration × 3 members
   resumed = _driver(SMOKE + ['--alpha=1,2,4', f'--workdir={dirs["killed"]}'])
-  for name in ('sweep', 'sweep_map', 'single_map'):
-    _finish(procs[name])
+  outputs = {name: _finish(procs[name])
+             for name in ('sweep', 'sweep_map', 'single_map', 'sweep_x64',
+                          'single_x64')}
   out = _finish(resumed)
   assert 'resumed from task iteration 1' in out
-  return dirs
+  outputs['resumed'] = out
+  return dirs, outputs
 
 
 def test_resume_after_sigkill_is_bitwise_identical(runs):
+  runs, _ = runs
   a, step_a = _final_state(runs['sweep'])
   b, step_b = _final_state(runs['killed'])
   assert step_a == step_b == 3
@@ -100,6 +109,7 @@ def _strip(rows):
 
 def test_alpha_sweep_member_equals_the_single_alpha_run(runs):
   """--sweep=map: bitwise the same trajectory and metrics as α = 2 alone."""
+  runs, _ = runs
   sweep = [r for r in _metrics(runs['sweep_map']) if r['alpha'] == 2.0]
   single = _metrics(runs['single_map'])
   assert [r['task_index'] for r in sweep] == [0, 1, 2]
@@ -118,7 +128,8 @@ def test_vmapped_sweep_agrees_with_single_runs_to_rounding(runs):
   """--sweep=vmap runs the members as batched lanes, whose kernels round
   differently (by batch size). On the first task iteration every metric
   agrees to 1e-4; later iterations drift apart as RL amplifies rounding,
-  which is why --sweep=map exists."""
+  which is why --sweep=map and --x64 exist."""
+  runs, _ = runs
   vmapped = [r for r in _metrics(runs['sweep']) if r['task_index'] == 0]
   mapped = [r for r in _metrics(runs['sweep_map']) if r['task_index'] == 0]
   assert len(vmapped) == len(mapped) == 3
@@ -128,6 +139,55 @@ def test_vmapped_sweep_agrees_with_single_runs_to_rounding(runs):
                  'real_samples'):
       np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-4,
                                  err_msg=name)
+
+
+def test_vmapped_sweep_in_float64_tracks_single_runs(runs):
+  """--x64: the vmapped sweep's α = 2 lane and α = 2 alone differ only by
+  rounding, over every task iteration: the ψ trajectory agrees to 1e-6 and
+  the metrics to 1e-4 (the task gradient, from a 20-iteration Krylov solve
+  stopped early, to 1e-2; measured 4e-4 at task 3)."""
+  runs, _ = runs
+  sweep = [r for r in _metrics(runs['sweep_x64']) if r['alpha'] == 2.0]
+  single = _metrics(runs['single_x64'])
+  assert [r['task_index'] for r in sweep] == [r['task_index']
+                                               for r in single] == [0, 1, 2]
+  for a, b in zip(sweep, single):
+    for name in ('psi', 'u', 'u_next', 'real_samples'):
+      np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-9,
+                                 err_msg=name)
+    for name in ('model_loss', 'virtual_return', 'return_hat',
+                 'return_star', 'gap', 'residual'):
+      np.testing.assert_allclose(_number(a[name]), _number(b[name]),
+                                 rtol=1e-4, atol=1e-6, err_msg=name)
+    for name in ('grad_u', 'grad_norm'):
+      np.testing.assert_allclose(_number(a[name]), _number(b[name]),
+                                 rtol=1e-2, atol=1e-6, err_msg=name)
+  # The run really is float64, and says so in its record.
+  with open(os.path.join(runs['single_x64'], 'config.json')) as f:
+    assert json.load(f)['x64'] is True
+
+
+def _number(value):
+  return np.asarray(np.nan if value is None else value, float)  # NaN is null
+
+
+def test_progress_has_a_line_per_phase_with_an_eta(runs):
+  _, outputs = runs
+  out = outputs['sweep']
+  lines = [line for line in out.splitlines() if '(3 member(s))' in line]
+  # Task 1: one stage and the (gradient-free) task update; tasks 2 and 3:
+  # zero-shot, one stage, the task update.
+  assert len(lines) == 2 + 3 + 3, out
+  for task in (2, 3):
+    for phase in ('zero-shot', 'stage 1/1', 'task update'):
+      assert any(line.split('] ', 1)[1].startswith(f'task {task}/3, {phase}')
+                 for line in lines), (task, phase, out)
+  # An ETA as soon as work after the first report has been timed.
+  assert all('ETA' in line for line in lines[2:]), out
+  # --sweep=map: a line per member and phase.
+  mapped = [line for line in outputs['sweep_map'].splitlines()
+            if 'task 2/3, stage 1/1 (member' in line]
+  assert len(mapped) == 3, outputs['sweep_map']
 
 
 def _tree_digest(path):
@@ -164,6 +224,7 @@ def test_bad_flags_exit_2_with_a_message(args, message, tmp_path):
 def test_other_configuration_and_corrupt_checkpoint_leave_files_alone(
     runs, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
+  runs, _ = runs
   workdir = str(tmp_path / 'copy')
   shutil.copytree(runs['single_map'], workdir)
   before = _tree_digest(workdir)

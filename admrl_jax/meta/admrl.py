@@ -28,10 +28,14 @@ is rejected (u stays) and flagged in the metrics.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable, NamedTuple, Optional
+
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import struct
 
+from admrl_jax import types
 from admrl_jax.config import RolloutConfig
 from admrl_jax.envs.base import TaskFamily
 from admrl_jax.meta import adversary
@@ -152,6 +156,30 @@ class IterationMetrics:
   model_rejected: jax.Array
 
 
+class PhaseEvent(NamedTuple):
+  """What `on_phase` receives as a phase of a task iteration ends.
+
+  Attributes:
+    task_index: the task iteration (0-based) the phase belongs to.
+    phase: 'zero_shot', 'stage' or 'task_update'.
+    stage: 1-based SLBO stage for 'stage', else 0.
+    n_stages: SLBO stages of this task iteration.
+    first: whether this is the run's first task (no zero-shot, no gradient).
+    virtual_return: the last virtual return of the phase's VirtualTraining
+      (NaN for 'task_update').
+    model_loss: its last model loss (NaN for 'task_update').
+    gap: return(θ*) − return(θ̂) for 'task_update' of admrl, else NaN.
+  """
+  task_index: int
+  phase: str
+  stage: int
+  n_stages: int
+  first: bool
+  virtual_return: float
+  model_loss: float
+  gap: float
+
+
 class AdMRL:
   """The compiled task iteration of one family and config.
 
@@ -161,9 +189,20 @@ class AdMRL:
       `jitted` is its jax.jit (one program for every iteration).
   """
 
-  def __init__(self, family: TaskFamily, config: AdMRLConfig = AdMRLConfig()):
+  def __init__(self, family: TaskFamily, config: AdMRLConfig = AdMRLConfig(),
+               on_phase: Optional[Callable[[PhaseEvent], None]] = None):
+    """Args:
+      family, config: the task family and the run's configuration.
+      on_phase: optional host function called (through
+        `jax.debug.callback`) as each phase of a task iteration ends —
+        zero-shot, every SLBO stage, the task update — with a `PhaseEvent`.
+        Under `vmap` it is called once per lane, under `lax.map` once per
+        member, in no guaranteed order between lanes. It does not change
+        the computation; leave it None when embedding the pure functions.
+    """
     self.family = family
     self.config = config
+    self._on_phase = on_phase
     self.engine = slbo_lib.SLBO(family, config.slbo)
     self._collect = rollout.make_collector(
         family, slbo_lib.policy_fn,
@@ -179,12 +218,12 @@ class AdMRL:
     key_slbo, key_run = jax.random.split(key)
     return AdMRLState(
         slbo=slbo_lib.init(key_slbo, self.family, self.config.slbo),
-        u=jnp.full((k,), self.config.first_u, jnp.float32),
-        alpha=jnp.asarray(alpha, jnp.float32), key=key_run,
+        u=jnp.full((k,), self.config.first_u, types.float_dtype()),
+        alpha=jnp.asarray(alpha, types.float_dtype()), key=key_run,
         iteration=jnp.zeros((), jnp.int32),
         real_samples=jnp.zeros((), jnp.int32),
-        visited_u=jnp.full((n, k), jnp.nan, jnp.float32),
-        gaps=jnp.full((n,), jnp.nan, jnp.float32))
+        visited_u=jnp.full((n, k), jnp.nan, types.float_dtype()),
+        gaps=jnp.full((n,), jnp.nan, types.float_dtype()))
 
   def samples_per_stage(self) -> int:
     return slbo_lib.real_samples_per_stage(self.family, self.config.slbo)
@@ -196,7 +235,7 @@ class AdMRL:
     return 2 * self.config.gradient_envs * self.family.horizon
 
   # ------------------------------------------------------------ pieces
-  def _phases(self, s, psi, key, first):
+  def _phases(self, s, psi, key, first, iteration):
     """Zero-shot (phase 0) and the SLBO stages (phases 1…) as one scan.
 
     Every phase is the same code — optionally collect real samples, then
@@ -232,6 +271,12 @@ class AdMRL:
 
       s, metrics = jax.lax.cond(active, run, skip, s)
       hat = (s.agent.policy, s.agent.value, s.model.norms.state)
+      if self._on_phase is not None:
+        last = jnp.where(zero_shot, config.slbo.n_zeroshot,
+                         config.slbo.n_inner) - 1
+        self._report(iteration, index, active, n_stages, first,
+                     metrics.virtual_return[last], metrics.model_loss[last],
+                     jnp.full((), jnp.nan))
       return s, (metrics, hat)
 
     s, (metrics, hats) = jax.lax.scan(
@@ -240,6 +285,27 @@ class AdMRL:
     last = jax.tree.map(lambda x: x[n_stages, config.slbo.n_inner - 1],
                         metrics)
     return s, hat, last, n_stages
+
+  def _report(self, iteration, index, active, n_stages, first,
+              virtual_return, model_loss, gap):
+    """Calls `on_phase` from inside the program (phase index −1: the task
+    update); inactive phases are not reported."""
+    def host(iteration, index, active, n_stages, first, virtual_return,
+             model_loss, gap):
+      if not bool(active):
+        return
+      index = int(index)
+      phase = ('task_update' if index < 0 else
+               'zero_shot' if index == 0 else 'stage')
+      self._on_phase(PhaseEvent(
+          task_index=int(iteration), phase=phase, stage=max(index, 0),
+          n_stages=int(n_stages), first=bool(first),
+          virtual_return=float(np.asarray(virtual_return)),
+          model_loss=float(np.asarray(model_loss)),
+          gap=float(np.asarray(gap))))
+
+    jax.debug.callback(host, iteration, index, active, n_stages, first,
+                       virtual_return, model_loss, gap)
 
   def _task_gradient(self, s, hat, psi, u, alpha, key):
     """Real and virtual roll-outs of θ̂ and θ*, Eq. 2, the ascent step."""
@@ -251,7 +317,7 @@ class AdMRL:
                         (s.agent.policy, s.model.norms.state))
     rollouts = jax.vmap(self._collect.jitted, in_axes=(0, None, 0, None))(
         both, psi, jnp.stack([key_hat, key_star]),
-        jnp.zeros((), jnp.float32))
+        jnp.zeros((), types.float_dtype()))
     real_hat = jax.tree.map(lambda x: x[0], rollouts)
     real_star = jax.tree.map(lambda x: x[1], rollouts)
     start_obs = jax.vmap(self.family.reset)(
@@ -288,10 +354,10 @@ class AdMRL:
 
   def _no_gradient(self, u_next):
     k = self.family.task_dim
-    nan = jnp.full((), jnp.nan, jnp.float32)
+    nan = jnp.full((), jnp.nan, types.float_dtype())
     return u_next, dict(
         return_hat=nan, return_star=nan, gap=nan,
-        grad_u=jnp.zeros((k,), jnp.float32), grad_norm=nan, residual=nan,
+        grad_u=jnp.zeros((k,), types.float_dtype()), grad_norm=nan, residual=nan,
         solver_iterations=jnp.zeros((), jnp.int32),
         grad_accepted=jnp.zeros((), bool))
 
@@ -327,9 +393,14 @@ class AdMRL:
     u = state.u
     psi = self.family.from_u(u)
     s = self.engine.new_task(state.slbo, key_agent)
-    s, hat, last, n_stages = self._phases(s, psi, key_phases, first)
+    s, hat, last, n_stages = self._phases(s, psi, key_phases, first,
+                                          state.iteration)
     u_next, grad_metrics = self._next_task(s, hat, psi, u, state.alpha,
                                            key_next, first)
+    if self._on_phase is not None:
+      nan = jnp.full((), jnp.nan)
+      self._report(state.iteration, -1, jnp.ones((), bool), n_stages, first,
+                   nan, nan, grad_metrics['gap'])
     real_samples = (state.real_samples
                     + n_stages * self.samples_per_stage()
                     + jnp.where(first, 0, self.gradient_samples()))

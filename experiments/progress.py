@@ -1,0 +1,112 @@
+"""One progress line per phase of a run, with an ETA.
+
+The phases of a task iteration (zero-shot, each SLBO stage, the task update)
+run inside one compiled program; `admrl.AdMRL(on_phase=...)` reports each
+from the program as it ends, and `Progress` turns those reports into lines.
+Work is counted in VirtualTraining iterations (zero-shot: nzeroshot; a
+stage: ninner plus one for its real collection; the task update: one), and
+the ETA is the remaining work at the rate measured since the first report,
+so the compile time of the first iteration does not inflate it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+
+def format_seconds(seconds: float) -> str:
+  return f'{seconds / 60:.1f} min' if seconds >= 60 else f'{seconds:.0f}s'
+
+
+class Progress:
+  """Callable for `AdMRL(on_phase=...)` that writes phase lines via `log`.
+
+  Args:
+    config: the run's `AdMRLConfig` (its n_tasks is the run's length).
+    n_members: (seed, α) members of the batch.
+    sweep: 'vmap' (members are lanes of one batch: a phase is reported once
+      all lanes have reached it) or 'map' (members run in turn: a line per
+      member and phase).
+    log: writes one line.
+    clock: seconds, for tests.
+  Call `start(first_task, target)` before the first task iteration this
+  process runs (after a resume, first_task > 0; target is exclusive).
+  """
+
+  def __init__(self, config, n_members: int, sweep: str,
+               log: Callable[[str], None],
+               clock: Callable[[], float] = time.time):
+    self.config = config
+    self.n_members = n_members
+    self.sweep = sweep
+    self.log = log
+    self.clock = clock
+    self._counts: Dict[Tuple[int, str, int], int] = {}
+    self.start(0, config.n_tasks)
+
+  def start(self, first_task: int, target: int) -> None:
+    self._remaining = sum(self.task_units(i) for i in range(first_task, target))
+    if self.sweep == 'map':
+      self._remaining *= self.n_members
+    self._done_since_first = 0.0
+    self._t_first: Optional[float] = None
+
+  # ------------------------------------------------------------ work
+  def phase_units(self, phase: str, first: bool) -> float:
+    slbo = self.config.slbo
+    if phase == 'zero_shot':
+      return float(slbo.n_zeroshot)
+    if phase == 'stage':
+      return float(slbo.n_inner + 1)
+    return 1.0 if (self.config.algo == 'admrl' and not first) else 0.0
+
+  def task_units(self, task_index: int) -> float:
+    first = task_index == 0
+    stages = self.config.n_slbo_first if first else self.config.n_slbo
+    return ((0.0 if first else self.phase_units('zero_shot', first))
+            + stages * self.phase_units('stage', first)
+            + self.phase_units('task_update', first))
+
+  def eta_seconds(self) -> Optional[float]:
+    if self._t_first is None or self._done_since_first <= 0:
+      return None
+    elapsed = self.clock() - self._t_first
+    if elapsed <= 0:
+      return None
+    return self._remaining * elapsed / self._done_since_first
+
+  # ---------------------------------------------------------- events
+  def __call__(self, event) -> None:
+    key = (event.task_index, event.phase, event.stage)
+    count = self._counts.get(key, 0) + 1
+    self._counts[key] = count
+    if self.sweep == 'vmap' and count < self.n_members:
+      return  # wait for every lane of the batch
+    units = self.phase_units(event.phase, event.first)
+    self._remaining = max(self._remaining - units, 0.0)
+    now = self.clock()
+    if self._t_first is None:
+      self._t_first = now  # the rate excludes the compile before this
+    else:
+      self._done_since_first += units
+    self.log(self.describe(event, count))
+
+  def describe(self, event, count: int) -> str:
+    what = {'zero_shot': 'zero-shot',
+            'stage': f'stage {event.stage}/{event.n_stages}',
+            'task_update': 'task update'}[event.phase]
+    who = (f'member {count}/{self.n_members}' if self.sweep == 'map'
+           else f'{self.n_members} member(s)')
+    parts = []
+    if event.phase == 'task_update':
+      if not math.isnan(event.gap):
+        parts.append(f'gap {event.gap:.4g}')
+    else:
+      parts.append(f'virtual return {event.virtual_return:.4g}')
+      parts.append(f'model loss {event.model_loss:.3g}')
+    eta = self.eta_seconds()
+    if eta is not None:
+      parts.append(f'ETA {format_seconds(eta)}')
+    return (f'task {event.task_index + 1}/{self.config.n_tasks}, {what} ({who})'
+            + (': ' + ', '.join(parts) if parts else ''))
