@@ -30,6 +30,9 @@ _ROLLOUTS = flags.DEFINE_integer('rollouts', 50, 'Virtual roll-outs per TRPO '
                                  'step.')
 _ROLLOUT_STEPS = flags.DEFINE_integer('rollout_steps', None,
                                       'Virtual roll-out length (horizon).')
+_SET = flags.DEFINE_multi_string(
+    'set', [], 'field=value override of the SLBOConfig after the flags '
+    'above, e.g. model.loss=multi_step or virtual_start=data.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension.')
 
@@ -42,6 +45,7 @@ def main(argv):
 
   from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
   from admrl_jax.models.dynamics import ModelConfig  # pylint: disable=g-import-not-at-top
+  from admrl_jax.meta import presets  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import slbo  # pylint: disable=g-import-not-at-top
   from experiments.common import UsageError, build_family, parse_floats, resolve_psi  # pylint: disable=g-import-not-at-top
 
@@ -65,6 +69,19 @@ def main(argv):
                         action_clip=None if family.action_bound is None
                         else family.action_bound),
       real=RolloutConfig(n_envs=_REAL_ENVS.value))
+  overrides = {}
+  for item in _SET.value:
+    name, sep, value = item.partition('=')
+    if not sep:
+      print(f'error: --set: expected field=value, got {item!r}',
+            file=sys.stderr)
+      sys.exit(2)
+    overrides[name.strip()] = value
+  try:
+    config = presets.apply_overrides(config, overrides)
+  except ValueError as e:
+    print(f'error: --set: {e}', file=sys.stderr)
+    sys.exit(2)
   agent = slbo.SLBO(family, config)
   state = slbo.init(key_init, family, config)
   psi = jnp.asarray(psi)
@@ -101,7 +118,9 @@ def main(argv):
                   n_model=config.model.n_steps, model_hidden=list(hidden),
                   virtual_samples_per_trpo_step=config.n_rollouts * (
                       config.rollout_steps or family.horizon),
-                  eval_episodes=config.real.n_envs),
+                  eval_episodes=config.real.n_envs,
+                  model_loss=config.model.loss,
+                  virtual_start=config.virtual_start, overrides=overrides),
       seed=_SEED.value, curve=curve)
   if _OUT.value:
     import matplotlib  # pylint: disable=g-import-not-at-top

@@ -104,10 +104,11 @@ def test_default_config_is_spec():
   params = dyn.model_init(jax.random.key(0), OBS, ACT)
   assert [l['w'].shape for l in params] == [(5, 1000), (1000, 1000),
                                             (1000, 3)]
-  with pytest.raises(NotImplementedError, match='multi_step'):
-    dyn.make_fit(dyn.ModelConfig(loss='multi_step'))
-  with pytest.raises(ValueError):
+  assert config.multi_step_horizon == 2
+  with pytest.raises(ValueError, match='loss'):
     dyn.ModelConfig(loss='two_step')
+  with pytest.raises(ValueError, match='multi_step_horizon'):
+    dyn.ModelConfig(loss='multi_step', multi_step_horizon=0)
 
 
 def _numpy_loss(params, norms, batch, action_clip):
@@ -216,3 +217,162 @@ def test_fit_learns_a_linear_system_without_recompiling():
   assert np.median(worst) < 0.02 and np.percentile(worst, 90) < 0.05
   # The held-out loss agrees.
   assert float(dyn.loss(state.params, state.norms, test, config)) < 0.05
+
+
+# ------------------------------------------------------- multi-step loss
+def _trajectories(n_envs, steps, episode, offset=0):
+  """Time-major (steps, n_envs) transitions whose obs encode
+  (env, episode, t): an episode of env e ends (done) every `episode` steps,
+  then the env resets; the batch starts at global step `offset`."""
+  obs, nxt, done = [], [], []
+  for t in range(offset, offset + steps):
+    row_obs, row_next, row_done = [], [], []
+    for e in range(n_envs):
+      k, tt = divmod(t, episode)
+      row_obs.append([e, k, tt])
+      row_next.append([e, k, tt + 1])
+      row_done.append(tt == episode - 1)
+    obs.append(row_obs)
+    nxt.append(row_next)
+    done.append(row_done)
+  tr = _transitions(obs, np.zeros((steps, n_envs, ACT)), nxt)
+  return tr.replace(done=np.asarray(done))
+
+
+def test_sample_runs_follow_one_environment_and_stop_at_resets():
+  n_envs, episode = 3, 5
+  first = _trajectories(n_envs, 12, episode)
+  second = _trajectories(n_envs, 12, episode, offset=12)  # continues
+  ds = dataset.init(jax.tree.map(lambda x: x[0, 0], first), capacity=50)
+  ds = dataset.add(dataset.add(ds, first), second)  # 72 entries: wrapped
+  runs = jax.jit(dataset.sample_runs, static_argnums=(2, 3, 4))(
+      ds, jax.random.key(0), 4000, 4, n_envs)
+  obs = np.asarray(runs.transitions.obs)
+  nxt = np.asarray(runs.transitions.next_obs)
+  continues = np.asarray(runs.continues)
+  assert np.asarray(runs.valid).all()  # the buffer is full
+  assert not continues[0].any()
+  same_env = obs[1:, :, 0] == obs[:-1, :, 0]
+  consecutive = (same_env & (obs[1:, :, 1] == obs[:-1, :, 1])
+                 & (obs[1:, :, 2] == obs[:-1, :, 2] + 1))
+  # A link exactly where the next entry is the same episode one step later.
+  np.testing.assert_array_equal(continues[1:], consecutive)
+  np.testing.assert_array_equal(obs[1:][continues[1:]],
+                                nxt[:-1][continues[1:]])
+  # Most links hold; the breaks are resets and the write position.
+  assert 0.5 < continues[1:].mean() < 1.0
+  # Not full: entries past the fill level are invalid (and never links).
+  small = dataset.add(dataset.init(jax.tree.map(lambda x: x[0, 0], first),
+                                   capacity=100), first)  # 36 entries
+  runs = dataset.sample_runs(small, jax.random.key(1), 2000, 4, n_envs)
+  start = np.asarray(runs.transitions.obs)[0]
+  index = start[:, 2] + episode * start[:, 1]  # the global step t
+  expected = (index[None, :] + np.arange(4)[:, None]) < 12
+  np.testing.assert_array_equal(np.asarray(runs.valid), expected)
+  assert not np.asarray(runs.continues)[~np.asarray(runs.valid)].any()
+
+
+def _numpy_multi_step_loss(params, norms, runs, config):
+  """Loop reference: model rolled from real states, reset where a run
+  breaks, per-sample RMS of the state-change error, mean over valid."""
+  def net(x, a):
+    z = np.concatenate([(x - np.asarray(norms.state.mean)) /
+                        np.asarray(norms.state.std), np.clip(a, -1, 1)])
+    for layer in params[:-1]:
+      z = np.maximum(z @ np.asarray(layer['w']) + np.asarray(layer['b']), 0)
+    return z @ np.asarray(params[-1]['w']) + np.asarray(params[-1]['b'])
+  tr = jax.tree.map(np.asarray, runs.transitions)
+  diff_mean, diff_std = (np.asarray(norms.diff.mean),
+                         np.asarray(norms.diff.std))
+  total, count = 0.0, 0
+  horizon, batch = tr.obs.shape[:2]
+  for i in range(batch):
+    x = None
+    for k in range(horizon):
+      if not runs.continues[k, i]:
+        x = tr.obs[k, i]
+      out = net(x, tr.action[k, i])
+      target = (tr.next_obs[k, i] - tr.obs[k, i] - diff_mean) / diff_std
+      if runs.valid[k, i]:
+        total += np.sqrt(np.mean((out - target) ** 2))
+        count += 1
+      x = x + out * diff_std + diff_mean  # next-state clip inactive here
+  return total / count
+
+
+def test_multi_step_loss_matches_a_loop_and_reduces_to_one_step():
+  config = dataclasses.replace(SMALL, init_std=None, loss='multi_step',
+                               multi_step_horizon=3)
+  rng = np.random.default_rng(4)
+  params = dyn.model_init(jax.random.key(5), OBS, ACT, config)
+  horizon, batch = 3, 16
+  obs = rng.normal(size=(horizon, batch, OBS))
+  runs = dataset.Runs(
+      transitions=_transitions(obs, rng.normal(size=(horizon, batch, ACT)),
+                               obs + rng.normal(size=obs.shape)),
+      valid=jnp.asarray(rng.uniform(size=(horizon, batch)) < 0.8),
+      continues=jnp.asarray(np.concatenate(
+          [np.zeros((1, batch), bool),
+           rng.uniform(size=(horizon - 1, batch)) < 0.7])))
+  norms = normalizer.update_from_transitions(
+      normalizer.normalizers_init(OBS, ACT), runs.transitions)
+  value = jax.jit(dyn.multi_step_loss, static_argnums=3)(params, norms, runs,
+                                                         config)
+  np.testing.assert_allclose(
+      value, _numpy_multi_step_loss(params, norms, runs, config), rtol=1e-5)
+  # Rolled-out states matter: without resets the loss differs from the
+  # mean of one-step losses on the same transitions.
+  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]),
+                      runs.transitions)
+  assert not np.isclose(value, dyn.loss(params, norms, flat, config),
+                        rtol=1e-3)
+  # Horizon 1 (or no links and every entry valid) is the one-step loss.
+  one = jax.tree.map(lambda x: x[:1], runs)
+  one = one.replace(valid=jnp.ones_like(one.valid))
+  np.testing.assert_allclose(
+      dyn.multi_step_loss(params, norms, one, config),
+      dyn.loss(params, norms, jax.tree.map(lambda x: x[0],
+                                           one.transitions), config),
+      rtol=1e-6)
+
+
+def test_fit_with_the_multi_step_loss_learns_a_linear_system():
+  """Trajectories of s′ = A s + B a from 4 parallel environments; the
+  multi-step fit ends with a small two-step error."""
+  rng = np.random.default_rng(6)
+  a_mat = np.eye(OBS) * 0.9 + 0.05 * rng.normal(size=(OBS, OBS))
+  b_mat = rng.normal(size=(OBS, ACT))
+  n_envs, steps = 4, 500
+  obs = np.zeros((steps, n_envs, OBS))
+  action = rng.uniform(-1, 1, size=(steps, n_envs, ACT))
+  nxt = np.zeros_like(obs)
+  done = np.zeros((steps, n_envs), bool)
+  state = rng.normal(size=(n_envs, OBS))
+  for t in range(steps):
+    obs[t] = state
+    nxt[t] = state @ a_mat.T + action[t] @ b_mat.T
+    done[t] = t % 50 == 49
+    state = np.where(done[t][:, None], rng.normal(size=(n_envs, OBS)),
+                     nxt[t])
+  batch = _transitions(obs, action, nxt).replace(done=done)
+  config = dataclasses.replace(SMALL, loss='multi_step', multi_step_horizon=2,
+                               n_steps=600)
+  model = dyn.update_normalizers(
+      dyn.fit_init(jax.random.key(7), OBS, ACT, config), batch)
+  data = dataset.add(dataset.init(jax.tree.map(lambda x: x[0, 0], batch),
+                                  4096), batch)
+  fit = dyn.make_fit(config, stride=n_envs)
+  model, metrics = fit(model, data, jax.random.key(8))
+  losses = np.asarray(metrics['loss'])
+  assert np.all(np.isfinite(losses)) and int(metrics['rejected']) == 0
+  assert losses[-50:].mean() < 0.1 * losses[:10].mean(), losses[[0, -1]]
+  # Two steps of the fitted model from real states track the plant.
+  s0, a0, a1 = obs[100], action[100], action[101]
+  predict = jax.vmap(dyn.predict, (None, None, 0, 0, None))
+  s2 = predict(model.params, model.norms,
+               predict(model.params, model.norms, jnp.asarray(s0),
+                       jnp.asarray(a0), config), jnp.asarray(a1), config)
+  truth = (s0 @ a_mat.T + a0 @ b_mat.T) @ a_mat.T + a1 @ b_mat.T
+  spread = (nxt - obs).reshape(-1, OBS).std(0)
+  assert np.all(np.abs(np.asarray(s2) - truth) / spread < 0.2), (
+      np.abs(np.asarray(s2) - truth) / spread)

@@ -53,10 +53,11 @@ class ModelConfig:
     clip_norm: global-norm clip of the gradient.
     batch_size: minibatch size of each Adam step.
     n_steps: Adam steps per `fit` call (SLBO's n_model_iters).
-    loss: 'one_step' (implemented) or 'multi_step' (SLBO's option; not
-      implemented: it needs consecutive transitions, which the ring-buffer
-      dataset does not index).
-    multi_step_horizon: steps of the multi-step loss (unused for one_step).
+    loss: 'one_step' or 'multi_step' (SLBO's option): the model is rolled
+      forward from real states along runs of consecutive real transitions
+      and every step's predicted state change is scored (`multi_step_loss`).
+    multi_step_horizon: steps of the multi-step loss (unused for one_step;
+      1 gives the one-step loss).
     action_clip: actions are clipped to [−action_clip, action_clip] before
       the model sees them; None feeds them unchanged (e.g. the linear `lq`
       family, whose actions are unbounded).
@@ -80,15 +81,9 @@ class ModelConfig:
     if self.loss not in LOSSES:
       raise ValueError(f'ModelConfig.loss must be one of {LOSSES}, '
                        f'got {self.loss!r}')
-
-
-def _check_loss_implemented(config: ModelConfig):
-  if config.loss == 'multi_step':
-    raise NotImplementedError(
-        "ModelConfig.loss='multi_step' (SLBO's multi-step loss) is not "
-        'implemented: it needs runs of consecutive transitions, which the '
-        "ring-buffer Dataset does not index. Use loss='one_step' (the "
-        "authors' AdMRL setting, multi_step = 1).")
+    if self.multi_step_horizon < 1:
+      raise ValueError('ModelConfig.multi_step_horizon must be >= 1, got '
+                       f'{self.multi_step_horizon}')
 
 
 Params = Tuple[Dict[str, jax.Array], ...]
@@ -196,16 +191,55 @@ def loss(params: Params, norms: normalizer.Normalizers,
   Returns:
     scalar loss.
   """
-  _check_loss_implemented(config)
   chex.assert_rank([batch.obs, batch.action, batch.next_obs], 2)
 
   def per_sample(obs, action, next_obs):
     error = (predict_normalized_diff(params, norms, obs, action, config)
              - normalizer.normalize(norms.diff, next_obs - obs))
-    return jnp.sqrt(jnp.maximum(jnp.mean(jnp.square(error)), 1e-12))
+    return _rms(error)
 
   return jnp.mean(jax.vmap(per_sample)(batch.obs, batch.action,
                                        batch.next_obs))
+
+
+def _rms(error):
+  return jnp.sqrt(jnp.maximum(jnp.mean(jnp.square(error)), 1e-12))
+
+
+def multi_step_loss(params: Params, norms: normalizer.Normalizers,
+                    runs: dataset_lib.Runs,
+                    config: ModelConfig = ModelConfig()) -> jax.Array:
+  """SLBO's multi-step loss over runs of consecutive real transitions.
+
+  The model starts from the real state of step 0 and is rolled forward with
+  the recorded actions, x_{k+1} = predict(x_k, a_k) (next-state clip
+  included); where step k does not continue step k − 1 (a reset, the end
+  of the stored data) x_k restarts from the real s_k, as SLBO's masks do.
+  Step k's error compares the predicted state change with the real one,
+    e_k = net(x_k, a_k) − normalize_diff(s′_k − s_k),
+  scored like the one-step loss (per-sample RMS); the loss is the mean over
+  the valid (run, step) pairs. With horizon 1 it is `loss` exactly.
+
+  Args:
+    runs: `dataset.Runs` with leaves (horizon, batch, ·).
+  """
+  tr = runs.transitions
+  chex.assert_rank([tr.obs, tr.action, tr.next_obs], 3)
+  predict_diff = jax.vmap(
+      lambda x, a: predict_normalized_diff(params, norms, x, a, config))
+  step_next = jax.vmap(lambda x, a: predict(params, norms, x, a, config))
+
+  def step(x, inputs):
+    obs, action, next_obs, continues = inputs
+    x = jnp.where(continues[:, None], x, obs)
+    error = predict_diff(x, action) - normalizer.normalize(
+        norms.diff, next_obs - obs)
+    return step_next(x, action), jax.vmap(_rms)(error)
+
+  _, per_step = jax.lax.scan(
+      step, tr.obs[0], (tr.obs, tr.action, tr.next_obs, runs.continues))
+  weight = runs.valid.astype(per_step.dtype)
+  return jnp.sum(per_step * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
 # -------------------------------------------------------------------- fit
@@ -225,7 +259,6 @@ def make_optimizer(config: ModelConfig) -> optax.GradientTransformation:
 def fit_init(key: jax.Array, obs_size: int, action_size: int,
              config: ModelConfig = ModelConfig()) -> ModelState:
   """Fresh parameters, optimiser state and identity normalisers."""
-  _check_loss_implemented(config)
   params = model_init(key, obs_size, action_size, config)
   return ModelState(params=params,
                     opt_state=make_optimizer(config).init(params),
@@ -239,12 +272,15 @@ def update_normalizers(state: ModelState,
       norms=normalizer.update_from_transitions(state.norms, transitions))
 
 
-def make_fit(config: ModelConfig = ModelConfig()):
+def make_fit(config: ModelConfig = ModelConfig(), stride: int = 1):
   """Builds the jitted `fit(state, dataset, key) -> (state, metrics)`.
 
   Runs `config.n_steps` Adam steps (`lax.scan`), each on a minibatch of
   `config.batch_size` drawn uniformly with replacement from the dataset's
-  valid entries. The normalisers in `state.norms` are used as they are, not
+  valid entries (for the multi-step loss, `batch_size` runs of
+  `multi_step_horizon` steps, `stride` entries apart: the number of
+  parallel environments the real data was collected with, see
+  `dataset.sample_runs`). The normalisers in `state.norms` are used as they are, not
   updated: update them from real batches with `update_normalizers` before
   calling fit. Dataset contents, fill level, normalisers and parameters are
   traced, so repeated calls compile once (a new dataset capacity or a new
@@ -257,15 +293,24 @@ def make_fit(config: ModelConfig = ModelConfig()):
     grad_norm: (n_steps,) global norm of the loss gradient before clipping.
     rejected: steps skipped because the loss or gradient was not finite.
   """
-  _check_loss_implemented(config)
   optimizer = make_optimizer(config)
-  loss_and_grad = jax.value_and_grad(loss)
+  if config.loss == 'multi_step':
+    loss_and_grad = jax.value_and_grad(multi_step_loss)
+
+    def draw(dataset, key):
+      return dataset_lib.sample_runs(dataset, key, config.batch_size,
+                                     config.multi_step_horizon, stride)
+  else:
+    loss_and_grad = jax.value_and_grad(loss)
+
+    def draw(dataset, key):
+      return dataset_lib.sample(dataset, key, config.batch_size)
 
   def fit(state: ModelState, dataset: dataset_lib.Dataset,
           key: jax.Array) -> Tuple[ModelState, Dict[str, jax.Array]]:
     def step(carry, key_t):
       params, opt_state = carry
-      batch = dataset_lib.sample(dataset, key_t, config.batch_size)
+      batch = draw(dataset, key_t)
       value, grads = loss_and_grad(params, state.norms, batch, config)
       updates, new_opt_state = optimizer.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)

@@ -74,3 +74,55 @@ def sample(dataset: Dataset, key: jax.Array,
   index = jax.random.randint(key, (batch_size,), 0,
                              jnp.maximum(dataset.size, 1))
   return jax.tree.map(lambda x: x[index], dataset.data)
+
+
+@struct.dataclass
+class Runs:
+  """Short runs of consecutive transitions for a multi-step model loss.
+
+  Attributes:
+    transitions: `Transition` with leaves (horizon, batch, ...); step k of
+      run i is the entry `stride·k` after its start (mod capacity).
+    valid: (horizon, batch) bool, the entry holds data (it is below the fill
+      level).
+    continues: (horizon, batch) bool, step k continues step k − 1 of the
+      same episode: its obs equals the previous next_obs exactly and the
+      previous step neither ended (done) nor timed out. Always False at
+      k = 0.
+  """
+  transitions: types.Transition
+  valid: jax.Array
+  continues: jax.Array
+
+
+def sample_runs(dataset: Dataset, key: jax.Array, batch_size: int,
+                horizon: int, stride: int) -> Runs:
+  """`batch_size` runs of `horizon` steps with uniformly drawn starts.
+
+  Batches are stored time-major, so with `stride` = the number of parallel
+  environments of the collection, entry j + stride is the same environment
+  one step later. Whether it really is (not a reset, not another batch,
+  not overwritten) is checked from the data itself (`Runs.continues`), so
+  a wrong stride only shortens runs; it never joins unrelated transitions.
+  """
+  if horizon < 1 or stride < 1:
+    raise ValueError(f'horizon and stride must be >= 1, got {horizon}, '
+                     f'{stride}')
+  if not isinstance(dataset.size, jax.core.Tracer) and int(dataset.size) == 0:
+    raise ValueError('cannot sample from an empty dataset')
+  capacity = dataset.capacity
+  start = jax.random.randint(key, (batch_size,), 0,
+                             jnp.maximum(dataset.size, 1))
+  offsets = stride * jnp.arange(horizon)
+  index = (start[None, :] + offsets[:, None]) % capacity  # (horizon, batch)
+  # Below the fill level, counted from the oldest entry: when the buffer is
+  # not full the oldest entry is 0; when it is full every entry is valid.
+  valid = (start[None, :] + offsets[:, None]) < jnp.where(
+      dataset.size < capacity, dataset.size, jnp.iinfo(jnp.int32).max)
+  runs = jax.tree.map(lambda x: x[index], dataset.data)
+  same_obs = jnp.all(runs.obs[1:] == runs.next_obs[:-1],
+                     axis=tuple(range(2, runs.obs.ndim)))
+  link = same_obs & ~runs.done[:-1] & ~runs.timeout[:-1] & valid[1:]
+  continues = jnp.concatenate(
+      [jnp.zeros((1, batch_size), bool), link], axis=0)
+  return Runs(transitions=runs, valid=valid, continues=continues)

@@ -174,7 +174,7 @@ class SLBO:
     self.family = family
     self.config = config
     self._dynamics_fn = dynamics.make_dynamics_fn(config.model)
-    self._fit = dynamics.make_fit(config.model)
+    self._fit = dynamics.make_fit(config.model, stride=config.real.n_envs)
     self._virtual_rollout = virtual.make_virtual_rollout(
         family, policy_fn, self._dynamics_fn, config.n_rollouts,
         config.rollout_steps)
