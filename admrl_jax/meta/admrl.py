@@ -31,8 +31,8 @@ import dataclasses
 from typing import Callable, NamedTuple, Optional
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from admrl_jax import types
