@@ -33,6 +33,9 @@ _ROLLOUT_STEPS = flags.DEFINE_integer('rollout_steps', None,
 _SET = flags.DEFINE_multi_string(
     'set', [], 'field=value override of the SLBOConfig after the flags '
     'above, e.g. model.loss=multi_step or virtual_start=data.')
+_FRAME_SKIP = flags.DEFINE_integer(
+    'frame_skip', None, 'Simulator steps per control step (Brax families; '
+    'default: the Brax environment\'s own). The authors use 1 on MuJoCo.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension.')
 
@@ -50,7 +53,7 @@ def main(argv):
   from experiments.common import UsageError, build_family, parse_floats, resolve_psi  # pylint: disable=g-import-not-at-top
 
   try:
-    family = build_family(_ENV.value)
+    family = build_family(_ENV.value, frame_skip=_FRAME_SKIP.value)
     psi = resolve_psi(family, _PSI.value)
     hidden = tuple(int(h) for h in parse_floats(_HIDDEN.value, 'hidden'))
   except UsageError as e:
@@ -113,6 +116,7 @@ def main(argv):
   result = dict(
       env=family.name, psi=[float(v) for v in np.asarray(psi)],
       pipeline=getattr(family, 'pipeline', None),
+      frame_skip=getattr(family, 'frame_skip', None),
       budget=dict(stages=_STAGES.value, real_samples_per_stage=per_stage,
                   n_inner=config.n_inner, n_policy=config.n_policy,
                   n_model=config.model.n_steps, model_hidden=list(hidden),
