@@ -30,6 +30,17 @@ def run_main(argv, run: Callable[[], object]) -> None:
     sys.exit(1)
 
 
+def parse_sets(items) -> dict[str, str]:
+  """--set=field=value items → {dotted field: text}; UsageError if malformed."""
+  overrides = {}
+  for item in items:
+    if '=' not in item:
+      raise UsageError(f'--set: expected field=value, got {item!r}')
+    name, value = item.split('=', 1)
+    overrides[name.strip()] = value
+  return overrides
+
+
 def parse_floats(text: str, what: str) -> list[float]:
   """'1, 2.5,3' -> [1.0, 2.5, 3.0]; a clear error for empty or malformed lists."""
   items = [item.strip() for item in text.split(',')]

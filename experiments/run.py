@@ -30,7 +30,7 @@ from absl import app
 from absl import flags
 
 from experiments.common import (CheckpointError, UsageError, build_family,
-                                parse_floats, run_main)
+                                parse_floats, parse_sets, run_main)
 from experiments.progress import Progress, format_seconds
 
 _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim', 'Task family.')
@@ -106,11 +106,7 @@ def resolve_settings():
     if _NTASKS.value < 1:
       raise UsageError(f'--ntasks must be >= 1, got {_NTASKS.value}')
     overrides['n_tasks'] = str(_NTASKS.value)
-  for item in _SET.value:
-    if '=' not in item:
-      raise UsageError(f'--set: expected field=value, got {item!r}')
-    name, value = item.split('=', 1)
-    overrides[name.strip()] = value
+  overrides.update(parse_sets(_SET.value))
   try:
     config = presets.apply_overrides(config, overrides)
   except ValueError as e:

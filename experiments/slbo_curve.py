@@ -50,7 +50,7 @@ def main(argv):
   from admrl_jax.models.dynamics import ModelConfig  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import presets  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import slbo  # pylint: disable=g-import-not-at-top
-  from experiments.common import UsageError, build_family, parse_floats, resolve_psi  # pylint: disable=g-import-not-at-top
+  from experiments.common import UsageError, build_family, parse_floats, parse_sets, resolve_psi  # pylint: disable=g-import-not-at-top
 
   try:
     family = build_family(_ENV.value, frame_skip=_FRAME_SKIP.value)
@@ -72,18 +72,12 @@ def main(argv):
                         action_clip=None if family.action_bound is None
                         else family.action_bound),
       real=RolloutConfig(n_envs=_REAL_ENVS.value))
-  overrides = {}
-  for item in _SET.value:
-    name, sep, value = item.partition('=')
-    if not sep:
-      print(f'error: --set: expected field=value, got {item!r}',
-            file=sys.stderr)
-      sys.exit(2)
-    overrides[name.strip()] = value
   try:
+    overrides = parse_sets(_SET.value)
     config = presets.apply_overrides(config, overrides)
-  except ValueError as e:
-    print(f'error: --set: {e}', file=sys.stderr)
+  except (UsageError, ValueError) as e:
+    print(f'error: {e}' if isinstance(e, UsageError) else
+          f'error: --set: {e}', file=sys.stderr)
     sys.exit(2)
   agent = slbo.SLBO(family, config)
   state = slbo.init(key_init, family, config)

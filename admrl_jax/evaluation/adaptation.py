@@ -35,6 +35,15 @@ from admrl_jax.rl import rollout
 from admrl_jax.rl import slbo as slbo_lib
 
 
+def check_optional_counts(config, names) -> None:
+  """ValueError naming the first field of `names` that is neither None nor
+  an integer >= 1 (the optional overrides of the evaluation configs)."""
+  for name in names:
+    value = getattr(config, name)
+    if value is not None and value < 1:
+      raise ValueError(f'{name} must be >= 1 or None, got {value}')
+
+
 @dataclasses.dataclass(frozen=True)
 class AdaptationConfig:
   """How an evaluation task is adapted to.
@@ -69,10 +78,7 @@ class AdaptationConfig:
     if self.n_zeroshot is not None and self.n_zeroshot < 0:
       raise ValueError(f'n_zeroshot must be >= 0 or None, got '
                        f'{self.n_zeroshot}')
-    for name in ('n_inner', 'eval_episodes'):
-      value = getattr(self, name)
-      if value is not None and value < 1:
-        raise ValueError(f'{name} must be >= 1 or None, got {value}')
+    check_optional_counts(self, ('n_inner', 'eval_episodes'))
 
   @property
   def budgets(self) -> Tuple[int, ...]:

@@ -81,10 +81,7 @@ class OptimumConfig:
         self.budget % self.stage_samples):
       raise ValueError(f'the A* budget ({self.budget}) must be a positive '
                        f'multiple of stage_samples ({self.stage_samples})')
-    for name in ('n_inner', 'eval_episodes'):
-      value = getattr(self, name)
-      if value is not None and value < 1:
-        raise ValueError(f'{name} must be >= 1 or None, got {value}')
+    adaptation.check_optional_counts(self, ('n_inner', 'eval_episodes'))
 
   @property
   def n_stages(self) -> int:

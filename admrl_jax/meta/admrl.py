@@ -256,13 +256,13 @@ class AdMRL:
       zero_shot = index == 0
       active = jnp.where(zero_shot, ~first, index <= n_stages)
       key_collect, key_train = jax.random.split(key_phase)
+      n_active = jnp.where(zero_shot, config.slbo.n_zeroshot,
+                           config.slbo.n_inner)
 
       def run(s):
         s = jax.lax.cond(
             zero_shot, lambda s: s,
             lambda s: self.engine._collect_real(s, psi, key_collect), s)  # pylint: disable=protected-access
-        n_active = jnp.where(zero_shot, config.slbo.n_zeroshot,
-                             config.slbo.n_inner)
         return self.engine._virtual_training(  # pylint: disable=protected-access
             s, psi, key_train, n_iterations, n_active)
 
@@ -272,8 +272,7 @@ class AdMRL:
       s, metrics = jax.lax.cond(active, run, skip, s)
       hat = (s.agent.policy, s.agent.value, s.model.norms.state)
       if self._on_phase is not None:
-        last = jnp.where(zero_shot, config.slbo.n_zeroshot,
-                         config.slbo.n_inner) - 1
+        last = n_active - 1
         self._report(iteration, index, active, n_stages, first,
                      metrics.virtual_return[last], metrics.model_loss[last],
                      jnp.full((), jnp.nan))

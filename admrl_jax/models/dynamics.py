@@ -150,8 +150,15 @@ def predict(params: Params, norms: normalizer.Normalizers, obs: jax.Array,
   perturbed by the round trip's float rounding. Lift with `jax.vmap`.
   """
   chex.assert_rank([obs, action], 1)
-  next_obs = obs + normalizer.denormalize(
-      norms.diff, predict_normalized_diff(params, norms, obs, action, config))
+  return _next_state(
+      norms, obs, predict_normalized_diff(params, norms, obs, action, config),
+      config)
+
+
+def _next_state(norms: normalizer.Normalizers, obs: jax.Array,
+                normalized_diff: jax.Array, config: ModelConfig) -> jax.Array:
+  """s′ from s and the network's output, with the next-state clip."""
+  next_obs = obs + normalizer.denormalize(norms.diff, normalized_diff)
   if config.next_state_clip is None:
     return next_obs
   z = normalizer.normalize(norms.state, next_obs)
@@ -227,14 +234,14 @@ def multi_step_loss(params: Params, norms: normalizer.Normalizers,
   chex.assert_rank([tr.obs, tr.action, tr.next_obs], 3)
   predict_diff = jax.vmap(
       lambda x, a: predict_normalized_diff(params, norms, x, a, config))
-  step_next = jax.vmap(lambda x, a: predict(params, norms, x, a, config))
+  next_state = jax.vmap(lambda x, d: _next_state(norms, x, d, config))
 
   def step(x, inputs):
     obs, action, next_obs, continues = inputs
     x = jnp.where(continues[:, None], x, obs)
-    error = predict_diff(x, action) - normalizer.normalize(
-        norms.diff, next_obs - obs)
-    return step_next(x, action), jax.vmap(_rms)(error)
+    diff = predict_diff(x, action)  # one network pass serves both uses
+    error = diff - normalizer.normalize(norms.diff, next_obs - obs)
+    return next_state(x, diff), jax.vmap(_rms)(error)
 
   _, per_step = jax.lax.scan(
       step, tr.obs[0], (tr.obs, tr.action, tr.next_obs, runs.continues))

@@ -63,14 +63,19 @@ def add(dataset: Dataset, batch: types.Transition) -> Dataset:
                  ptr=(dataset.ptr + count) % capacity)
 
 
+def _check_not_empty(dataset: Dataset) -> None:
+  """Raises on an empty dataset when its size is concrete (not traced)."""
+  if not isinstance(dataset.size, jax.core.Tracer) and int(dataset.size) == 0:
+    raise ValueError('cannot sample from an empty dataset')
+
+
 def sample(dataset: Dataset, key: jax.Array,
            batch_size: int) -> types.Transition:
   """A minibatch drawn uniformly with replacement from the valid entries.
 
   The dataset must not be empty (checked when `size` is concrete).
   """
-  if not isinstance(dataset.size, jax.core.Tracer) and int(dataset.size) == 0:
-    raise ValueError('cannot sample from an empty dataset')
+  _check_not_empty(dataset)
   index = jax.random.randint(key, (batch_size,), 0,
                              jnp.maximum(dataset.size, 1))
   return jax.tree.map(lambda x: x[index], dataset.data)
@@ -108,8 +113,7 @@ def sample_runs(dataset: Dataset, key: jax.Array, batch_size: int,
   if horizon < 1 or stride < 1:
     raise ValueError(f'horizon and stride must be >= 1, got {horizon}, '
                      f'{stride}')
-  if not isinstance(dataset.size, jax.core.Tracer) and int(dataset.size) == 0:
-    raise ValueError('cannot sample from an empty dataset')
+  _check_not_empty(dataset)
   capacity = dataset.capacity
   start = jax.random.randint(key, (batch_size,), 0,
                              jnp.maximum(dataset.size, 1))
