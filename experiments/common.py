@@ -53,6 +53,14 @@ def parse_floats(text: str, what: str) -> list[float]:
     raise UsageError(f'--{what}: not a number in {text!r}') from None
 
 
+def parse_seeds(text: str) -> list[int]:
+  """'0,1,2' -> [0, 1, 2]; a clear error for anything but non-negative ints."""
+  values = parse_floats(text, 'seed')
+  if any(v != int(v) or v < 0 for v in values):
+    raise UsageError(f'--seed: seeds must be non-negative integers, got {text!r}')
+  return [int(v) for v in values]
+
+
 def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None):
   """The family named by --env with flag overrides; UsageError on bad input."""
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top

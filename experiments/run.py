@@ -30,7 +30,8 @@ from absl import app
 from absl import flags
 
 from experiments.common import (CheckpointError, UsageError, build_family,
-                                parse_floats, parse_sets, run_main)
+                                parse_floats, parse_seeds, parse_sets,
+                                run_main)
 from experiments.progress import Progress, format_seconds
 
 _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim', 'Task family.')
@@ -71,13 +72,6 @@ def main(argv):
 
 
 # ------------------------------------------------------------ settings
-def _parse_seeds(text):
-  values = parse_floats(text, 'seed')
-  if any(v != int(v) or v < 0 for v in values):
-    raise UsageError(f'--seed: seeds must be non-negative integers, got {text!r}')
-  return [int(v) for v in values]
-
-
 def resolve_settings():
   """Flags → (family, config, alphas, seeds, record); UsageError on bad input."""
   from admrl_jax.meta import admrl, presets  # pylint: disable=g-import-not-at-top
@@ -98,7 +92,7 @@ def resolve_settings():
             else parse_floats(_ALPHA.value, 'alpha'))
   if any(not a > 0 for a in alphas):
     raise UsageError(f'--alpha: step sizes must be > 0, got {_ALPHA.value!r}')
-  seeds = _parse_seeds(_SEED.value)
+  seeds = parse_seeds(_SEED.value)
   if _SWEEP.value not in ('vmap', 'map'):
     raise UsageError(f'--sweep: expected vmap or map, got {_SWEEP.value!r}')
   overrides = {'algo': _ALGO.value}

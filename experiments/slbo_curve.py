@@ -6,7 +6,8 @@ r"""SLBO learning curve on one task: real return against real samples.
 Runs SLBO (Algorithm 2 inside SLBO stages) on a fixed task ψ with a reduced
 budget set by the flags, evaluates the mean policy on fresh real roll-outs
 before training and after every stage, and writes `<out>.json` and
-`<out>.png`.
+`<out>.png`. With `--seed=0,1,2` every seed gets its own curve (the seeds
+share one compiled program); the plot shows each seed and their mean.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ _SET = flags.DEFINE_multi_string(
 _FRAME_SKIP = flags.DEFINE_integer(
     'frame_skip', None, 'Simulator steps per control step (Brax families; '
     'default: the Brax environment\'s own). The authors use 1 on MuJoCo.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_SEED = flags.DEFINE_string('seed', '0', 'Random seed, or a comma list of '
+                            'seeds (one curve each, same compiled program).')
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension.')
 
 
@@ -50,18 +52,20 @@ def main(argv):
   from admrl_jax.models.dynamics import ModelConfig  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import presets  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import slbo  # pylint: disable=g-import-not-at-top
-  from experiments.common import UsageError, build_family, parse_floats, parse_sets, resolve_psi  # pylint: disable=g-import-not-at-top
+  from experiments.common import UsageError, build_family, parse_floats, parse_seeds, parse_sets, resolve_psi  # pylint: disable=g-import-not-at-top
 
   try:
     family = build_family(_ENV.value, frame_skip=_FRAME_SKIP.value)
     psi = resolve_psi(family, _PSI.value)
     hidden = tuple(int(h) for h in parse_floats(_HIDDEN.value, 'hidden'))
+    seeds = parse_seeds(_SEED.value)
   except UsageError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
-  key = jax.random.key(_SEED.value)
-  key_cal, key_init, key = jax.random.split(key, 3)
+  # The reward of a calibrated family is fixed by the first seed, so that all
+  # seeds train on one task and share one compiled program.
+  key_cal = jax.random.split(jax.random.key(seeds[0]), 3)[0]
   family = family.calibrate(key_cal)
   config = slbo.SLBOConfig(
       n_inner=_N_INNER.value, n_policy=_N_POLICY.value,
@@ -80,7 +84,6 @@ def main(argv):
           f'error: --set: {e}', file=sys.stderr)
     sys.exit(2)
   agent = slbo.SLBO(family, config)
-  state = slbo.init(key_init, family, config)
   psi = jnp.asarray(psi)
   per_stage = slbo.real_samples_per_stage(family, config)
   start = time.time()
@@ -89,24 +92,38 @@ def main(argv):
     out = agent.evaluate(state, psi, key)
     return float(jnp.mean(out.first_return)), float(jnp.std(out.first_return))
 
-  key, key_eval = jax.random.split(key)
-  mean, std = evaluate(state, key_eval)
-  curve = [dict(real_samples=0, return_mean=mean, return_std=std,
-                wall_s=round(time.time() - start, 1))]
-  print(json.dumps(curve[-1]), flush=True)
-  for stage in range(_STAGES.value):
-    key, key_stage, key_eval = jax.random.split(key, 3)
-    state, metrics = agent.stage(state, psi, key_stage)
+  def run_seed(seed):
+    _, key_init, key = jax.random.split(jax.random.key(seed), 3)
+    state = slbo.init(key_init, family, config)
+    key, key_eval = jax.random.split(key)
     mean, std = evaluate(state, key_eval)
-    curve.append(dict(
-        real_samples=(stage + 1) * per_stage, return_mean=mean,
-        return_std=std,
-        model_loss=float(metrics.model_loss[-1]),
-        virtual_return=float(metrics.virtual_return[-1]),
-        trpo_accept_rate=float(jnp.mean(metrics.trpo_accepted)),
-        wall_s=round(time.time() - start, 1)))
-    print(json.dumps(curve[-1]), flush=True)
+    curve = [dict(real_samples=0, return_mean=mean, return_std=std,
+                  wall_s=round(time.time() - start, 1))]
+    print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
+    for stage in range(_STAGES.value):
+      key, key_stage, key_eval = jax.random.split(key, 3)
+      state, metrics = agent.stage(state, psi, key_stage)
+      mean, std = evaluate(state, key_eval)
+      curve.append(dict(
+          real_samples=(stage + 1) * per_stage, return_mean=mean,
+          return_std=std,
+          model_loss=float(metrics.model_loss[-1]),
+          virtual_return=float(metrics.virtual_return[-1]),
+          trpo_accept_rate=float(jnp.mean(metrics.trpo_accepted)),
+          wall_s=round(time.time() - start, 1)))
+      print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
+    return curve
 
+  curves = {seed: run_seed(seed) for seed in seeds}
+  x = [c['real_samples'] for c in curves[seeds[0]]]
+  means = np.array([[c['return_mean'] for c in curve]
+                    for curve in curves.values()])   # (seeds, stages + 1)
+  summary = dict(
+      initial=float(np.mean(means[:, 0])),
+      final=float(np.mean(means[:, -1])),
+      best=float(np.max(np.mean(means, axis=0))),
+      final_minus_initial_per_seed=[float(v) for v in means[:, -1] - means[:, 0]])
+  print(json.dumps(dict(summary=summary)), flush=True)
   result = dict(
       env=family.name, psi=[float(v) for v in np.asarray(psi)],
       pipeline=getattr(family, 'pipeline', None),
@@ -119,23 +136,32 @@ def main(argv):
                   eval_episodes=config.real.n_envs,
                   model_loss=config.model.loss,
                   virtual_start=config.virtual_start, overrides=overrides),
-      seed=_SEED.value, curve=curve)
+      seeds=seeds, summary=summary,
+      curves={str(seed): curve for seed, curve in curves.items()})
   if _OUT.value:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
     with open(_OUT.value + '.json', 'w') as f:
       json.dump(result, f, indent=2)
-    x = [c['real_samples'] for c in curve]
-    y = np.array([c['return_mean'] for c in curve])
-    e = np.array([c['return_std'] for c in curve])
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(x, y, marker='o')
-    ax.fill_between(x, y - e, y + e, alpha=0.2)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    if len(seeds) == 1:
+      e = np.array([c['return_std'] for c in curves[seeds[0]]])
+      ax.plot(x, means[0], marker='o', label=f'seed {seeds[0]}')
+      ax.fill_between(x, means[0] - e, means[0] + e, alpha=0.2,
+                      label='± std over episodes')
+    else:
+      for seed, row in zip(seeds, means):
+        ax.plot(x, row, alpha=0.4, lw=1, label=f'seed {seed}')
+      ax.plot(x, means.mean(axis=0), marker='o', color='k', lw=2,
+              label=f'mean of {len(seeds)} seeds')
+    ax.axhline(summary['initial'], color='grey', ls='--', lw=1,
+               label='initial policy')
     ax.set_xlabel('real samples')
     ax.set_ylabel('real return (mean policy)')
     ax.set_title(f'SLBO on {family.name}, ψ = '
                  f'{[round(float(v), 2) for v in np.asarray(psi)]}')
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(_OUT.value + '.png', dpi=100)
