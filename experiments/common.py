@@ -61,6 +61,13 @@ def parse_seeds(text: str) -> list[int]:
   return [int(v) for v in values]
 
 
+def physics_overrides(record) -> dict:
+  """`make` overrides for the physics a run record names (pipeline, frame
+  skip); records written before a key existed simply lack it."""
+  return {name: record[name] for name in ('pipeline', 'frame_skip')
+          if record.get(name) is not None}
+
+
 def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None):
   """The family named by --env with flag overrides; UsageError on bad input."""
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top

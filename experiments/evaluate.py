@@ -35,7 +35,7 @@ from absl import app
 from absl import flags
 
 from experiments.common import (CheckpointError, UsageError, parse_floats,
-                                run_main)
+                                physics_overrides, run_main)
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
 _BUDGETS = flags.DEFINE_string(
@@ -114,8 +114,7 @@ def eval_family(family, record, eval_env):
     raise UsageError(f'--eval_env: unknown environment {eval_env!r}; valid: '
                      f'{", ".join(envs.names())}')
   kwargs = dict(horizon=family.horizon)
-  if record.get('pipeline'):
-    kwargs['pipeline'] = record['pipeline']
+  kwargs.update(physics_overrides(record))
   try:
     other = envs.make(eval_env, **kwargs)
   except ValueError as e:

@@ -31,7 +31,7 @@ from absl import flags
 
 from experiments.common import (CheckpointError, UsageError, build_family,
                                 parse_floats, parse_seeds, parse_sets,
-                                run_main)
+                                physics_overrides, run_main)
 from experiments.progress import Progress, format_seconds
 
 _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim', 'Task family.')
@@ -48,8 +48,13 @@ _SWEEP = flags.DEFINE_string(
 _NTASKS = flags.DEFINE_integer('ntasks', None, 'Task iterations (preset).')
 _PRESET = flags.DEFINE_string('preset', 'paper',
                               'smoke | quick | paper (the SPEC values).')
-_PIPELINE = flags.DEFINE_string('pipeline', None, 'Brax physics pipeline.')
+_PIPELINE = flags.DEFINE_string(
+    'pipeline', None, 'Brax physics pipeline (default: generalized, the one '
+    'whose observation is a Markov state).')
 _HORIZON = flags.DEFINE_integer('horizon', None, 'Episode length override.')
+_FRAME_SKIP = flags.DEFINE_integer(
+    'frame_skip', None, 'Simulator steps per control step (Brax families; '
+    'default: the Brax environment\'s own). The authors use 1.')
 _SET = flags.DEFINE_multi_string(
     'set', [], 'field=value override of the config, e.g. '
     'slbo.n_inner=5 or task_gradient.linear_solver=minres.')
@@ -107,8 +112,13 @@ def resolve_settings():
     raise UsageError(f'--set: {e}') from None
   horizon = (_HORIZON.value if _HORIZON.value is not None
              else family_overrides.get('horizon'))
-  family = build_family(_ENV.value, _PIPELINE.value, horizon)
-  record = dict(env=_ENV.value, preset=_PRESET.value, pipeline=_PIPELINE.value,
+  family = build_family(_ENV.value, _PIPELINE.value, horizon,
+                        frame_skip=_FRAME_SKIP.value)
+  # The resolved pipeline (not the flag), so that the run is rebuilt with the
+  # same physics even if the default changes.
+  record = dict(env=_ENV.value, preset=_PRESET.value,
+                pipeline=getattr(family, 'pipeline', None),
+                frame_skip=getattr(family, 'frame_skip', None),
                 horizon=family.horizon, alphas=alphas, seeds=seeds,
                 sweep=_SWEEP.value,
                 config=_jsonable(dataclasses.asdict(config)))
@@ -179,8 +189,7 @@ def run():
   if saved is not None and saved.get('calibration'):
     cal = saved['calibration']
     family = envs.make(family.name, horizon=family.horizon,
-                       **({'pipeline': record['pipeline']}
-                          if record['pipeline'] else {}),
+                       **physics_overrides(record),
                        state_mean=np.asarray(cal['state_mean'], np.float32),
                        state_std=np.asarray(cal['state_std'], np.float32))
   else:

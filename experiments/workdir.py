@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from experiments.common import UsageError
+from experiments.common import UsageError, physics_overrides
 
 
 def load_config(workdir: str):
@@ -24,8 +24,7 @@ def load_config(workdir: str):
     jax.config.update('jax_enable_x64', True)  # the run's dtypes
   config = presets.config_from_dict(record['config'])
   kwargs = dict(horizon=record['horizon'])
-  if record.get('pipeline'):
-    kwargs['pipeline'] = record['pipeline']
+  kwargs.update(physics_overrides(record))
   if record.get('calibration'):
     kwargs['state_mean'] = np.asarray(record['calibration']['state_mean'],
                                       np.float32)

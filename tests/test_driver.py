@@ -212,6 +212,9 @@ def _tree_digest(path):
     (['--env=lq', '--preset=huge'], 'unknown preset'),
     (['--env=lq', '--set=slbo.n_innr=3'], 'unknown field'),
     (['--env=lq', '--set=slbo.n_inner=x'], 'cannot parse'),
+    (['--env=lq', '--frame_skip=2'], 'does not apply to the lq family'),
+    (['--env=hopper2d', '--frame_skip=0'], '--frame_skip must be >= 1'),
+    (['--env=hopper2d', '--pipeline=bullet'], 'unknown pipeline'),
 ])
 def test_bad_flags_exit_2_with_a_message(args, message, tmp_path):
   proc = _driver(args + [f'--workdir={tmp_path / "w"}'])
