@@ -37,6 +37,10 @@ _SET = flags.DEFINE_multi_string(
 _FRAME_SKIP = flags.DEFINE_integer(
     'frame_skip', None, 'Simulator steps per control step (Brax families; '
     'default: the Brax environment\'s own). The authors use 1 on MuJoCo.')
+_PIPELINE = flags.DEFINE_string(
+    'pipeline', None, 'Brax physics pipeline (default: the family\'s). '
+    '`generalized` is the one whose observation (qpos, qvel) is a Markov '
+    'state of the simulator; see README, "Physics pipeline".')
 _SEED = flags.DEFINE_string('seed', '0', 'Random seed, or a comma list of '
                             'seeds (one curve each, same compiled program).')
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension.')
@@ -55,7 +59,8 @@ def main(argv):
   from experiments.common import UsageError, build_family, parse_floats, parse_seeds, parse_sets, resolve_psi  # pylint: disable=g-import-not-at-top
 
   try:
-    family = build_family(_ENV.value, frame_skip=_FRAME_SKIP.value)
+    family = build_family(_ENV.value, pipeline=_PIPELINE.value,
+                          frame_skip=_FRAME_SKIP.value)
     psi = resolve_psi(family, _PSI.value)
     hidden = tuple(int(h) for h in parse_floats(_HIDDEN.value, 'hidden'))
     seeds = parse_seeds(_SEED.value)

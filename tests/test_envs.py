@@ -228,6 +228,23 @@ def test_finite_difference_velocity_is_the_simulators(name):
                              atol=1e-5)
 
 
+def test_default_pipeline_observation_is_a_markov_state(families):
+  """Stepping a simulator rebuilt from the observation's (qpos, qvel) gives
+  the same next observation: what a model of observations needs. The spring
+  pipeline (maximal coordinates) is the counter-example that shows the check
+  can fail."""
+  from admrl_jax.envs import brax_family
+  assert envs.DEFAULT_PIPELINE == 'generalized'
+  key = jax.random.key(3)
+  markov = brax_family.markov_error(families('hopper2d'), key, n_envs=2,
+                                    n_steps=20)
+  assert markov.shape == (families('hopper2d').obs_size,)
+  assert float(jnp.max(markov)) < 1e-3, markov
+  spring = brax_family.markov_error(families('hopper2d', pipeline='spring'),
+                                    key, n_envs=2, n_steps=20)
+  assert float(jnp.max(spring)) > 0.1, spring
+
+
 def test_registry_errors():
   with pytest.raises(ValueError, match='unknown environment.*hopper2d'):
     envs.make('hopper3d')
