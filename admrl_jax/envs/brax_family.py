@@ -128,9 +128,11 @@ def markov_error(family: BraxTaskFamily, key: jax.Array, n_envs: int = 8,
   per observation dimension, the RMS difference of the two next
   observations divided by the standard deviation of the state change
   s′ − s: 0 when (qpos, qvel) determines the next observation (the
-  `generalized` pipeline), and a lower bound on the normalised error of any
-  model that sees observations only otherwise (the maximal-coordinate
-  `spring` and `positional` pipelines keep state that qpos, qvel omit).
+  `generalized` pipeline); otherwise the size of the unpredictable part, a
+  rough floor under the normalised error of any model that sees
+  observations only (the maximal-coordinate `spring` and `positional`
+  pipelines keep state that qpos, qvel omit). Every Brax family's
+  observation starts with qpos ⊕ qvel.
   """
   nq, nv = family.nq, family.nv
 
