@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import time
-import warnings
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results', 'markov_state.json')
@@ -58,35 +57,30 @@ def main(argv=None):
   pipelines = (args.pipelines.split(',') if args.pipelines else
                ['generalized', 'spring'] if args.quick else
                list(envs.PIPELINES))
-  for name in families:
-    if name not in envs.names() or name == 'lq':
-      sys.exit(f'error: --families: {name!r} is not a Brax family; valid: '
-               f'{", ".join(n for n in envs.names() if n != "lq")}')
-  for pipeline in pipelines:
-    if pipeline not in envs.PIPELINES:
-      sys.exit(f'error: --pipelines: unknown pipeline {pipeline!r}; valid: '
-               f'{", ".join(envs.PIPELINES)}')
   if args.n_envs < 1 or args.n_steps < 2:
     sys.exit('error: need --n_envs >= 1 and --n_steps >= 2')
+  # Built up front, so that a bad name fails (with the registry's message
+  # listing the valid ones) before anything compiles.
+  try:
+    grid = [(name, pipeline, envs.make(name, pipeline=pipeline))
+            for name in families for pipeline in pipelines]
+  except ValueError as e:
+    sys.exit(f'error: {e}')
 
   rows = []
-  for name in families:
-    for pipeline in pipelines:
-      t0 = time.perf_counter()
-      with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        family = envs.make(name, pipeline=pipeline)
-        err = np.asarray(brax_family.markov_error(
-            family, jax.random.key(args.seed), args.n_envs, args.n_steps))
-      row = dict(family=name, pipeline=pipeline,
-                 default=pipeline == envs.DEFAULT_PIPELINE,
-                 frame_skip=family.frame_skip, dt=family.dt,
-                 mean_error=float(err.mean()), max_error=float(err.max()),
-                 per_dim=[round(float(e), 4) for e in err],
-                 seconds=round(time.perf_counter() - t0, 1))
-      rows.append(row)
-      print(f'{name:22s} {pipeline:12s} mean {row["mean_error"]:.3g} '
-            f'max {row["max_error"]:.3g}', flush=True)
+  for name, pipeline, family in grid:
+    t0 = time.perf_counter()
+    err = np.asarray(brax_family.markov_error(
+        family, jax.random.key(args.seed), args.n_envs, args.n_steps))
+    row = dict(family=name, pipeline=pipeline,
+               default=pipeline == envs.DEFAULT_PIPELINE,
+               frame_skip=family.frame_skip, dt=family.dt,
+               mean_error=float(err.mean()), max_error=float(err.max()),
+               per_dim=[round(float(e), 4) for e in err],
+               seconds=round(time.perf_counter() - t0, 1))
+    rows.append(row)
+    print(f'{name:22s} {pipeline:12s} mean {row["mean_error"]:.3g} '
+          f'max {row["max_error"]:.3g}', flush=True)
   result = dict(
       meta=dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec='seconds'), jax_version=jax.__version__,
