@@ -1,6 +1,7 @@
 """Hyperparameters as frozen dataclasses (static arguments of jitted code).
 
-Defaults are the paper's / authors' values (SPEC §6) unless stated.
+Defaults are the paper's values (Lin et al. 2020, arXiv:2006.08875, Appendix C)
+or the authors' code's (github.com/LinZichuan/AdMRL) unless stated.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ class RolloutConfig:
   Attributes:
     n_envs: parallel environments.
     n_steps: control steps per environment per call; None for the family's
-      horizon. n_envs × n_steps samples per call (SPEC §6: 10 000 per SLBO
-      stage, e.g. 50 × 200).
+      horizon. n_envs × n_steps samples per call (the authors' code: 10 000
+      per SLBO stage, e.g. 50 × 200).
     ou_theta, ou_sigma: Ornstein–Uhlenbeck exploration noise,
       x ← x − θ·x + σ·N(0, I), reset to 0 at every episode start.
   """

@@ -2,7 +2,7 @@ r"""An α sweep as one vmapped program against K separate runs.
 
     python benchmarks/alpha_sweep.py [--quick] [--env=lq] [--preset=smoke]
 
-Measures, in one run, for K = 6 step sizes α ∈ {1, 2, 4, 8, 16, 32} (SPEC §3)
+Measures, in one run, for K = 6 step sizes α ∈ {1, 2, 4, 8, 16, 32} (Appendix C)
 and the same seed:
   sweep_s        task iterations of the K members as one jit(vmap) program
   sequential_s   the same task iterations as K separate single-member runs

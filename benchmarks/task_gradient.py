@@ -3,7 +3,7 @@ r"""Cost of the task gradient: the paper's k solves against one adjoint solve.
     python benchmarks/task_gradient.py [--quick] [--env=halfcheetah_highdim]
 
 Measures, in one run, on halfcheetah_highdim (k = 18, policy [32, 32],
-model [1000, 1000], 50 × 200 = 10 000 samples per batch, SPEC §6):
+model [1000, 1000], 50 × 200 = 10 000 samples per batch, authors' code):
   per_dimension_s      Eq. 2 with the paper's solve: k damped normal-equation
                        CG solves (`solver='per_dimension'`)
   adjoint_s            the same with one solve and one VJP (`'adjoint'`)

@@ -69,7 +69,7 @@ def main(argv):
   rollout_repeats = 3 if _QUICK.value else 20
   family = envs.make(_ENV.value)
   family = family.calibrate(jax.random.key(0))
-  config = slbo.SLBOConfig()  # paper shapes (SPEC §6)
+  config = slbo.SLBOConfig()  # paper shapes (authors' code)
   ds, da = family.obs_size, family.action_size
 
   # Matmul rate of this machine. A shared machine's speed drifts over a

@@ -6,12 +6,12 @@ r"""Evaluates a run: `python -m experiments.evaluate --workdir=DIR [flags]`.
 
 For every member (seed, α) of the run's latest checkpoint and every task ψ of
 the evaluation set (the family's, or --eval_env's: e.g. the ant2d_ood boundary
-tasks for a model trained on ant2d — same dynamics and observations), it
-adapts the trained model (SPEC §5): fresh policy, zero-shot VirtualTraining →
+tasks for a model trained on ant2d — same dynamics and observations), it adapts
+the trained model (paper Section 5): fresh policy, zero-shot VirtualTraining →
 A0, then SLBO stages of --stage_samples real samples each → A_n at each
---budgets n. A*(ψ) is the closed form where the family has one (lq), else
-the best return of a long SLBO run from scratch with --astar_budget real
-samples; it is cached per (family, ψ, budget) in --astar_cache (default
+--budgets n. A*(ψ) is the closed form where the family has one (lq), else the
+best return of a long SLBO run from scratch with --astar_budget real samples; it
+is cached per (family, ψ, budget) in --astar_cache (default
 <workdir>/../astar_cache.json), so every method evaluated beside it uses the
 same A*.
 

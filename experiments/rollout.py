@@ -23,12 +23,12 @@ PRESETS = {
     # name: parallel environments and horizon (control steps each).
     'smoke': dict(n_envs=4, horizon=50),
     'quick': dict(n_envs=16, horizon=200),
-    'paper': dict(n_envs=50, horizon=200),  # 10 000 samples, SPEC §6
+    'paper': dict(n_envs=50, horizon=200),  # 10 000 samples, authors' code
 }
 
 _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim', 'Task family.')
 _PRESET = flags.DEFINE_enum('preset', 'paper', list(PRESETS),
-                            'Size preset; paper = the SPEC values.')
+                            'Size preset; paper = the paper values.')
 _PIPELINE = flags.DEFINE_string(
     'pipeline', None, 'Brax physics pipeline (generalized, positional, '
     'spring, mjx); default: the family default.')

@@ -47,7 +47,7 @@ _SWEEP = flags.DEFINE_string(
     'each bitwise identical to a run of that member alone).')
 _NTASKS = flags.DEFINE_integer('ntasks', None, 'Task iterations (preset).')
 _PRESET = flags.DEFINE_string('preset', 'paper',
-                              'smoke | quick | paper (the SPEC values).')
+                              'smoke | quick | paper (the paper values).')
 _PIPELINE = flags.DEFINE_string(
     'pipeline', None, 'Brax physics pipeline (default: generalized, the one '
     'whose observation is a Markov state).')

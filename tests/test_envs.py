@@ -9,8 +9,8 @@ from admrl_jax import envs
 BRAX_FAMILIES = ('hopper2d', 'walker2d', 'ant2d', 'ant3d', 'ant2d_ood',
                  'halfcheetah_highdim')
 
-# (name, nq, nv, (b, c_a), ψ features, coefficients): SPEC §4 and §6.
-VELOCITY_SPECS = [
+# (name, nq, nv, (b, c_a), ψ features, coefficients): Table 1, authors' code.
+VELOCITY_FAMILIES = [
     ('hopper2d', 6, 6, (10.0, 0.001), ('vx', 'hz'), (1.0, 5.0)),
     ('walker2d', 9, 9, (10.0, 0.001), ('vx', 'hz'), (1.0, 5.0)),
     ('ant2d', 15, 14, (5.05, 0.005), ('vx', 'vy'), (1.0, 1.0)),
@@ -31,7 +31,7 @@ def _hand_made_transition(rng, nq, nv, action_size, dt):
   return obs, action, next_obs, feats
 
 
-@pytest.mark.parametrize('name,nq,nv,consts,features,coefs', VELOCITY_SPECS)
+@pytest.mark.parametrize('name,nq,nv,consts,features,coefs', VELOCITY_FAMILIES)
 def test_velocity_reward_and_psi_gradient_match_formula(
     families, name, nq, nv, consts, features, coefs):
   family = families(name)

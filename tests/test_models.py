@@ -187,7 +187,7 @@ def test_fit_learns_a_linear_system_without_recompiling():
   state = dyn.fit_init(jax.random.key(0), OBS, ACT, config)
   fit = dyn.make_fit(config)
 
-  # Two real batches, each added and normalised before fitting (SPEC §6).
+  # Two real batches, each added and normalised before fitting (authors' code).
   data = dataset.init(jax.tree.map(lambda x: x[0], make_batch(1, rng)), 4096)
   for i in range(2):
     batch = make_batch(1000, rng)

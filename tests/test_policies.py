@@ -15,7 +15,7 @@ def _params(seed, log_std):
 def test_shapes_and_defaults():
   params = gm.policy_init(jax.random.key(0), 4, 3)
   assert [l['w'].shape for l in params.mlp] == [(4, 32), (32, 32), (32, 3)]
-  np.testing.assert_array_equal(params.log_std, 0.0)  # SPEC §6
+  np.testing.assert_array_equal(params.log_std, 0.0)  # authors' code
   value = gm.value_init(jax.random.key(1), 4)
   assert [l['w'].shape for l in value] == [(4, 64), (64, 64), (64, 1)]
   assert gm.value_apply(value, jnp.ones(4)).shape == ()

@@ -1,9 +1,10 @@
 """Task families: a real environment plus a reward r_ψ parameterised by ψ ∈ Ψ.
 
-A task family (SPEC §1, §4) is one value holding the environment, the task box
-Ψ = [task_low, task_high] ⊂ R^k, the conversion ψ ↔ u ∈ [−1, 1]^k in which the
-adversary steps (SPEC §6), task samplers, the evaluation set, the done rule and
-the reward. Families know nothing of models, policies or training.
+A task family (Lin et al. 2020, Sections 4.1 and 5, Appendix C) is one value
+holding the environment, the task box Ψ = [task_low, task_high] ⊂ R^k, the
+conversion ψ ↔ u ∈ [−1, 1]^k in which the adversary steps (as in the authors'
+code, github.com/LinZichuan/AdMRL), task samplers, the evaluation set, the done
+rule and the reward. Families know nothing of models, policies or training.
 
 The reward is a pure function of observations, `reward(psi, obs, action,
 next_obs)`: the same function scores real transitions, virtual (model)
@@ -123,7 +124,7 @@ class TaskFamily(abc.ABC):
 
   # ------------------------------------------------------- task space
   def to_u(self, psi: jax.Array) -> jax.Array:
-    """ψ → u ∈ [−1, 1]^k (SPEC §6: ψ = lo + (u + 1)/2·(hi − lo))."""
+    """ψ → u ∈ [−1, 1]^k, the authors' code's ψ = lo + (u + 1)/2·(hi − lo)."""
     return 2.0 * (psi - self.task_low) / (self.task_high - self.task_low) - 1.0
 
   def from_u(self, u: jax.Array) -> jax.Array:

@@ -2,7 +2,8 @@
 
 The Brax environment supplies the MJCF system and the physics pipeline
 (generalized, positional, spring or mjx); reset, observation, reward and done
-rule are the family's own (SPEC §6), not Brax's gym-style ones.
+rule are the family's own (as in the authors' code,
+github.com/LinZichuan/AdMRL), not Brax's gym-style ones.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ class BraxTaskFamily(base.TaskFamily):
   Attributes:
     brax_name: the Brax environment carrying the MJCF system.
     pipeline: physics pipeline.
-    reset_noise: qpos = init + U(−r, r), qvel = r·N(0, 1) (SPEC §6: 0.1).
+    reset_noise: qpos = init + U(−r, r), qvel = r·N(0, 1) (authors' code: 0.1).
   """
   brax_name: str = ''
   pipeline: str = DEFAULT_PIPELINE

@@ -1,4 +1,4 @@
-"""Cheetah-Highdim: ψ ∈ [−1, 1]^18 weights the normalised next state (SPEC §4).
+"""Cheetah-Highdim: ψ ∈ [−1, 1]^18 weights the normalised next state (Sec. 5).
 
     r_ψ(s, a, s′) = ψᵀ (s′ − μ)/σ − 0.05‖a‖²
 

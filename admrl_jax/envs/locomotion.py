@@ -1,4 +1,4 @@
-"""Velocity / height tracking families: Hopper2D, Walker2D, Ant2D, Ant3D (SPEC §4).
+"""Velocity/height tracking: Hopper2D, Walker2D, Ant2D, Ant3D (Table 1).
 
     r_ψ = b − c_a‖a‖² − Σ_j c_j |f_j(s, s′) − ψ_j|
 
@@ -32,7 +32,7 @@ class VelocityFamily(brax_family.BraxTaskFamily):
     coefs: (c_j) per component of ψ.
     alive_bonus: b.
     ctrl_cost: c_a.
-    done_rule: 'hopper', 'walker' or 'ant' (SPEC §6).
+    done_rule: 'hopper', 'walker' or 'ant' (the authors' code's rules).
     grid_counts: points per axis of the evaluation grid over the box.
     eval_box: (low, high) of the evaluation grid when it differs from Ψ
       (ant2d_ood); None to use Ψ.

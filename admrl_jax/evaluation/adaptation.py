@@ -1,4 +1,4 @@
-"""Test-time adaptation of a trained model to evaluation tasks (SPEC §5).
+"""Test-time adaptation of a trained model to evaluation tasks (Section 5).
 
 For one trained model + dataset (the `SLBOState` of one run member) and an
 evaluation task ψ:

@@ -1,4 +1,4 @@
-"""The evaluation metrics of SPEC §5 from A0, A_n and A*.
+"""The evaluation metrics of Section 5 (Lin et al. 2020) from A0, A_n, A*.
 
     G_n(ψ)  = A*(ψ) − A_n(ψ)                 gap after n real samples
     Gmax_n  = max_ψ G_n(ψ)                   worst case over the evaluation set

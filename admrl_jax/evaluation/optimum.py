@@ -1,5 +1,5 @@
-"""A*(ψ), the best return reachable on task ψ (SPEC §5, §6 "A*(ψ) for
-evaluation").
+"""A*(ψ), the best return reachable on task ψ (Lin et al. 2020,
+arXiv:2006.08875, Section 5; the paper does not say how it is estimated).
 
 Two estimates:
 

@@ -1,5 +1,5 @@
-"""Figures of SPEC §5 from arrays: heat maps of G_n over the task grid,
-Gmax_n and average A_n against n, visited training tasks.
+"""Figures of Section 5 (Lin et al. 2020) from arrays: heat maps of G_n over the
+task grid, Gmax_n and average A_n against n, visited training tasks.
 
 Every function returns a `matplotlib.figure.Figure` built without pyplot (no
 GUI backend is touched); the caller saves it (`fig.savefig(path)`), so the

@@ -1,16 +1,16 @@
 """Conjugate gradient on pytrees, matrix-free, with a fixed iteration cap.
 
 Solves A x = b for a symmetric positive-definite operator A given only as
-`matvec(v) = A v` (a Fisher- or Hessian-vector product, SPEC §2 and §6).
-Vectors are pytrees (e.g. policy parameters); the loop is a
-`lax.while_loop` bounded by `iters` (static) that stops early once the
-relative residual ‖r_k‖/‖b‖ ≤ tol, so it jits, vmaps, and never recompiles
-for new values of b.
+`matvec(v) = A v` (a Fisher- or Hessian-vector product; Lin et al. 2020,
+Section 4.3). Vectors are pytrees (e.g. policy parameters); the loop is a
+`lax.while_loop` bounded by `iters` (static) that stops early once the relative
+residual ‖r_k‖/‖b‖ ≤ tol, so it jits, vmaps, and never recompiles for new values
+of b.
 
-`keep_best=True` returns the iterate with the least residual seen rather
-than the last one. The authors' task-gradient solve (SPEC §6: 200 iterations
-of CG on the normal equations AᵀA x = Aᵀb) does this, because in floating
-point CG on an ill-conditioned system can drift after it has converged.
+`keep_best=True` returns the iterate with the least residual seen rather than
+the last one. The authors' task-gradient solve (github.com/LinZichuan/AdMRL: 200
+iterations of CG on the normal equations AᵀA x = Aᵀb) does this, because in
+floating point CG on an ill-conditioned system can drift after it has converged.
 """
 from __future__ import annotations
 
@@ -71,9 +71,9 @@ def conjugate_gradient(matvec: Callable[[PyTree], PyTree], b: PyTree,
   """Approximately solves A x = b by conjugate gradient.
 
   Args:
-    matvec: v ↦ A v on pytrees structured like b; A symmetric positive
-      definite (on an indefinite A the iteration is still defined but may
-      not converge — solve the normal equations instead, SPEC §2).
+    matvec: v ↦ A v on pytrees structured like b; A symmetric positive definite
+      (on an indefinite A the iteration is still defined but may not converge —
+      solve the normal equations instead, Lin et al. 2020, Section 4.3).
     b: right-hand side, a pytree of float arrays.
     iters: maximum number of iterations (static; one matvec each).
     tol: stop when ‖r_k‖ ≤ tol·‖b‖ (recursive residual).

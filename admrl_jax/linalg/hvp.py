@@ -3,8 +3,8 @@
     H(x)·v = d/dε ∇f(x + ε v) |_{ε=0}
 
 One `jax.jvp` of `jax.grad`: about the cost of two gradients, and the p×p
-Hessian is never formed (SPEC §2: the policy Hessian A of Eq. 7 and the
-Fisher matrix of TRPO are only ever used through such products).
+Hessian is never formed (Lin et al. 2020, Appendix B: the policy Hessian A of
+Eq. 7 and the Fisher matrix of TRPO are only ever used through such products).
 """
 from __future__ import annotations
 

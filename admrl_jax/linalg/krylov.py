@@ -1,14 +1,15 @@
 """Krylov solvers for symmetric (possibly indefinite) operators, on pytrees.
 
-The policy Hessian A of the task gradient (SPEC §2, Eq. 7) is symmetric but
-indefinite in practice, so plain CG on A x = b is not safe. Three choices,
+The policy Hessian A of the task gradient (Lin et al. 2020, Eq. 7) is symmetric
+but indefinite in practice, so plain CG on A x = b is not safe. Three choices,
 each matrix-free and jit/vmap-compatible:
 
 - `minres`: MINRES (Paige & Saunders 1975) — for symmetric indefinite A,
   minimises ‖A x − b‖ over the Krylov space; the residual never grows.
 - `solve(..., method='cg_normal')`: the paper's solve — CG on the damped,
   scaled normal equations (AᵀA·s + δ I) x = Aᵀb·s, keeping the iterate with
-  the least residual (SPEC §6: s = 1/P, δ = 0.1, 200 iterations).
+  the least residual (Section 4.3 and Appendix C; s = 1/P, δ = 0.1 as in
+  the authors' code, github.com/LinZichuan/AdMRL; 200 iterations).
 - `solve(..., method='gmres')`: restarted GMRES from `jax.scipy`.
 
 `solve` returns a `SolveInfo` whose `residual` is always measured on the
@@ -161,10 +162,10 @@ def cg_normal(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
               ) -> Tuple[PyTree, SolveInfo]:
   """The paper's solve: CG on (AᵀA·scale + damping·I) x = Aᵀb·scale.
 
-  A is symmetric, so Aᵀv = A v and each iteration costs two matvecs. The
-  iterate with the least normal-equation residual is kept (SPEC §6). With
-  damping > 0 the result is a regularised (biased) solution of A x = b;
-  the reported residual says how far from A x = b it is.
+  A is symmetric, so Aᵀv = A v and each iteration costs two matvecs. The iterate
+  with the least normal-equation residual is kept (as the authors' code does).
+  With damping > 0 the result is a regularised (biased) solution of A x = b; the
+  reported residual says how far from A x = b it is.
   """
   def normal_op(v):
     return tree_axpy(damping, v, _scale(matvec(matvec(v)), scale))

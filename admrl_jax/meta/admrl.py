@@ -18,10 +18,10 @@ compiled program; a batch of states (seeds, or α for a sweep) runs under
 into selects (`first` is shared, not batched).
 
 The first task has no zero-shot policy θ̂, so there is no task gradient
-(Algorithm 1, line 8) and it runs the longer first-task nslbo (SPEC §3).
+(Algorithm 1, line 8) and it runs the longer first-task nslbo (Appendix C).
 For admrl the task gradient uses fresh real roll-outs of θ̂ and θ* without
 exploration noise (counted in `real_samples`, not added to the dataset) and
-model roll-outs of θ̂ (SPEC §6); the logged training gap is
+model roll-outs of θ̂ (as the authors' code does); the logged training gap is
 return(θ*) − return(θ̂) on those real roll-outs. A non-finite task gradient
 is rejected (u stays) and flagged in the metrics.
 """
@@ -52,7 +52,7 @@ ALGOS = ('admrl', 'mb_unif', 'mb_gauss', 'slbo')
 
 @dataclasses.dataclass(frozen=True)
 class AdMRLConfig:
-  """Algorithm 1's settings (SPEC §3 and §6 defaults).
+  """Algorithm 1's settings (Appendix C and the authors' code's defaults).
 
   Attributes:
     algo: how the next task is chosen: 'admrl', 'mb_unif', 'mb_gauss' or
@@ -64,7 +64,7 @@ class AdMRLConfig:
     first_u: the first task, u = first_u in every coordinate.
     gradient_envs: real roll-outs (of the horizon's length) of θ̂ and of θ*
       each, and model roll-outs of θ̂, for the task gradient: 50 × 200 =
-      10 000 samples each (SPEC §6).
+      10 000 samples each (the authors' code).
     slbo: the SLBO engine's config (nzeroshot, ninner, nmodel, ...).
     task_gradient: estimator and solver of ∂L/∂ψ.
   """

@@ -1,4 +1,4 @@
-"""The adversary's step: projected gradient ascent on the task (Eq. 1, SPEC §6).
+"""The adversary's step: projected gradient ascent on the task (Eq. 1, Alg. 1).
 
 The step acts on the normalised coordinates u ∈ [−1, 1]^k of the box
 (ψ = lo + (u + 1)/2·(hi − lo)): u ← clip(u + α·∂L/∂u, −1, 1), no

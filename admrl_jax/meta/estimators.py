@@ -5,7 +5,7 @@ Every estimator works on a time-major batch of transitions (leaves
 the policy: it takes `log_prob_fn(theta, obs, action) -> log π_θ(a|s)` for one
 unbatched sample (raw observations; the caller closes over any normaliser).
 Rewards are recomputed from the ψ-independent fields of the transitions with
-`family.reward(psi, ...)`, so they are differentiable in ψ (SPEC §2).
+`family.reward(psi, ...)`, so they are differentiable in ψ (Eq. 3).
 
 Units. η is the expected undiscounted return of an episode (what the gap L
 and the evaluation measure), so sums over samples are divided by the number
@@ -184,7 +184,7 @@ def reinforce_hessian_objective(family: TaskFamily, log_prob_fn: LogProbFn,
 def make_pathwise_return(family: TaskFamily, reparam_fn: ReparamFn,
                          dynamics_fn: DynamicsFn, gamma: float = 1.0):
   """Builds η̂_path(θ, ψ, model, start_obs, noise): the virtual return as a
-  differentiable function of θ and ψ (SPEC §2, "pathwise Hessian").
+  differentiable function of θ and ψ (a pathwise alternative to Eq. 7).
 
   Roll-outs act with a = clip(reparam_fn(θ, s, ε)) for fixed noise ε and step
   the differentiable model; a roll-out that meets the done rule stops

@@ -1,4 +1,4 @@
-"""Named sizes of a run: `paper` (the SPEC values), `quick`, `smoke`.
+"""Named sizes of a run: `paper` (the paper values), `quick`, `smoke`.
 
 `preset(env, name)` returns the `AdMRLConfig`, the family overrides (e.g. a
 shorter horizon) and the task step size α the paper chose for the family.
@@ -16,7 +16,7 @@ from admrl_jax.rl.slbo import SLBOConfig
 
 NAMES = ('smoke', 'quick', 'paper')
 
-# SPEC §3: α chosen per family, and the first task's nslbo.
+# Appendix C of the paper: α chosen per family, and the first task's nslbo.
 PAPER_ALPHA = {'hopper2d': 2.0, 'walker2d': 8.0, 'ant2d': 4.0, 'ant3d': 4.0,
                'ant2d_ood': 4.0, 'halfcheetah_highdim': 16.0, 'lq': 1.0}
 PAPER_FIRST_NSLBO = {'hopper2d': 10, 'walker2d': 10}  # others: 20

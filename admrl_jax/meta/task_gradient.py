@@ -5,7 +5,7 @@
 
 A enters only through products A v = jvp of grad (`linalg.hvp`) of a scalar
 `hessian_objective(θ)`; B through jvp / vjp of θ ↦ ∇_θ `mixed_objective`
-(θ, ψ) in ψ. Two ways to form the implicit term (SPEC §2):
+(θ, ψ) in ψ. Two ways to form the implicit term (Eqs. 2 and 5):
 
 - `per_dimension` (the paper): for each i, solve A x_i = B e_i; the term is
   −⟨x_i, g⟩. k solves; also yields the Jacobian ∂θ̂/∂ψ.
@@ -15,10 +15,10 @@ A enters only through products A v = jvp of grad (`linalg.hvp`) of a scalar
 
 The linear solver is `linalg.solve`: the paper's damped normal-equation CG
 (`cg_normal`, δ = 0.1, scale 1/P, 200 iterations, least-residual iterate),
-MINRES or GMRES. `assemble` is generic (it also takes exact objectives, as
-the `lq` tests do); `from_samples` builds every piece from the batches the
-algorithm has (SPEC §6): virtual samples of π_θ̂ for A and B, real samples
-of π_θ̂ for g and ∂η*/∂ψ|θ̂, real samples of π_θ* for ∂η*/∂ψ|θ*.
+MINRES or GMRES. `assemble` is generic (it also takes exact objectives, as the
+`lq` tests do); `from_samples` builds every piece from the batches the algorithm
+has (the authors' code): virtual samples of π_θ̂ for A and B, real samples of
+π_θ̂ for g and ∂η*/∂ψ|θ̂, real samples of π_θ* for ∂η*/∂ψ|θ*.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ HESSIANS = ('reinforce', 'pathwise')
 
 @dataclasses.dataclass(frozen=True)
 class TaskGradientConfig:
-  """How the task gradient is estimated and solved (SPEC §2 and §6).
+  """How the task gradient is estimated and solved (Section 4.2 and 4.3).
 
   Attributes:
     solver: 'adjoint' (one solve, default) or 'per_dimension' (the paper's
@@ -104,7 +104,7 @@ class TaskGradient:
   Attributes:
     grad_psi: ∂L/∂ψ, (k,).
     grad_u: ∂L/∂u in the normalised coordinates u ∈ [−1, 1]^k the adversary
-      steps in (SPEC §6), (k,).
+      steps in (the authors' code), (k,).
     return_grad_star: ∂η*/∂ψ at θ*, (k,).
     return_grad_hat: ∂η*/∂ψ at θ̂, (k,).
     implicit_term: (∂θ̂/∂ψᵀ)ᵀ ∂η*/∂θ|θ̂, (k,).
@@ -214,7 +214,7 @@ def from_samples(config: TaskGradientConfig, family: TaskFamily,
                  pathwise: Optional[Callable[[PyTree, jax.Array],
                                              jax.Array]] = None
                  ) -> TaskGradient:
-  """The task gradient from the algorithm's samples (SPEC §6).
+  """The task gradient from the algorithm's samples (Algorithm 1, lines 9–11).
 
   Args:
     config: static under jit.

@@ -1,11 +1,12 @@
 """SLBO's learned dynamics model: init / predict / loss / fit.
 
-SPEC §6: an MLP [ds + da, 1000, 1000, ds] with ReLU predicts the normalised
-state change from the normalised state and the action clipped to [−1, 1];
-the next state is s + denormalised change, clipped to ±100 in normalised
-state units. It is fitted with the one-step per-sample RMS loss, Adam
-(lr 1e-3, L2 weight decay 1e-5, global-norm clip 2.0), batches of 256 drawn
-from the data of all tasks; the model persists across tasks.
+As in the authors' code (github.com/LinZichuan/AdMRL): an MLP [ds + da, 1000,
+1000, ds] with ReLU predicts the normalised state change from the normalised
+state and the action clipped to [−1, 1]; the next state is s + denormalised
+change, clipped to ±100 in normalised state units. It is fitted with the
+one-step per-sample RMS loss, Adam (lr 1e-3, L2 weight decay 1e-5, global-norm
+clip 2.0), batches of 256 drawn from the data of all tasks; the model persists
+across tasks.
 
 Typical use (the normalisers are NOT updated inside `fit`):
 
@@ -38,7 +39,7 @@ LOSSES = ('one_step', 'multi_step')
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Hyperparameters of the model and its fitting (SPEC §6 defaults).
+  """Hyperparameters of the model and its fitting (authors' code defaults).
 
   Attributes:
     hidden: hidden layer sizes.

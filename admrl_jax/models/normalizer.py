@@ -1,6 +1,7 @@
 """Running mean/std normalisers for state, action and state change (SLBO).
 
-SPEC §6: the model sees the normalised state and predicts the normalised
+As in the authors' code (github.com/LinZichuan/AdMRL, built on SLBO), the
+model sees the normalised state and predicts the normalised
 state change s′ − s; the normalisers are updated with every real batch (never
 inside model fitting), and the state normaliser is shared with the policy and
 the value function.

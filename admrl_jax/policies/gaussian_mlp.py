@@ -1,9 +1,10 @@
-"""Gaussian MLP policy and value MLP (SLBO / SPEC §6), as init/apply pairs.
+"""Gaussian MLP policy and value MLP (authors' code), as init/apply pairs.
 
 Policy: mean = MLP[obs, 32, 32, action] with tanh hidden layers, a
 state-independent log-std (initialised at 0). Value: MLP[obs, 64, 64, 1] tanh.
 Both take observations already normalised by the caller (the state
-normaliser is shared with the model, SPEC §6). Functions act on one
+normaliser is shared with the model, as in
+the authors' code, github.com/LinZichuan/AdMRL). Functions act on one
 unbatched observation; lift them with `jax.vmap`.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A fixed-capacity dataset of transitions as a pure pytree (a ring buffer).
 
-It holds the real data of all tasks: the model is fitted on all of it
-(SPEC §6). Capacity is static (it sets the shapes); the fill level and the
+It holds the real data of all tasks: the model is fitted on all of it (as in the
+authors' code). Capacity is static (it sets the shapes); the fill level and the
 write position are traced, so adding and sampling never recompile.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ Written for one environment's time series (rlax style) and lifted with vmap:
 
 A termination cuts the trace and bootstraps nothing; a timeout cuts the trace
 but bootstraps from V(s_{t+1}) of the true successor (Transition.next_obs),
-since the episode was only truncated. Defaults γ 0.99, λ 0.95 (SPEC §6).
+since the episode was only truncated. Defaults γ 0.99, λ 0.95 (authors' code).
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ class _EnvCarry:
 
 def ou_step(noise: jax.Array, key: jax.Array, theta: float,
             sigma: float) -> jax.Array:
-  """One Ornstein–Uhlenbeck step x ← x − θx + σ·N(0, I) (SPEC §6)."""
+  """One Ornstein–Uhlenbeck step x ← x − θx + σ·N(0, I) (authors' code)."""
   return noise - theta * noise + sigma * jax.random.normal(
       key, noise.shape, noise.dtype)
 

@@ -9,9 +9,9 @@
         virtual_training(ninner)
 
 The state normaliser of the model is shared with the policy and the value
-function (SPEC §6). Everything is a pure function of a named state; ψ and
-all parameters are traced, so a new task never recompiles, and each phase
-(zero-shot with nzeroshot, SLBO with ninner) is one compiled program.
+function (as in the authors' code). Everything is a pure function of a named
+state; ψ and all parameters are traced, so a new task never recompiles, and each
+phase (zero-shot with nzeroshot, SLBO with ninner) is one compiled program.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from admrl_jax.rl import virtual
 
 @dataclasses.dataclass(frozen=True)
 class SLBOConfig:
-  """Hyperparameters of SLBO inside AdMRL (SPEC §3 and §6 defaults).
+  """Hyperparameters of SLBO inside AdMRL (Appendix C, authors' code).
 
   Attributes:
     n_inner: VirtualTraining iterations per SLBO stage (ninner).
@@ -46,7 +46,7 @@ class SLBOConfig:
     n_rollouts, rollout_steps: virtual roll-outs per TRPO step and their
       length (None: the horizon); ntrpo = n_rollouts × rollout_steps.
     virtual_start: where virtual roll-outs start: 'reset' (real reset
-      states, SLBO/SPEC) or 'data' (states drawn from the real dataset, as
+      states, SLBO) or 'data' (states drawn from the real dataset, as
       in MBPO's branched roll-outs — what makes short, wide layouts such as
       1000 × 10 meaningful; see benchmarks/virtual_training.py).
     gamma, lam: GAE.

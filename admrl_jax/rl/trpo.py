@@ -1,4 +1,4 @@
-"""TRPO policy step and value-function fit (SLBO's optimiser, SPEC §6).
+"""TRPO policy step and value-function fit (SLBO's optimiser).
 
 One TRPO step on a batch collected by π_old (Schulman et al. 2015):
 
@@ -14,10 +14,11 @@ accepting the first candidate with KL̄ ≤ kl_accept_factor·max_kl and L stric
 above L(θ_old); if none passes, θ_old is kept. F is used only through
 Fisher-vector products (jax.jvp of jax.grad of KL̄), never formed.
 
-Defaults are the authors' (SPEC §6). The functions are pure; jit them with
-the config static, e.g. `jax.jit(trpo_step, static_argnames='config')`.
-Shapes are static and every data-dependent choice (line search, rejection)
-is traced, so new batches of the same shape reuse one compiled program.
+Defaults are the authors' (github.com/LinZichuan/AdMRL). The functions are pure;
+jit them with the config static, e.g.
+`jax.jit(trpo_step, static_argnames='config')`. Shapes are static and every
+data-dependent choice (line search, rejection) is traced, so new batches of the
+same shape reuse one compiled program.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class TRPOConfig:
-  """TRPO and value-fit hyperparameters (SPEC §6 defaults).
+  """TRPO and value-fit hyperparameters (the authors' code's defaults).
 
   Attributes:
     max_kl: trust-region radius δ on the mean KL.
@@ -270,7 +271,7 @@ def trpo_step(policy_params: gm.PolicyParams, batch: TRPOBatch,
 # -------------------------------------------------------------- value fit
 def value_optimizer(config: TRPOConfig = TRPOConfig()
                     ) -> optax.GradientTransformation:
-  """Adam(vf_lr) for the value MLP (SPEC §6)."""
+  """Adam(vf_lr) for the value MLP (the authors' code)."""
   return optax.adam(config.vf_lr)
 
 

@@ -1,10 +1,10 @@
 """Virtual roll-outs: the policy acting through a learned model (SLBO).
 
-n roll-outs × T steps (default 50 × 200 = 10 000 samples per TRPO step,
-SPEC §6) start from real start states, score transitions with the family's
-r_ψ and end them by its done rule; an ended roll-out restarts from another
-real start state, so shapes stay static. `lax.scan` over time, `vmap` over
-roll-outs. The model enters as a pure `dynamics_fn(model, obs, action) ->
+n roll-outs × T steps (default 50 × 200 = 10 000 samples per TRPO step, as in
+the authors' code) start from real start states, score transitions with the
+family's r_ψ and end them by its done rule; an ended roll-out restarts from
+another real start state, so shapes stay static. `lax.scan` over time, `vmap`
+over roll-outs. The model enters as a pure `dynamics_fn(model, obs, action) ->
 next_obs` whose parameters are a traced argument: refitting the model or
 changing ψ never recompiles.
 """
