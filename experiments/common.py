@@ -105,3 +105,70 @@ def resolve_psi(family, text):
     return family.check_psi(values)
   except ValueError as e:
     raise UsageError(f'--psi: {e}') from None
+
+
+# ------------------------------------------------------------ quiet output
+VERBOSE_HELP = ('Also show what is hidden by default: dependencies\' import '
+                'messages (mujoco\'s "Failed to import warp"), XLA\'s C++ log '
+                '(e.g. "Very slow compile?") and absl INFO logs (orbax\'s '
+                'checkpoint chatter).')
+# Lines that mujoco.mjx prints at import when its optional GPU backend (warp)
+# is absent; they say nothing about this project's runs.
+_IMPORT_CHATTER = ('Failed to import warp', 'Failed to import mujoco_warp')
+
+
+def verbose_requested(argv=None) -> bool:
+  """Whether the command line (default sys.argv) asks for --verbose.
+
+  Read before absl parses flags, because what it controls has to be set
+  before JAX is imported. The last of --verbose, --verbose=true/false and
+  --noverbose wins, as in absl.
+  """
+  argv = sys.argv[1:] if argv is None else argv
+  verbose = False
+  for arg in argv:
+    if arg == '--':
+      break
+    if arg in ('--verbose', '--verbose=true', '--verbose=True', '--verbose=1'):
+      verbose = True
+    elif arg in ('--noverbose', '--verbose=false', '--verbose=False',
+                 '--verbose=0'):
+      verbose = False
+  return verbose
+
+
+def quiet_startup(verbose=None) -> bool:
+  """Hides output that is not the user's concern; call it at the top of a
+  script, before JAX, Brax or orbax is imported.
+
+  Unless `verbose` (None: `verbose_requested()`):
+  - XLA's C++ log below FATAL (the "Very slow compile?" banner and the like)
+    is switched off with TF_CPP_MIN_LOG_LEVEL=3, read once when JAX loads;
+    a value already set in the environment wins;
+  - mujoco.mjx is imported with its "Failed to import warp" lines dropped
+    (anything else it prints passes through);
+  - absl logging shows WARNING and above (orbax writes ≈170 INFO lines per
+    run); an explicit --verbosity flag still wins.
+  Returns the verbosity in effect.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  if verbose is None:
+    verbose = verbose_requested()
+  if verbose:
+    return True
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  printed = io.StringIO()
+  try:
+    with contextlib.redirect_stdout(printed):
+      importlib.import_module('mujoco.mjx')
+  except ImportError:
+    pass
+  for line in printed.getvalue().splitlines(keepends=True):
+    if not line.startswith(_IMPORT_CHATTER):
+      sys.stdout.write(line)
+  return False

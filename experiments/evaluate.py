@@ -34,10 +34,17 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import common
+
+common.quiet_startup()  # before JAX is imported; --verbose keeps it all
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.common import (CheckpointError, UsageError, parse_floats,
                                 physics_overrides, run_main)
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
 _BUDGETS = flags.DEFINE_string(
     'budgets', '2000,4000,6000',
     'Real-sample counts n of A_n, multiples of --stage_samples.')

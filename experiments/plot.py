@@ -21,11 +21,18 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import common
+
+common.quiet_startup()  # before JAX is imported; --verbose keeps it all
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.common import UsageError, run_main
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKDIRS = flags.DEFINE_string('workdirs', None,
                                 'Comma-separated evaluated run directories.')
 _OUT = flags.DEFINE_string('out', None, 'Directory for the figures.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
 _EVAL_ENV = flags.DEFINE_string(
     'eval_env', None, 'Read eval_<env>.json (the evaluation made with '
     '--eval_env) instead of eval.json.')

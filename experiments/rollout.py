@@ -17,7 +17,13 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import common
+
+common.quiet_startup()  # before JAX is imported; --verbose keeps it all
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.common import UsageError, build_family, resolve_psi
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 PRESETS = {
     # name: parallel environments and horizon (control steps each).
@@ -27,6 +33,7 @@ PRESETS = {
 }
 
 _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim', 'Task family.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
 _PRESET = flags.DEFINE_enum('preset', 'paper', list(PRESETS),
                             'Size preset; paper = the paper values.')
 _PIPELINE = flags.DEFINE_string(

@@ -29,12 +29,21 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import common
+
+common.quiet_startup()  # before JAX is imported; --verbose keeps it all
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from admrl_jax import envs
 from experiments.common import (CheckpointError, UsageError, build_family,
                                 parse_floats, parse_seeds, parse_sets,
                                 physics_overrides, run_main)
 from experiments.progress import Progress, format_seconds
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
-_ENV = flags.DEFINE_string('env', 'halfcheetah_highdim', 'Task family.')
+_ENV = flags.DEFINE_string('env', 'halfcheetah_highdim',
+                           f'Task family: {", ".join(envs.names())}.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
 _ALGO = flags.DEFINE_string('algo', 'admrl',
                             'admrl | mb_unif | mb_gauss | slbo.')
 _ALPHA = flags.DEFINE_string(

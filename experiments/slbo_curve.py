@@ -18,7 +18,12 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import common
+
+common.quiet_startup()  # before JAX is imported; --verbose keeps it all
+
 _ENV = flags.DEFINE_string('env', 'hopper2d', 'Task family.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
 _PSI = flags.DEFINE_string('psi', None, 'Task ψ, comma list (default u = 0.3).')
 _STAGES = flags.DEFINE_integer('stages', 6, 'SLBO stages (nslbo).')
 _N_INNER = flags.DEFINE_integer('n_inner', 5, 'VirtualTraining iterations.')

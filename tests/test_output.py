@@ -1,0 +1,71 @@
+"""What the experiment scripts print: dependencies' chatter hidden unless
+--verbose, and a driver --help that names the valid families."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_PROBE = r'''
+import os, sys
+from experiments import common
+verbose = common.quiet_startup()
+import mujoco.mjx  # prints "Failed to import warp" at import without warp
+from absl import logging
+logging.info('an absl info line')
+logging.warning('an absl warning line')
+print('verbose', verbose, 'TF_CPP_MIN_LOG_LEVEL',
+      os.environ.get('TF_CPP_MIN_LOG_LEVEL'))
+'''
+
+
+def _probe(*args, env=None):
+  full_env = {k: v for k, v in os.environ.items()
+              if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  full_env.update(env or {})
+  out = subprocess.run([sys.executable, '-c', _PROBE, *args], cwd=ROOT,
+                       env=full_env, capture_output=True, text=True,
+                       timeout=300, check=True)
+  return out.stdout, out.stderr
+
+
+@pytest.mark.parametrize('argv,verbose', [
+    ([], False), (['--verbose'], True), (['--verbose=true'], True),
+    (['--verbose', '--noverbose'], False), (['--verbose=false'], False),
+    (['--env=lq', '--verbose', '--seed=1'], True), (['--', '--verbose'], False),
+])
+def test_verbose_requested_reads_the_last_setting(argv, verbose):
+  assert common.verbose_requested(argv) is verbose
+
+
+def test_quiet_startup_hides_import_chatter_absl_info_and_xla_log():
+  out, err = _probe()
+  assert 'Failed to import' not in out + err
+  assert 'an absl info line' not in err
+  assert 'an absl warning line' in err
+  assert 'verbose False TF_CPP_MIN_LOG_LEVEL 3' in out
+
+
+def test_verbose_keeps_everything_and_an_explicit_log_level_wins():
+  out, err = _probe('--verbose')
+  assert 'an absl info line' in err or 'an absl warning line' in err
+  assert 'verbose True' in out and 'TF_CPP_MIN_LOG_LEVEL 3' not in out
+  if importlib.util.find_spec('warp') is None:
+    assert 'Failed to import warp' in out
+  out, _ = _probe(env={'TF_CPP_MIN_LOG_LEVEL': '1'})
+  assert 'TF_CPP_MIN_LOG_LEVEL 1' in out
+
+
+def test_driver_help_lists_the_valid_families():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  from experiments import run  # pylint: disable=g-import-not-at-top,unused-import
+  help_text = flags.FLAGS['env'].help
+  for name in envs.names():
+    assert name in help_text
+  assert 'verbose' in flags.FLAGS
