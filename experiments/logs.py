@@ -1,5 +1,7 @@
 """Per-iteration metrics: `metrics.jsonl` (one line per run member and task
-iteration) and TensorBoard scalars (tensorboardX, no TensorFlow needed)."""
+iteration) and TensorBoard scalars (tensorboardX, no TensorFlow needed): the
+scalars of `_SCALARS`, real_samples, and the task ψ and u of each iteration
+as psi/j and u/j, one curve per coordinate j."""
 from __future__ import annotations
 
 import json
@@ -70,6 +72,11 @@ class MetricsLog:
           writer.add_scalar(name, value, row['task_index'])
       writer.add_scalar('real_samples', row['real_samples'],
                         row['task_index'])
+      # The iteration's task, one curve per coordinate: psi/j and u/j.
+      for name in ('psi', 'u'):
+        for j, value in enumerate(row.get(name) or []):
+          if value is not None:
+            writer.add_scalar(f'{name}/{j}', value, row['task_index'])
       writer.flush()
     with open(self.path, 'a') as f:
       f.write('\n'.join(lines) + '\n')

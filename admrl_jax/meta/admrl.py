@@ -126,7 +126,14 @@ class IterationMetrics:
     return_hat, return_star: real returns of θ̂ and θ* (NaN if not measured).
     gap: return_star − return_hat.
     grad_u: ∂L/∂u, (k,) (zeros when not computed).
-    grad_norm, residual, solver_iterations: of the task gradient.
+    grad_norm: ‖∂L/∂u‖ of the task gradient.
+    residual: ‖A x − b‖/‖b‖ of the task gradient's linear solve on the
+      undamped system (solver 'per_dimension': the worst of the k solves).
+    solver_iterations: matrix–vector products A·v (Hessian-vector products)
+      that solve spent — not iterations: 'cg_normal' (the default) takes two
+      per CG iteration (Aᵀ(A v)), so up to 2 × `task_gradient.iters`;
+      'minres' one per iteration; 'gmres' reports its cap; summed over the
+      k solves with solver 'per_dimension'; 0 when no gradient was computed.
     grad_accepted: the ascent step was taken (False when the gradient was
       non-finite, or for non-gradient choices of the next task).
     model_loss, virtual_return, trpo_accepted: of the last VirtualTraining

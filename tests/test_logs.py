@@ -1,0 +1,60 @@
+"""The driver's metrics log: metrics.jsonl rows and TensorBoard scalars,
+including the task ψ and u of every iteration."""
+import json
+import os
+import struct
+import types
+
+import numpy as np
+
+from experiments import logs
+
+
+def _read_scalars(directory):
+  """{tag: [(step, value)]} from the tensorboardX event files in directory
+  (TFRecord framing: length, its CRC, the Event proto, its CRC)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  scalars = {}
+  for name in sorted(os.listdir(directory)):
+    with open(os.path.join(directory, name), 'rb') as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack('<Q', data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step,
+                                                  value.simple_value))
+  return scalars
+
+
+def _metrics(task_index, psi, u):
+  """Batched metrics (one member) with the fields the log reads."""
+  nan = np.full((1,), np.nan)
+  return types.SimpleNamespace(
+      task_index=np.asarray([task_index]), psi=np.asarray([psi]),
+      u=np.asarray([u]), u_next=np.asarray([u]), gap=np.asarray([1.5]),
+      return_hat=nan, return_star=nan, grad_norm=np.asarray([0.5]),
+      residual=np.asarray([0.1]), solver_iterations=np.asarray([40]),
+      real_samples=np.asarray([100 * (task_index + 1)]))
+
+
+def test_psi_and_u_of_each_iteration_go_to_tensorboard(tmp_path):
+  log = logs.MetricsLog(str(tmp_path), [(0, 2.0)], keep_below=0)
+  tasks = [([0.5, 1.4], [0.25, -0.5]), ([-1.0, 1.8], [-0.5, 1.0])]
+  for i, (psi, u) in enumerate(tasks):
+    log.write(_metrics(i, psi, u), wall_time=1.0)
+  log.close()
+  with open(tmp_path / 'metrics.jsonl') as f:
+    rows = [json.loads(line) for line in f]
+  assert [row['psi'] for row in rows] == [psi for psi, _ in tasks]
+  assert [row['solver_iterations'] for row in rows] == [40, 40]
+  scalars = _read_scalars(tmp_path / 'tb' / 'seed0_alpha2')
+  for j in range(2):
+    np.testing.assert_allclose([v for _, v in scalars[f'psi/{j}']],
+                               [psi[j] for psi, _ in tasks])
+    np.testing.assert_allclose([v for _, v in scalars[f'u/{j}']],
+                               [u[j] for _, u in tasks])
+    assert [step for step, _ in scalars[f'u/{j}']] == [0, 1]
+  assert 'gap' in scalars and 'real_samples' in scalars
