@@ -362,6 +362,96 @@ def test_figures_for_3d_boxes_and_high_dimensional_task_sets(tmp_path):
   assert len(fig.axes[0].collections[-1].get_offsets()) == 2
 
 
+
+def test_negative_gaps_are_flagged_in_the_figures(tmp_path):
+  """G_n < 0 (A* below A_n: A*'s budget too small) is hatched and counted
+  in the title, on grids and on bars."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  tasks = envs.make('lq').eval_tasks()                 # 6 × 6
+  gn = np.ones((len(tasks), 2))
+  gn[[0, 7], 0] = -2.0                                 # two cells at n = 500
+  gn[5, 1] = -0.5                                      # one at n = 1000
+  fig = plots.gap_heatmaps([('admrl', gn)], tasks, (500, 1000), ('x', 'y'),
+                           title='lq')
+  hatched = [[p for p in ax.patches if p.get_hatch()] for ax in fig.axes[:2]]
+  assert [len(h) for h in hatched] == [2, 1]
+  # Each hatch outlines a negative cell (imshow of grid.T: x = i, y = j).
+  [(_, grid, _, _)] = plots.grid_slices(gn[:, 0], tasks)
+  for patch in hatched[0]:
+    i, j = (int(round(c + 0.5)) for c in patch.get_xy())
+    assert grid[i, j] < 0
+  title = fig.get_suptitle()
+  assert title.startswith('lq') and 'G_n < 0' in title and '(3)' in title
+  fig.savefig(tmp_path / 'negative.png')
+  fig = plots.gap_heatmaps([('admrl', np.abs(gn))], tasks, (500, 1000),
+                           ('x', 'y'))
+  assert 'G_n < 0' not in fig.get_suptitle()
+  fig = plots.gap_heatmaps([('admrl', gn[:20])], np.zeros((20, 18)),
+                           (500, 1000), [f'ψ{i}' for i in range(18)])
+  bars = [b for ax in fig.axes for b in ax.patches if b.get_hatch()]
+  assert sorted(b.get_height() for b in bars) == [-2.0, -2.0, -0.5]
+  assert '(3)' in fig.get_suptitle()
+
+
+def test_visited_tasks_legend_sits_outside_the_boxes(tmp_path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  family = envs.make('lq')
+  visited = np.array([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]])  # box corners
+  fig = plots.visited_tasks([('admrl', visited), ('mb_unif', visited * 0.5)],
+                            family.task_low, family.task_high, ('x', 'y'),
+                            eval_tasks=family.eval_tasks())
+  fig.savefig(tmp_path / 'visited.png')
+  assert all(ax.get_legend() is None for ax in fig.axes)
+  [legend] = fig.legends
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  renderer = canvas.get_renderer()
+  box = legend.get_window_extent(renderer)
+  for ax in fig.axes[:2]:
+    assert not box.overlaps(ax.get_window_extent(renderer))
+  points = fig.axes[0].collections[-1]
+  assert np.all(points.get_edgecolors()[:, :3] == 0.0)  # dark edges
+
+
+def test_spread_subset_covers_the_grid():
+  from admrl_jax.envs.base import grid as make_grid  # pylint: disable=g-import-not-at-top
+  low, high = np.array([-2.0, 1.2]), np.array([2.0, 2.0])
+  tasks = make_grid(low, high, (6, 6))
+  corners = metrics.spread_subset(tasks, 4)
+  np.testing.assert_array_equal(
+      np.sort(tasks[corners], axis=0),
+      np.sort(make_grid(low, high, (2, 2)), axis=0))
+  for n in (2, 5, 9, 12):
+    index = metrics.spread_subset(tasks, n)
+    assert len(index) == n and len(set(index.tolist())) == n
+    assert np.all(np.diff(index) > 0)                   # ascending
+    chosen = tasks[index]
+    # Both ends of every axis are covered, unlike the first n tasks, which
+    # lie in one column of the grid.
+    np.testing.assert_allclose(chosen.min(axis=0), low, rtol=1e-6)
+    np.testing.assert_allclose(chosen.max(axis=0), high, rtol=1e-6)
+    assert np.ptp(tasks[:n, 0]) < np.ptp(chosen[:, 0])
+    np.testing.assert_array_equal(index, metrics.spread_subset(tasks, n))
+  np.testing.assert_array_equal(metrics.spread_subset(tasks, 36),
+                                np.arange(36))
+  np.testing.assert_array_equal(metrics.spread_subset(tasks, 100),
+                                np.arange(36))
+  # A 4 × 4 × 3 box (ant3d): every end of every axis, and every height.
+  low3, high3 = np.array([-3.0, -3.0, 0.4]), np.array([3.0, 3.0, 0.6])
+  chosen = make_grid(low3, high3, (4, 4, 3))[
+      metrics.spread_subset(make_grid(low3, high3, (4, 4, 3)), 8)]
+  np.testing.assert_allclose(chosen.min(axis=0), low3, rtol=1e-6)
+  np.testing.assert_allclose(chosen.max(axis=0), high3, rtol=1e-6)
+  assert len(np.unique(np.round(chosen[:, 2], 4))) == 3
+  with pytest.raises(ValueError):
+    metrics.spread_subset(tasks, 0)
+  with pytest.raises(ValueError):
+    metrics.spread_subset(np.zeros(3), 1)
+
+
 # ------------------------------------------------------ end to end
 def _ok(results, name):
   assert name in results, results.get('error', f'{name} did not run')

@@ -170,3 +170,47 @@ def from_jsonable(x, k: Optional[int] = None) -> np.ndarray:
     return np.nan if v is None else v
   array = np.asarray(nan(x), np.float64)
   return array if k is None else array.reshape(-1, k)
+
+
+def spread_subset(tasks, n: int) -> np.ndarray:
+  """Indices of n tasks spread over the evaluation set (for a reduced
+  evaluation), not the first n points of one grid column.
+
+  Greedy farthest-point (maximin) selection in coordinates scaled to the
+  set's range per axis: start at the task farthest from the set's centre
+  (a corner of a grid; the first such task in order), then repeatedly add
+  the task farthest from those chosen (ties: the first in order). On a 2-D
+  grid the four corners come first, then points near the centre and the
+  edges' midpoints.
+
+  Args:
+    tasks: (t, k) evaluation tasks ψ.
+    n: how many to keep, >= 1; n >= t keeps every task.
+  Returns:
+    (min(n, t),) int indices into tasks, ascending, deterministic:
+    `tasks[spread_subset(tasks, n)]`.
+  Raises:
+    ValueError: n < 1 or tasks not (t, k) with t >= 1.
+  """
+  tasks = np.asarray(tasks, np.float64)
+  if tasks.ndim != 2 or not len(tasks):
+    raise ValueError(f'tasks must be (t, k) with t >= 1, got {tasks.shape}')
+  if n < 1:
+    raise ValueError(f'n must be >= 1, got {n}')
+  t = len(tasks)
+  if n >= t:
+    return np.arange(t)
+  span = tasks.max(axis=0) - tasks.min(axis=0)
+  scaled = (tasks - tasks.min(axis=0)) / np.where(span > 0, span, 1.0)
+  centre = 0.5 * (scaled.min(axis=0) + scaled.max(axis=0))
+  # Rounding makes ties between mirror-image tasks exact, so argmax picks
+  # the first in order on every platform.
+  chosen = [int(np.argmax(np.round(np.linalg.norm(scaled - centre, axis=1),
+                                   9)))]
+  nearest = np.linalg.norm(scaled - scaled[chosen[0]], axis=1)
+  while len(chosen) < n:
+    index = int(np.argmax(np.round(nearest, 9)))
+    chosen.append(index)
+    nearest = np.minimum(nearest,
+                         np.linalg.norm(scaled - scaled[index], axis=1))
+  return np.sort(np.asarray(chosen))

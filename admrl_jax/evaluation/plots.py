@@ -82,7 +82,9 @@ def gap_heatmaps(rows: Sequence[Tuple[str, np.ndarray]], tasks,
                  budgets: Sequence[int], names: Sequence[str],
                  title: str = '') -> Figure:
   """Heat maps of G_n(ψ): a row per method (× slice for 3-D boxes), a column
-  per budget, one colour scale for all panels.
+  per budget, one colour scale for all panels. Cells with G_n < 0 (A_n above
+  A*: A*'s budget was too small for that task) are hatched in red and
+  counted in the title.
 
   Args:
     rows: (label, gn (t, b)) per method, usually the mean over members.
@@ -114,6 +116,7 @@ def gap_heatmaps(rows: Sequence[Tuple[str, np.ndarray]], tasks,
                layout='constrained')
   axes = fig.subplots(n_rows, n_cols, squeeze=False)
   image = None
+  negative = 0  # cells with G_n < 0, flagged rather than shown silently
   for r, (row_title, cells) in enumerate(panels):
     for c, (budget, grid, xs, ys) in enumerate(cells):
       ax = axes[r, c]
@@ -124,6 +127,9 @@ def gap_heatmaps(rows: Sequence[Tuple[str, np.ndarray]], tasks,
       ax.set_xlabel(names[0])
       ax.set_ylabel(names[1])
       ax.set_title(f'{row_title}\nG_n, n = {budget}', fontsize=9)
+      for i, j in zip(*np.nonzero(grid < 0)):
+        ax.add_patch(_negative_cell(i, j))
+      negative += int(np.sum(grid < 0))
       if grid.size <= 100:
         for (i, j), v in np.ndenumerate(grid):
           if np.isfinite(v):
@@ -131,8 +137,7 @@ def gap_heatmaps(rows: Sequence[Tuple[str, np.ndarray]], tasks,
                     color='white' if v < 0.5 * (vmin + vmax) else 'black')
   if image is not None:
     fig.colorbar(image, ax=axes, shrink=0.8, label='G_n = A* − A_n')
-  if title:
-    fig.suptitle(title, fontsize=10)
+  _suptitle(fig, title, negative, 'cells')
   return fig
 
 
@@ -144,18 +149,45 @@ def gap_bars(rows: Sequence[Tuple[str, np.ndarray]], budgets: Sequence[int],
   fig = Figure(figsize=(5.0 * n_cols, 3.4), layout='constrained')
   axes = fig.subplots(1, n_cols, squeeze=False)[0]
   width = 0.8 / max(len(rows), 1)
+  negative = 0
   for j, budget in enumerate(budgets):
     ax = axes[j]
     for m, (label, gn) in enumerate(rows):
       gn = np.asarray(gn, np.float64)
-      ax.bar(np.arange(gn.shape[0]) + m * width, gn[:, j], width, label=label)
+      bars = ax.bar(np.arange(gn.shape[0]) + m * width, gn[:, j], width,
+                    label=label)
+      for bar, value in zip(bars, gn[:, j]):
+        if value < 0:
+          bar.set_hatch('////')
+          bar.set_edgecolor(_NEGATIVE_COLOR)
+          negative += 1
     ax.set_xlabel('evaluation task')
     ax.set_ylabel('G_n = A* − A_n')
     ax.set_title(f'n = {budget}', fontsize=9)
   axes[0].legend(fontsize=7)
-  if title:
-    fig.suptitle(title, fontsize=10)
+  _suptitle(fig, title, negative, 'bars')
   return fig
+
+
+_NEGATIVE_COLOR = 'red'
+
+
+def _negative_cell(i, j):
+  """A hatched outline over heat-map cell (i, j) (imshow of grid.T)."""
+  from matplotlib.patches import Rectangle  # pylint: disable=g-import-not-at-top
+  return Rectangle((i - 0.5, j - 0.5), 1.0, 1.0, fill=False, hatch='////',
+                   edgecolor=_NEGATIVE_COLOR, linewidth=1.0)
+
+
+def _suptitle(fig, title: str, negative: int, what: str) -> None:
+  """The figure title, with a note when some G_n are negative."""
+  note = ''
+  if negative:
+    note = (f'hatched {what} ({negative}): G_n < 0, A_n above A* — A*\'s '
+            'budget was too small there')
+  text = '\n'.join(part for part in (title, note) if part)
+  if text:
+    fig.suptitle(text, fontsize=10)
 
 
 def curves(budgets: Sequence[int], lines: Sequence[Curve], ylabel: str,
@@ -208,8 +240,13 @@ def visited_tasks(runs: Sequence[Tuple[str, np.ndarray]], low, high,
       ev = np.asarray(eval_tasks)
       ax.scatter(ev[:, 0], ev[:, y], marker='x', color='0.7', s=14,
                  label='evaluation tasks')
+    # The visiting order as a thin path, then markers with a dark edge so
+    # that every colour of the map stays visible on white.
+    ax.plot(psi[:, 0], psi[:, y], color='0.55', linewidth=0.8, zorder=2)
     points = ax.scatter(psi[:, 0], psi[:, y], c=np.arange(1, len(psi) + 1),
-                        cmap='plasma', s=30, zorder=3, label='visited')
+                        cmap='viridis', vmin=1, vmax=max(len(psi), 2), s=42,
+                        edgecolors='black', linewidths=0.8, zorder=3,
+                        label='visited (colour: order)')
     for i, (px, py) in enumerate(psi[:, [0, y]]):
       ax.annotate(str(i + 1), (px, py), fontsize=6, xytext=(3, 3),
                   textcoords='offset points')
@@ -227,7 +264,10 @@ def visited_tasks(runs: Sequence[Tuple[str, np.ndarray]], low, high,
     ax.set_ylim(min(ys) - margin_y, max(ys) + margin_y)
     if len(psi):
       fig.colorbar(points, ax=ax, shrink=0.7, label='task iteration')
-  axes[0].legend(fontsize=7, loc='lower left')
+  # Outside the boxes: the adversary's tasks often sit in the box corners.
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='outside lower center', ncols=len(labels),
+             fontsize=7)
   if title:
     fig.suptitle(title, fontsize=10)
   return fig
