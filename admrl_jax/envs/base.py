@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +52,8 @@ class TaskFamily(abc.ABC):
       environment's own (gym-standard) control step.
     action_bound: actions are clipped to [−bound, bound] before the
       simulator sees them; None for no clipping.
+    smoke_horizon: (class attribute) the episode length of the `smoke`
+      preset, a run of every code path in about a minute on a CPU.
   """
   name: str
   task_low: np.ndarray
@@ -59,6 +61,7 @@ class TaskFamily(abc.ABC):
   horizon: int = 200
   frame_skip: Optional[int] = None
   action_bound: Optional[float] = 1.0
+  smoke_horizon: ClassVar[int] = 50
 
   def __post_init__(self):
     low = np.asarray(self.task_low, np.float32)

@@ -14,7 +14,7 @@ No clipping, no termination (a non-finite state ends the episode).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,7 @@ class LQFamily(base.TaskFamily):
   noise_std: float = 0.05
   init_std: float = 0.1
   grid_counts: tuple = (6, 6)
+  smoke_horizon: ClassVar[int] = 25
 
   def __post_init__(self):
     super().__post_init__()

@@ -1,4 +1,5 @@
-"""Name → task family constructor."""
+"""Name → task family constructor: the built-in families, and any family
+defined outside the package once it is `register`ed."""
 from __future__ import annotations
 
 from typing import Callable, Dict, Tuple
@@ -19,6 +20,44 @@ _REGISTRY: Dict[str, Callable[..., base.TaskFamily]] = {
 }
 
 
+def register(name: str, constructor: Callable[..., base.TaskFamily], *,
+             replace: bool = False) -> None:
+  """Makes a task family defined outside the package available by name.
+
+  After `register('my_family', my_family)`, `make('my_family', **overrides)`
+  returns `my_family(**overrides)` and `names()` lists it, so presets,
+  training and evaluation take it like a built-in family (the driver's
+  --env too, in a process that registered it before parsing flags).
+
+  Args:
+    name: the registry name, a non-empty string without spaces; the
+      family's own `name` attribute should match it.
+    constructor: (**overrides) -> TaskFamily; called without arguments for
+      the family's defaults.
+    replace: allow replacing a registered name (a built-in one included).
+  Raises:
+    ValueError: a bad or already registered name (without `replace`).
+    TypeError: `constructor` is not callable.
+  """
+  if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+    raise ValueError(f'a family name must be a non-empty string without '
+                     f'spaces, got {name!r}')
+  if not callable(constructor):
+    raise TypeError(f'constructor for {name!r} must be callable, got '
+                    f'{constructor!r}')
+  if name in _REGISTRY and not replace:
+    raise ValueError(f'environment {name!r} is already registered; pass '
+                     'replace=True to replace it')
+  _REGISTRY[name] = constructor
+
+
+def unregister(name: str) -> None:
+  """Removes a registered name; KeyError if it is not registered."""
+  if name not in _REGISTRY:
+    raise KeyError(f'environment {name!r} is not registered')
+  del _REGISTRY[name]
+
+
 def names() -> Tuple[str, ...]:
   """The registered family names."""
   return tuple(_REGISTRY)
@@ -34,6 +73,10 @@ def make(name: str, **overrides) -> base.TaskFamily:
     raise ValueError(f'unknown environment {name!r}; valid names: '
                      f'{", ".join(names())}')
   try:
-    return _REGISTRY[name](**overrides)
+    family = _REGISTRY[name](**overrides)
   except TypeError as e:
     raise ValueError(f'bad override for environment {name!r}: {e}') from None
+  if not isinstance(family, base.TaskFamily):
+    raise TypeError(f'the constructor of {name!r} returned '
+                    f'{type(family).__name__}, not a TaskFamily')
+  return family

@@ -22,15 +22,26 @@ PAPER_ALPHA = {'hopper2d': 2.0, 'walker2d': 8.0, 'ant2d': 4.0, 'ant3d': 4.0,
 PAPER_FIRST_NSLBO = {'hopper2d': 10, 'walker2d': 10}  # others: 20
 
 
-def preset(env: str, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
-                                          float]:
-  """(config, family overrides, α) of preset `name` for family `env`."""
+def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
+                                     float]:
+  """(config, family overrides, α) of preset `name` for family `env`, a
+  registered name or a `TaskFamily`.
+
+  Family-specific settings come from the family's properties, so a family
+  registered from outside the package (`envs.register`) gets fitting
+  defaults: the model clips actions to the family's `action_bound` (None:
+  unbounded, as on lq), and the smoke preset runs `family.smoke_horizon`
+  steps per episode. α and the first task's nslbo are the paper's for its
+  families (Appendix C), else 1.0 and 20.
+  """
   if name not in NAMES:
     raise ValueError(f'unknown preset {name!r}; choose one of '
                      f'{", ".join(NAMES)}')
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  family = envs.make(env) if isinstance(env, str) else env
+  env = family.name
   alpha = PAPER_ALPHA.get(env, 1.0)
-  lq = env == 'lq'
-  action_clip = None if lq else 1.0
+  action_clip = family.action_bound
   if name == 'paper':
     config = admrl.AdMRLConfig(
         n_tasks=20, n_slbo=3, n_slbo_first=PAPER_FIRST_NSLBO.get(env, 20),
@@ -59,7 +70,7 @@ def preset(env: str, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
                             action_clip=action_clip),
           real=RolloutConfig(n_envs=4)),
       task_gradient=tg.TaskGradientConfig(iters=20))
-  return config, {'horizon': 25 if lq else 50}, alpha
+  return config, {'horizon': family.smoke_horizon}, alpha
 
 
 def apply_overrides(config, overrides: Dict[str, str]):
