@@ -69,3 +69,29 @@ def test_driver_help_lists_the_valid_families():
   for name in envs.names():
     assert name in help_text
   assert 'verbose' in flags.FLAGS
+
+
+_XLA_PROBE = r'''
+from experiments import common
+common.quiet_startup()
+import jax
+print(float((jax.numpy.ones(3) + 1).sum()))
+'''
+
+
+def test_xla_error_log_is_hidden_unless_verbose(tmp_path):
+  """XLA's C++ log at ERROR level (the level of the "Very slow compile?"
+  banner), provoked by a dump directory that cannot be created."""
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  env['XLA_FLAGS'] = f'--xla_dump_to={blocker}/dump'
+  errs = {}
+  for args in ([], ['--verbose']):
+    out = subprocess.run([sys.executable, '-c', _XLA_PROBE, *args], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300,
+                         check=True)
+    assert out.stdout.strip() == '6.0'
+    errs[bool(args)] = out.stderr
+  assert 'dump' in errs[True]     # the log exists and --verbose shows it
+  assert 'dump' not in errs[False]
