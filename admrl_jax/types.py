@@ -33,6 +33,23 @@ class Transition:
   timeout: jax.Array
 
 
+def finite_transitions(tr: Transition) -> jax.Array:
+  """Which transitions of a batch hold only finite numbers, (...,) bool.
+
+  A transition with a NaN or Inf in any float field (obs, actions, reward,
+  next_obs) must not enter long-lived state — the dataset, the
+  normalisers — where it would poison every later fit; the batch axes are
+  those of `reward`.
+  """
+  batch_ndim = tr.reward.ndim
+  finite = jax.numpy.ones(tr.reward.shape, bool)
+  for x in (tr.obs, tr.action, tr.raw_action, tr.reward, tr.next_obs):
+    if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact):
+      finite &= jax.numpy.all(jax.numpy.isfinite(x),
+                              axis=tuple(range(batch_ndim, x.ndim)))
+  return finite
+
+
 def float_dtype():
   """JAX's default float dtype: float32, or float64 when x64 is enabled.
 

@@ -11,7 +11,8 @@ import os
 import numpy as np
 
 _SCALARS = ('gap', 'return_hat', 'return_star', 'grad_norm', 'residual',
-            'model_loss', 'virtual_return', 'trpo_accepted')
+            'model_loss', 'virtual_return', 'trpo_accepted', 'step_scale',
+            'dropped_transitions')
 
 
 def _value(x):
@@ -85,10 +86,14 @@ class MetricsLog:
     first = json.loads(lines[0])
     psi = ', '.join(f'{v:.2f}' for v in first['psi'][:4])
     gap = first['gap']
+    # Non-finite real transitions kept out of the data, over all members.
+    dropped = sum(json.loads(line).get('dropped_transitions', 0)
+                  for line in lines)
     self.last_summary = (
         f'psi=({psi}{", …" if len(first["psi"]) > 4 else ""}) '
         f'gap={"n/a" if gap is None else f"{gap:.1f}"} '
         f'real samples {first["real_samples"]}'
+        + (f', dropped {dropped} non-finite transitions' if dropped else '')
         + (f' [{len(lines)} members]' if len(lines) > 1 else ''))
 
   def close(self):

@@ -1,14 +1,20 @@
 """Algorithm 1 as a pure task iteration: embedding under the caller's own
 jit(vmap), one compiled program, baselines' task choice, NaN handling."""
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from admrl_jax import envs
+from admrl_jax.envs import lq
 from admrl_jax.meta import admrl
 from admrl_jax.meta import presets
+from admrl_jax.meta import task_gradient as tg
 from admrl_jax.models import dynamics
+from experiments import logs
 
 
 @pytest.fixture(scope='module')
@@ -122,3 +128,144 @@ def test_model_fit_skips_nonfinite_steps(setup):
   for new, old in zip(jax.tree.leaves(model.params),
                       jax.tree.leaves(s.model.params)):
     np.testing.assert_array_equal(new, old)
+
+
+# ------------------------------------------------- issue 16: robustness
+def _grad(residual, finite=True):
+  """A TaskGradient with only the fields `step_scale` reads set."""
+  zero = jnp.zeros(2)
+  return tg.TaskGradient(
+      grad_psi=zero, grad_u=zero, return_grad_star=zero,
+      return_grad_hat=zero, implicit_term=zero,
+      policy_grad_norm=jnp.zeros(()), residual=jnp.asarray(residual),
+      iterations=jnp.zeros((), jnp.int32), finite=jnp.asarray(finite))
+
+
+def test_step_scale_acts_on_the_solve_residual():
+  """The paper's default takes any finite step; with max_residual a solve
+  that did not converge rejects or shortens it."""
+  default = tg.TaskGradientConfig()
+  assert default.max_residual is None  # the paper's damped CG: no check
+  assert float(tg.step_scale(default, _grad(0.9))) == 1.0
+  assert float(tg.step_scale(default, _grad(0.9, finite=False))) == 0.0
+  reject = tg.TaskGradientConfig(max_residual=1e-3)
+  assert float(tg.step_scale(reject, _grad(1e-4))) == 1.0
+  assert float(tg.step_scale(reject, _grad(0.13))) == 0.0
+  assert float(tg.step_scale(reject, _grad(jnp.nan))) == 0.0
+  shorten = tg.TaskGradientConfig(max_residual=0.1, residual_action='shorten')
+  np.testing.assert_allclose(tg.step_scale(shorten, _grad(0.4)), 0.25)
+  assert float(tg.step_scale(shorten, _grad(0.05))) == 1.0
+  assert float(tg.step_scale(shorten, _grad(0.4, finite=False))) == 0.0
+  for bad in (dict(max_residual=0.0), dict(residual_action='halve')):
+    with pytest.raises(ValueError):
+      tg.TaskGradientConfig(**bad)
+
+
+def test_large_residual_shortens_the_ascent_step(setup):
+  """task_gradient.max_residual below the solve's residual, 'shorten': the
+  step is α·(max_residual/residual)·∂L/∂u, and the metrics say so."""
+  family, config, _, states, _ = setup
+  max_residual = 1e-9
+  algorithm = admrl.AdMRL(family, dataclasses.replace(
+      config, task_gradient=dataclasses.replace(
+          config.task_gradient, max_residual=max_residual,
+          residual_action='shorten')))
+  state = states[0]
+  s = state.slbo
+  hat = (s.agent.policy, s.agent.value, s.model.norms.state)
+  u_next, metrics = jax.jit(algorithm._task_gradient)(  # pylint: disable=protected-access
+      s, hat, family.from_u(state.u), state.u, state.alpha,
+      jax.random.key(0))
+  residual = float(metrics['residual'])
+  assert residual > max_residual and bool(metrics['grad_accepted'])
+  np.testing.assert_allclose(metrics['step_scale'], max_residual / residual,
+                             rtol=1e-5)
+  np.testing.assert_allclose(
+      u_next, np.clip(np.asarray(state.u) + float(state.alpha)
+                      * float(metrics['step_scale'])
+                      * np.asarray(metrics['grad_u']), -1.0, 1.0),
+      rtol=1e-6, atol=1e-7)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _GlitchyLQ(lq.LQFamily):
+  """lq whose simulator returns an all-NaN state on 5% of its steps (a
+  sensor glitch); the done rule then ends the episode."""
+
+  def step(self, state, action):
+    out = super().step(state, action)
+    glitch = jax.random.uniform(
+        jax.random.fold_in(state.pipeline_state.key, 7)) < 0.05
+    s = jnp.where(glitch, jnp.nan, out.obs)
+    return out.replace(pipeline_state=out.pipeline_state.replace(s=s), obs=s)
+
+
+def test_nan_in_real_batches_leaves_the_run_finite(tmp_path):
+  """Issue 16: NaN transitions in the real batches of two task iterations
+  (the first, and one with a task gradient) are kept out of the dataset and
+  the normalisers and counted; model, agent and task stay finite, the
+  non-finite task gradient is rejected, and metrics.jsonl records the
+  count."""
+  config, family_overrides, _ = presets.preset('lq', 'smoke')
+  plain = envs.make('lq', **family_overrides)
+  family = _GlitchyLQ(**{f.name: getattr(plain, f.name)
+                         for f in dataclasses.fields(plain) if f.init})
+  algorithm = admrl.AdMRL(family, config)
+  state = algorithm.init(jax.random.key(0), 2.0)
+  history = []
+  for first in (True, False):
+    state, metrics = algorithm.jitted(state, first)
+    history.append(metrics)
+  dropped = [int(m.dropped_transitions) for m in history]
+  assert all(d > 0 for d in dropped), dropped
+  assert int(state.slbo.data.dropped) == sum(dropped)
+  # Everything else entered the dataset (the task gradient's roll-outs
+  # never do).
+  assert int(state.slbo.data.size) == (
+      (config.n_slbo_first + config.n_slbo) * algorithm.samples_per_stage()
+      - sum(dropped))
+  for leaf in jax.tree.leaves((state.slbo, state.u)):
+    assert np.all(np.isfinite(np.asarray(leaf)))
+  assert np.isfinite(float(history[-1].model_loss))
+  assert np.isfinite(float(history[-1].virtual_return))
+  # The task gradient saw NaN real roll-outs: rejected, u stays.
+  assert not bool(history[-1].grad_accepted)
+  assert float(history[-1].step_scale) == 0.0
+  np.testing.assert_array_equal(history[-1].u_next, history[-1].u)
+  # The driver's log writes the count.
+  log = logs.MetricsLog(str(tmp_path), [(0, 2.0)], keep_below=0)
+  for metrics in history:
+    log.write(jax.tree.map(lambda x: x[None], metrics), wall_time=0.0)
+  log.close()
+  with open(tmp_path / 'metrics.jsonl') as f:
+    rows = [json.loads(line) for line in f]
+  assert [row['dropped_transitions'] for row in rows] == dropped
+  assert f'dropped {dropped[-1]} non-finite transitions' in log.last_summary
+
+
+def test_task_iterations_on_hopper2d():
+  """Algorithm 1 on a Brax family at smoke size: the first task iteration
+  and one with the task gradient, whose ascent step is u ← clip(u +
+  α·∂L/∂u, −1, 1); sample accounting and finiteness of the state."""
+  config, family_overrides, alpha = presets.preset('hopper2d', 'smoke')
+  family = envs.make('hopper2d', **dict(family_overrides, horizon=20))
+  algorithm = admrl.AdMRL(family, config)
+  state = algorithm.init(jax.random.key(0), alpha)
+  state, first = algorithm.jitted(state, True)
+  state, second = algorithm.jitted(state, False)
+  stages = config.n_slbo_first + config.n_slbo
+  assert int(state.real_samples) == (stages * algorithm.samples_per_stage()
+                                     + algorithm.gradient_samples())
+  assert int(state.slbo.data.size) == stages * algorithm.samples_per_stage()
+  assert int(first.dropped_transitions) == int(second.dropped_transitions) == 0
+  assert bool(second.grad_accepted) and float(second.step_scale) == 1.0
+  np.testing.assert_allclose(
+      second.u_next, np.clip(np.asarray(second.u) + alpha * np.asarray(
+          second.grad_u), -1.0, 1.0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(second.u, first.u_next)
+  np.testing.assert_allclose(second.gap,
+                             second.return_star - second.return_hat,
+                             rtol=1e-5, atol=1e-5)
+  for leaf in jax.tree.leaves((state.slbo, state.u, second.grad_u,
+                               second.model_loss, second.virtual_return)):
+    assert np.all(np.isfinite(np.asarray(leaf)))

@@ -57,3 +57,37 @@ def test_sample_empty_and_bad_capacity():
     dataset.sample(dataset.init(example, 5), jax.random.key(0), 3)
   with pytest.raises(ValueError, match='capacity'):
     dataset.init(example, 0)
+
+
+def test_add_drops_nonfinite_transitions_and_counts_them():
+  """Issue 16: a NaN or Inf in any float field keeps a transition out of the
+  data (it would poison every later model fit); the rest keep their order,
+  also when the batch overflows the capacity."""
+  example = jax.tree.map(lambda x: x[0, 0], _batch(0, (1, 1)))
+  add = jax.jit(dataset.add)
+  batch = _batch(0, (3, 2))  # rewards 0..5, flattened in this order
+  batch = batch.replace(
+      next_obs=batch.next_obs.at[0, 1, 0].set(jnp.nan),   # transition 1
+      reward=batch.reward.at[2, 0].set(jnp.inf),          # transition 4
+      raw_action=batch.raw_action.at[2, 1, 0].set(-jnp.inf))  # 5
+  ds = add(dataset.init(example, capacity=10), batch)
+  assert int(ds.size) == 3 and int(ds.ptr) == 3 and int(ds.dropped) == 3
+  np.testing.assert_array_equal(ds.data.reward[:3], [0, 2, 3])
+  np.testing.assert_array_equal(ds.data.next_obs[:3, 0], [0.5, 2.5, 3.5])
+  assert np.all(np.isfinite(np.asarray(ds.data.next_obs)))
+  # Overflow: of 25 new ones (100..124) with 124 and 110 dropped, the last
+  # 10 finite ones (114..123) fill the buffer.
+  big = _batch(100, (25,))
+  big = big.replace(obs=big.obs.at[24, 0].set(jnp.nan),
+                    next_obs=big.next_obs.at[10, 1].set(jnp.nan))
+  ds = add(ds, big)
+  assert int(ds.size) == 10 and int(ds.dropped) == 5
+  np.testing.assert_array_equal(sorted(np.asarray(ds.data.reward)),
+                                np.arange(114, 124))
+  # An all-NaN batch changes nothing but the count.
+  nan = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan)
+                     if x.dtype == jnp.float32 else x, _batch(0, (2,)))
+  after = add(ds, nan)
+  assert int(after.dropped) == 7
+  np.testing.assert_array_equal(after.data.reward, ds.data.reward)
+  assert int(after.size) == int(ds.size) and int(after.ptr) == int(ds.ptr)

@@ -3,6 +3,7 @@ SIGKILL + resume = uninterrupted (bitwise), and bad input."""
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -215,6 +216,9 @@ def _tree_digest(path):
     (['--env=lq', '--frame_skip=2'], 'does not apply to the lq family'),
     (['--env=hopper2d', '--frame_skip=0'], '--frame_skip must be >= 1'),
     (['--env=hopper2d', '--pipeline=bullet'], 'unknown pipeline'),
+    # Refused while validating, not inside the compiled task iteration.
+    (['--env=lq', '--set=task_gradient.hessian=pathwise'],
+     "task_gradient.hessian='pathwise' is not wired into Algorithm 1"),
 ])
 def test_bad_flags_exit_2_with_a_message(args, message, tmp_path):
   proc = _driver(args + [f'--workdir={tmp_path / "w"}'])
@@ -249,3 +253,93 @@ def test_other_configuration_and_corrupt_checkpoint_leave_files_alone(
   assert proc.returncode == 1, err
   assert 'corrupt or unreadable' in err and latest in err
   assert _tree_digest(workdir) == before
+
+
+# ---------------------------------------------- every config field, issue 16
+def _config_fields(config, prefix=''):
+  """(dotted name, annotation) of every leaf field of a nested config."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import typing  # pylint: disable=g-import-not-at-top
+  hints = typing.get_type_hints(type(config))
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(value):
+      yield from _config_fields(value, f'{prefix}{field.name}.')
+    else:
+      yield prefix + field.name, hints[field.name]
+
+
+# A value of the wrong type, and one outside the range, by the field's type;
+# strings are choices, so any other word is out of range.
+_WRONG_TYPE = {int: '1.5', float: 'abc', bool: 'maybe', tuple: '64,x',
+               str: 'bogus'}
+_OUT_OF_RANGE = {int: '0', float: '-1', tuple: '0,64'}
+# Fields for which −1 is valid.
+_OUT_OF_RANGE_OF = {'first_u': '1.5', 'task_gradient.shift': 'inf',
+                    'slbo.policy.init_log_std': 'inf'}
+
+
+def test_every_config_field_refuses_bad_values_before_running():
+  """Every field of AdMRLConfig (nested) refuses a value of the wrong type
+  and one out of range while the settings are resolved — before the driver
+  writes anything (it then exits 2 with the message, see
+  test_bad_flags_exit_2_with_a_message) — with the field named. Among
+  them slbo.rollout_steps=1.5 (an Optional[int]) and
+  task_gradient.hessian=pathwise (not wired into Algorithm 1), which used
+  to fail only inside the compiled program."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+
+  from admrl_jax.meta import presets  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import run as driver  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  config, _, _ = presets.preset('lq', 'smoke')
+  cases = [('task_gradient.hessian', 'pathwise')]
+  for name, hint in _config_fields(config):
+    base, _ = presets.field_type(hint)
+    cases.append((name, _WRONG_TYPE.get(base, 'anything')))
+    if name in _OUT_OF_RANGE_OF or base in _OUT_OF_RANGE:
+      cases.append((name, _OUT_OF_RANGE_OF.get(name, _OUT_OF_RANGE.get(base))))
+  assert ('slbo.rollout_steps', '1.5') in cases
+  assert len(cases) > 2 * 40  # the walk reached the nested sections
+  for name, text in cases:
+    with pytest.raises(ValueError, match=re.escape(name)):
+      presets.apply_overrides(config, {name: text})
+    with flagsaver.flagsaver(env='lq', preset='smoke',
+                             set=[f'{name}={text}']):
+      with pytest.raises(common.UsageError, match=re.escape(name)):
+        driver.resolve_settings()
+  # The defaults and the presets themselves are valid.
+  with flagsaver.flagsaver(env='lq', preset='smoke', set=[]):
+    driver.resolve_settings()
+
+
+def test_halfcheetah_highdim_resume_reuses_its_calibration(tmp_path):
+  """The driver's default family at smoke size (horizon 20): a run stopped
+  after task iteration 1 records the calibration (μ, σ of the random-policy
+  states, which its reward needs) and resumes with it: one metrics row per
+  iteration, ψ continuing where it stopped, a finite final state."""
+  workdir = str(tmp_path / 'cheetah')
+  args = ['--env=halfcheetah_highdim', '--preset=smoke', '--ntasks=2',
+          '--horizon=20', '--seed=0', f'--workdir={workdir}']
+  _finish(_driver(args + ['--stop_after=1']))
+  with open(os.path.join(workdir, 'config.json')) as f:
+    calibration = json.load(f)['calibration']
+  std = np.asarray(calibration['state_std'])
+  assert std.shape == np.asarray(calibration['state_mean']).shape
+  assert std.ndim == 1 and np.all(std > 0)
+  assert len(_metrics(workdir)) == 1
+  out = _finish(_driver(args))
+  assert 'resumed from task iteration 1' in out
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['calibration'] == calibration
+  rows = _metrics(workdir)
+  assert [r['task_index'] for r in rows] == [0, 1]
+  np.testing.assert_allclose(rows[1]['u'], rows[0]['u_next'])
+  assert rows[1]['dropped_transitions'] == 0
+  state, step = _final_state(workdir)
+  assert step == 2
+  for leaf in jax.tree.leaves((state.slbo, state.u)):
+    assert np.all(np.isfinite(np.asarray(leaf)))

@@ -376,3 +376,35 @@ def test_fit_with_the_multi_step_loss_learns_a_linear_system():
   spread = (nxt - obs).reshape(-1, OBS).std(0)
   assert np.all(np.abs(np.asarray(s2) - truth) / spread < 0.2), (
       np.abs(np.asarray(s2) - truth) / spread)
+
+
+def test_normalizers_ignore_nonfinite_transitions():
+  """Issue 16: obs = ones(4, 3), next_obs = obs + 0.1 with next_obs[2, 0] =
+  NaN gave diff.mean = [nan, 0.1, 0.1]; the statistics must be those of
+  the three finite rows, for all three normalisers."""
+  obs = np.ones((4, OBS), np.float32)
+  action = np.arange(4 * ACT, dtype=np.float32).reshape(4, ACT)
+  next_obs = obs + np.float32(0.1)
+  next_obs[2, 0] = np.nan
+  update = jax.jit(normalizer.update_from_transitions)
+  norms = update(normalizer.normalizers_init(OBS, ACT),
+                 _transitions(obs, action, next_obs))
+  np.testing.assert_allclose(norms.diff.mean, 0.1, rtol=1e-6)
+  finite = [0, 1, 3]
+  expected = normalizer.update_from_transitions(
+      normalizer.normalizers_init(OBS, ACT),
+      _transitions(obs[finite], action[finite], next_obs[finite]))
+  for got, want in zip(jax.tree.leaves(norms), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  assert int(norms.state.count) == 3
+  # A batch of nothing finite leaves them as they were (here: identity).
+  nothing = update(normalizer.normalizers_init(OBS, ACT), _transitions(
+      obs, action, np.full_like(next_obs, np.nan)))
+  for got, want in zip(jax.tree.leaves(nothing), jax.tree.leaves(
+      normalizer.normalizers_init(OBS, ACT))):
+    np.testing.assert_array_equal(got, want)
+  # A plain array batch: rows with a non-finite entry are left out.
+  norm = normalizer.update(normalizer.init(2), jnp.asarray(
+      [[1.0, 2.0], [jnp.inf, 0.0], [3.0, 6.0]]))
+  np.testing.assert_allclose(norm.mean, [2.0, 4.0])
+  np.testing.assert_allclose(norm.var, [1.0, 4.0])

@@ -50,3 +50,25 @@ def test_gae_special_cases():
     done = np.array([False, False, True])
     adv, _ = returns.gae(r, v, v_next, done, none, 0.9, 1.0)
     np.testing.assert_allclose(adv[-1], 3 - 0.1, rtol=1e-12)
+
+
+def test_mean_episode_return_counts_partial_episodes():
+  """Issue 16: SLBO's virtual return divided the batch's reward by the
+  ended episodes only, so roll-outs shorter than the horizon (nothing
+  ends) reported their total reward. Episodes are counted as
+  `meta.estimators.episode_starts` counts them: one per column plus one
+  per end before the last step."""
+  r = np.ones((5, 2), np.float32)
+  no_end = np.zeros((5, 2), bool)
+  # Two partial episodes and nothing ended: mean return 5, not 10.
+  np.testing.assert_allclose(
+      returns.mean_episode_return(r, no_end, no_end), 5.0)
+  # Column 0 ends at t = 1 (done) and t = 4 (timeout, the last step: no
+  # new episode); column 1 times out at t = 2: 2 + 2 = 4 episodes.
+  done = no_end.copy()
+  done[1, 0] = True
+  timeout = no_end.copy()
+  timeout[4, 0] = timeout[2, 1] = True
+  assert int(returns.episode_count(done, timeout)) == 4
+  np.testing.assert_allclose(
+      returns.mean_episode_return(r, done, timeout), 10.0 / 4)

@@ -203,3 +203,23 @@ def test_value_fit_reduces_mse_without_recompiling():
   value2, _, loss2 = trpo.value_fit(value, opt_state, obs, returns,
                                     jax.random.key(0), small)
   assert np.isfinite(loss2)
+
+
+def test_value_fit_skips_steps_with_a_nonfinite_return():
+  """Issue 16: 128 finite observations and one NaN return made every value
+  parameter NaN. The minibatches that hold the NaN are skipped (Adam's
+  moments untouched); the others still fit."""
+  n = 128
+  obs = jax.random.normal(jax.random.key(20), (n, OBS))
+  returns = (obs[:, 0] + 1.0).at[37].set(jnp.nan)
+  value = gm.value_init(jax.random.key(21), OBS, gm.ValueConfig((16, 16)))
+  opt_state = trpo.value_optimizer(CONFIG).init(value)
+  new, new_opt, _ = jax.jit(trpo.value_fit, static_argnames='config')(
+      value, opt_state, obs, returns, jax.random.key(22), CONFIG)
+  for leaf in jax.tree.leaves((new, new_opt)):
+    assert np.all(np.isfinite(np.asarray(leaf)))
+  finite = np.isfinite(np.asarray(returns))
+  before = trpo.value_loss(value, obs[finite], returns[finite])
+  assert trpo.value_loss(new, obs[finite], returns[finite]) < before
+  # One NaN minibatch per epoch: vf_epochs steps skipped, and counted.
+  assert int(new_opt.total_notfinite) == CONFIG.vf_epochs

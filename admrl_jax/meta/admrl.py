@@ -23,7 +23,10 @@ For admrl the task gradient uses fresh real roll-outs of θ̂ and θ* without
 exploration noise (counted in `real_samples`, not added to the dataset) and
 model roll-outs of θ̂ (as the authors' code does); the logged training gap is
 return(θ*) − return(θ̂) on those real roll-outs. A non-finite task gradient
-is rejected (u stays) and flagged in the metrics.
+is rejected (u stays) and flagged in the metrics; with
+`task_gradient.max_residual` set, so is (or shortened, by
+`task_gradient.residual_action`) the step of a linear solve that did not
+converge (`IterationMetrics.step_scale`).
 """
 from __future__ import annotations
 
@@ -87,6 +90,13 @@ class AdMRLConfig:
                          f'{getattr(self, name)}')
     if not -1.0 <= self.first_u <= 1.0:
       raise ValueError(f'first_u must be in [-1, 1], got {self.first_u}')
+    if self.task_gradient.hessian == 'pathwise':
+      # Refused here, before a run writes anything, rather than inside the
+      # compiled task iteration.
+      raise ValueError(
+          "task_gradient.hessian='pathwise' is not wired into Algorithm 1; "
+          'it is available through task_gradient.from_samples(pathwise=...) '
+          '(with estimators.make_pathwise_return)')
 
 
 @struct.dataclass
@@ -135,13 +145,21 @@ class IterationMetrics:
       'minres' one per iteration; 'gmres' reports its cap; summed over the
       k solves with solver 'per_dimension'; 0 when no gradient was computed.
     grad_accepted: the ascent step was taken (False when the gradient was
-      non-finite, or for non-gradient choices of the next task).
+      non-finite, or its solve's residual was above
+      `task_gradient.max_residual` with residual_action 'reject', or for
+      non-gradient choices of the next task).
+    step_scale: the fraction of the ascent step α·∂L/∂u taken
+      (`task_gradient.step_scale`: 1 full, 0 rejected or no gradient, in
+      between when shortened for a large solve residual).
     model_loss, virtual_return, trpo_accepted: of the last VirtualTraining
       iteration of the last SLBO stage.
     real_samples: real steps taken so far (after this iteration).
     nonfinite_model: the last model fit's recent loss was not finite.
     model_rejected: model fit steps skipped in the last VirtualTraining
       iteration because the loss or gradient was not finite.
+    dropped_transitions: real transitions with a NaN or Inf that this
+      iteration's SLBO stages kept out of the dataset and the normalisers
+      (`rl.dataset.add`), summed over the stages.
   """
   task_index: jax.Array
   u: jax.Array
@@ -155,12 +173,14 @@ class IterationMetrics:
   residual: jax.Array
   solver_iterations: jax.Array
   grad_accepted: jax.Array
+  step_scale: jax.Array
   model_loss: jax.Array
   virtual_return: jax.Array
   trpo_accepted: jax.Array
   real_samples: jax.Array
   nonfinite_model: jax.Array
   model_rejected: jax.Array
+  dropped_transitions: jax.Array
 
 
 class PhaseEvent(NamedTuple):
@@ -345,8 +365,10 @@ class AdMRL:
         theta_hat=policy_hat, virtual=valued(virtual_hat),
         real_hat=valued(real_hat.transitions),
         real_star_transitions=real_star.transitions)
-    u_next, accepted = adversary.ascent_step(u, grad.grad_u, alpha)
-    accepted = accepted & grad.finite
+    # 0 for a non-finite gradient or a rejected solve, < 1 when shortened.
+    scale = tg.step_scale(self.config.task_gradient, grad)
+    u_next, accepted = adversary.ascent_step(u, grad.grad_u, alpha * scale)
+    accepted = accepted & (scale > 0)
     u_next = jnp.where(accepted, u_next, u)
     return_hat = jnp.mean(real_hat.first_return)
     return_star = jnp.mean(real_star.first_return)
@@ -356,7 +378,7 @@ class AdMRL:
         grad_u=jnp.where(grad.finite, grad.grad_u, 0.0),
         grad_norm=jnp.linalg.norm(grad.grad_u), residual=grad.residual,
         solver_iterations=grad.iterations.astype(jnp.int32),
-        grad_accepted=accepted)
+        grad_accepted=accepted, step_scale=scale)
 
   def _no_gradient(self, u_next):
     k = self.family.task_dim
@@ -365,7 +387,8 @@ class AdMRL:
         return_hat=nan, return_star=nan, gap=nan,
         grad_u=jnp.zeros((k,), types.float_dtype()), grad_norm=nan, residual=nan,
         solver_iterations=jnp.zeros((), jnp.int32),
-        grad_accepted=jnp.zeros((), bool))
+        grad_accepted=jnp.zeros((), bool),
+        step_scale=jnp.zeros((), types.float_dtype()))
 
   def _next_task(self, s, hat, psi, u, alpha, key, first):
     family, algo = self.family, self.config.algo
@@ -421,7 +444,9 @@ class AdMRL:
         model_loss=last.model_loss, virtual_return=last.virtual_return,
         trpo_accepted=last.trpo_accepted, real_samples=new_state.real_samples,
         nonfinite_model=~jnp.isfinite(last.model_loss),
-        model_rejected=last.model_rejected, **grad_metrics)
+        model_rejected=last.model_rejected,
+        dropped_transitions=s.data.dropped - state.slbo.data.dropped,
+        **grad_metrics)
     return new_state, metrics
 
 

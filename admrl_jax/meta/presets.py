@@ -6,6 +6,8 @@ shorter horizon) and the task step size α the paper chose for the family.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from typing import Any, Dict, Tuple
 
 from admrl_jax.config import RolloutConfig
@@ -77,9 +79,12 @@ def apply_overrides(config, overrides: Dict[str, str]):
   """Sets dotted fields of a nested frozen dataclass from strings.
 
   `{'slbo.trpo.max_kl': '0.02', 'task_gradient.solver': 'per_dimension'}`;
-  values are parsed as the field's current type (int, float, bool, str,
-  tuple of ints such as '256,256', or None). Raises ValueError naming the
-  field on an unknown name or a bad value.
+  values are parsed as the field's declared type (int, float, bool, str,
+  tuple of ints such as '256,256'; 'none' only for an Optional field);
+  floats must be finite. Raises ValueError naming the dotted field on an
+  unknown name, a value of the wrong type, or one its config refuses (each
+  config checks its ranges in `__post_init__`), so a bad value never
+  reaches a compiled program.
   """
   for dotted, text in overrides.items():
     config = _set(config, dotted.split('.'), text, dotted)
@@ -97,37 +102,54 @@ def _set(obj, path, text, dotted):
   if len(path) > 1:
     value = _set(current, path[1:], text, dotted)
   else:
-    value = _parse(current, text, dotted)
-  return dataclasses.replace(obj, **{path[0]: value})
+    value = _parse(typing.get_type_hints(type(obj))[path[0]], text, dotted)
+  try:
+    return dataclasses.replace(obj, **{path[0]: value})
+  except (ValueError, TypeError) as e:
+    if str(e).startswith(dotted):
+      raise
+    raise ValueError(f'{dotted}: {e}') from None
 
 
-def _parse(current, text, dotted):
+def field_type(hint) -> Tuple[Any, bool]:
+  """(base type, optional) of a config field's annotation, e.g.
+  Optional[int] → (int, True), Tuple[int, ...] → (tuple, False)."""
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  optional = typing.get_origin(hint) is typing.Union and len(args) == 1
+  if optional:
+    hint = args[0]
+  return typing.get_origin(hint) or hint, optional
+
+
+def _parse(hint, text, dotted):
+  base, optional = field_type(hint)
   text = text.strip()
+  name = getattr(base, '__name__', str(base))
   try:
     if text.lower() == 'none':
-      return None
-    if isinstance(current, bool):
+      if optional:
+        return None
+      raise ValueError(text)
+    if base is bool:
       if text.lower() not in ('true', 'false', '1', '0'):
         raise ValueError(text)
       return text.lower() in ('true', '1')
-    if isinstance(current, int):
+    if base is int:
       return int(text)
-    if current is None:  # an optional number: int if it reads as one
-      try:
-        return int(text)
-      except ValueError:
-        return float(text)
-    if isinstance(current, float):
-      return float(text)
-    if isinstance(current, tuple):
+    if base is float:
+      value = float(text)
+      if not math.isfinite(value):
+        raise ValueError(text)
+      return value
+    if base is tuple:
       return tuple(int(x) for x in text.split(','))
-    if isinstance(current, str):
+    if base is str:
       return text
   except ValueError:
     raise ValueError(f'{dotted}: cannot parse {text!r} as '
-                     f'{type(current).__name__}') from None
-  raise ValueError(f'{dotted}: a {type(current).__name__} cannot be set '
-                   'from a flag')
+                     f'{"optional " if optional else ""}{name}'
+                     f'{" (finite)" if base is float else ""}') from None
+  raise ValueError(f'{dotted}: a {name} cannot be set from a flag')
 
 
 def config_from_dict(values: Dict[str, Any],

@@ -37,6 +37,7 @@ from admrl_jax.meta import estimators
 PyTree = Any
 SOLVERS = ('adjoint', 'per_dimension')
 HESSIANS = ('reinforce', 'pathwise')
+RESIDUAL_ACTIONS = ('reject', 'shorten')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,13 +55,22 @@ class TaskGradientConfig:
     scale: s of 'cg_normal'; None means 1/P, P = number of policy
       parameters (paper).
     shift: 'minres'/'gmres' solve (A − shift·I) x = b (0: undamped).
-    gmres_restart: Krylov dimension between GMRES restarts.
+    gmres_restart: Krylov dimension between GMRES restarts; None: `iters`
+      (no restart — restarts stall on indefinite systems, see
+      `linalg.krylov`).
     hessian: 'reinforce' (Eq. 7 on virtual samples) or 'pathwise'
       (differentiate reparameterised model roll-outs; then B comes from the
       same pathwise return).
     gamma, lam: GAE of the ψ-dependent advantages (frozen value function).
     hessian_gamma: discount of the rewards in the REINFORCE Hessian and the
       pathwise return (1: the undiscounted return η that L measures).
+    max_residual: the largest relative residual ‖A x − b‖/‖b‖ of the solve
+      at which Algorithm 1 takes the full ascent step; None (default) takes
+      it whatever the residual, as the paper does — its damped
+      normal-equation CG solves a regularised system, so its residual on
+      A x = b is large by design. See `step_scale`.
+    residual_action: above max_residual, 'reject' the step (u stays) or
+      'shorten' it by the factor max_residual / residual.
   """
   solver: str = 'adjoint'
   linear_solver: str = 'cg_normal'
@@ -69,11 +79,13 @@ class TaskGradientConfig:
   damping: float = 0.1
   scale: Optional[float] = None
   shift: float = 0.0
-  gmres_restart: int = 20
+  gmres_restart: Optional[int] = None
   hessian: str = 'reinforce'
   gamma: float = 0.99
   lam: float = 0.95
   hessian_gamma: float = 1.0
+  max_residual: Optional[float] = None
+  residual_action: str = 'reject'
 
   def __post_init__(self):
     if self.solver not in SOLVERS:
@@ -85,9 +97,18 @@ class TaskGradientConfig:
     if self.hessian not in HESSIANS:
       raise ValueError(f'unknown Hessian estimator {self.hessian!r}; '
                        f'choose one of {", ".join(HESSIANS)}')
-    if self.iters < 1 or self.gmres_restart < 1:
+    if self.iters < 1 or (self.gmres_restart is not None
+                          and self.gmres_restart < 1):
       raise ValueError('iters and gmres_restart must be >= 1, got '
                        f'{self.iters}, {self.gmres_restart}')
+    if not self.tol >= 0:
+      raise ValueError(f'tol must be >= 0, got {self.tol}')
+    if self.max_residual is not None and not self.max_residual > 0:
+      raise ValueError(f'max_residual must be > 0 (or None), got '
+                       f'{self.max_residual}')
+    if self.residual_action not in RESIDUAL_ACTIONS:
+      raise ValueError(f'unknown residual_action {self.residual_action!r}; '
+                       f'choose one of {", ".join(RESIDUAL_ACTIONS)}')
     if self.damping < 0 or (self.scale is not None and self.scale <= 0):
       raise ValueError(f'need damping >= 0 and scale > 0, got {self.damping}, '
                        f'{self.scale}')
@@ -200,6 +221,33 @@ def assemble(config: TaskGradientConfig, *, psi: jax.Array,
   finite = jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
       out.replace(iterations=jnp.zeros(()), finite=jnp.zeros(())))]).all()
   return out.replace(finite=finite)
+
+
+def step_scale(config: TaskGradientConfig,
+               grad: TaskGradient) -> jax.Array:
+  """The fraction of Algorithm 1's ascent step u ← u + α·∂L/∂u to take.
+
+  0 for a non-finite task gradient. With `config.max_residual` set and the
+  solve's residual above it (the linear solve did not converge), 0 for
+  residual_action 'reject' and max_residual / residual for 'shorten';
+  else 1 (always 1 for a finite gradient when max_residual is None).
+
+  Returns:
+    a scalar in [0, 1], in the dtype of grad.residual.
+  """
+  one = jnp.ones_like(grad.residual)
+  if config.max_residual is None:
+    scale = one
+  else:
+    # A NaN residual compares False: treated as not converged.
+    converged = grad.residual <= config.max_residual
+    if config.residual_action == 'reject':
+      below = jnp.zeros_like(one)
+    else:
+      below = config.max_residual / jnp.where(converged, one, grad.residual)
+      below = jnp.where(jnp.isfinite(below), below, 0.0)
+    scale = jnp.where(converged, one, below)
+  return jnp.where(grad.finite, scale, jnp.zeros_like(one))
 
 
 def dpsi_du(family: TaskFamily) -> jax.Array:

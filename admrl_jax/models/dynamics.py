@@ -85,6 +85,21 @@ class ModelConfig:
     if self.multi_step_horizon < 1:
       raise ValueError('ModelConfig.multi_step_horizon must be >= 1, got '
                        f'{self.multi_step_horizon}')
+    if any(size < 1 for size in self.hidden):
+      raise ValueError(f'ModelConfig.hidden sizes must be >= 1, got '
+                       f'{self.hidden}')
+    for name in ('batch_size', 'n_steps'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'ModelConfig.{name} must be >= 1, got '
+                         f'{getattr(self, name)}')
+    for name in ('lr', 'clip_norm', 'init_std', 'action_clip',
+                 'next_state_clip'):  # None allowed where Optional
+      value = getattr(self, name)
+      if value is not None and not value > 0:
+        raise ValueError(f'ModelConfig.{name} must be > 0, got {value}')
+    if not self.weight_decay >= 0:
+      raise ValueError('ModelConfig.weight_decay must be >= 0, got '
+                       f'{self.weight_decay}')
 
 
 Params = Tuple[Dict[str, jax.Array], ...]

@@ -13,6 +13,8 @@ rounding, and independent of how the data were split into batches.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -56,29 +58,47 @@ def init(size: int, dtype=jnp.float32) -> Normalizer:
                     count=jnp.zeros((), jnp.int32))
 
 
-def update(norm: Normalizer, batch: jax.Array) -> Normalizer:
+def update(norm: Normalizer, batch: jax.Array,
+           mask: Optional[jax.Array] = None) -> Normalizer:
   """Merges a batch (..., size) with any leading axes into the statistics.
 
   With n_a seen, n_b new and δ = mean_b − mean_a (Chan et al.):
     mean = mean_a + δ·n_b/n,  var = (n_a var_a + n_b var_b)/n + δ²·n_a n_b/n².
   With n_a = 0 this is exactly the batch's mean and variance (the initial
   var = 1 carries weight 0).
+
+  Args:
+    batch: (..., size) vectors.
+    mask: (...,) bool, the vectors to merge; None: those whose entries are
+      all finite. Vectors left out count nowhere, so a NaN never reaches
+      the statistics; a batch with none left leaves `norm` unchanged.
+
+  Raises:
+    ValueError: the batch has no vectors (a static shape).
   """
   size = norm.mean.shape[-1]
   batch = jnp.reshape(jnp.asarray(batch, norm.mean.dtype), (-1, size))
-  n_b = batch.shape[0]
-  if n_b == 0:
+  if batch.shape[0] == 0:
     raise ValueError('cannot update a normaliser with an empty batch')
-  mean_b = jnp.mean(batch, axis=0)
-  var_b = jnp.mean(jnp.square(batch - mean_b), axis=0)  # two-pass: accurate
+  if mask is None:
+    mask = jnp.all(jnp.isfinite(batch), axis=-1)
+  mask = jnp.reshape(mask, (-1, 1))
+  n_b = jnp.sum(mask.astype(jnp.int32))
+  n_safe = jnp.maximum(n_b, 1).astype(norm.mean.dtype)
+  mean_b = jnp.sum(jnp.where(mask, batch, 0.0), axis=0) / n_safe
+  # Two-pass variance: accurate.
+  var_b = jnp.sum(jnp.where(mask, jnp.square(batch - mean_b), 0.0),
+                  axis=0) / n_safe
   count = norm.count + n_b
   # Weights as ratios (not products of counts) so nothing overflows.
-  w_a = (norm.count / count).astype(norm.mean.dtype)
-  w_b = (n_b / count).astype(norm.mean.dtype)
+  w_a = (norm.count / jnp.maximum(count, 1)).astype(norm.mean.dtype)
+  w_b = (n_b / jnp.maximum(count, 1)).astype(norm.mean.dtype)
   delta = mean_b - norm.mean
-  return Normalizer(mean=norm.mean + delta * w_b,
-                    var=w_a * norm.var + w_b * var_b + w_a * w_b * delta**2,
-                    count=count)
+  merged = Normalizer(
+      mean=norm.mean + delta * w_b,
+      var=w_a * norm.var + w_b * var_b + w_a * w_b * delta**2, count=count)
+  return jax.tree.map(lambda new, old: jnp.where(n_b > 0, new, old),
+                      merged, norm)
 
 
 def normalize(norm: Normalizer, x: jax.Array) -> jax.Array:
@@ -120,9 +140,13 @@ def update_from_transitions(norms: Normalizers,
   Uses `obs` for the state, the executed (clipped) `action`, and
   `next_obs − obs` for the diff. `next_obs` is the true successor also at
   episode ends, so every transition gives a valid state change. Call this
-  with every new real batch, before fitting the model on it.
+  with every new real batch, before fitting the model on it. Transitions
+  with a non-finite field are left out of all three
+  (`types.finite_transitions`), as `rl.dataset.add` leaves them out of
+  the data.
   """
+  mask = types.finite_transitions(transitions)
   return Normalizers(
-      state=update(norms.state, transitions.obs),
-      action=update(norms.action, transitions.action),
-      diff=update(norms.diff, transitions.next_obs - transitions.obs))
+      state=update(norms.state, transitions.obs, mask),
+      action=update(norms.action, transitions.action, mask),
+      diff=update(norms.diff, transitions.next_obs - transitions.obs, mask))

@@ -18,15 +18,29 @@ import jax.numpy as jnp
 from flax import struct
 
 
+def _check_hidden(owner: str, hidden: Tuple[int, ...]) -> None:
+  if any(size < 1 for size in hidden):
+    raise ValueError(f'{owner}.hidden sizes must be >= 1, got {hidden}')
+
+
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
   hidden: Tuple[int, ...] = (32, 32)
   init_log_std: float = 0.0
 
+  def __post_init__(self):
+    _check_hidden('PolicyConfig', self.hidden)
+    if not math.isfinite(self.init_log_std):
+      raise ValueError('PolicyConfig.init_log_std must be finite, got '
+                       f'{self.init_log_std}')
+
 
 @dataclasses.dataclass(frozen=True)
 class ValueConfig:
   hidden: Tuple[int, ...] = (64, 64)
+
+  def __post_init__(self):
+    _check_hidden('ValueConfig', self.hidden)
 
 
 @struct.dataclass

@@ -19,10 +19,13 @@ class Dataset:
     data: `Transition` with leaves (capacity, ...).
     size: number of valid entries, int32 scalar.
     ptr: next write position, int32 scalar.
+    dropped: transitions `add` refused since `init` because a field was
+      not finite, int32 scalar.
   """
   data: types.Transition
   size: jax.Array
   ptr: jax.Array
+  dropped: jax.Array
 
   @property
   def capacity(self) -> int:
@@ -37,30 +40,38 @@ def init(example: types.Transition, capacity: int) -> Dataset:
       lambda x: jnp.zeros((capacity,) + jnp.shape(x), jnp.asarray(x).dtype),
       example)
   return Dataset(data=data, size=jnp.zeros((), jnp.int32),
-                 ptr=jnp.zeros((), jnp.int32))
+                 ptr=jnp.zeros((), jnp.int32),
+                 dropped=jnp.zeros((), jnp.int32))
 
 
 def add(dataset: Dataset, batch: types.Transition) -> Dataset:
   """Appends a batch whose leaves have any leading axes, e.g. (T, n_envs, ...).
 
   When full, the oldest entries are overwritten; a batch larger than the
-  capacity keeps its last `capacity` entries.
+  capacity keeps its last `capacity` entries. Transitions with a NaN or
+  Inf in a float field are dropped (`types.finite_transitions`) and counted
+  in `Dataset.dropped`; the others keep their order.
   """
   feature_ndim = jax.tree.map(lambda x: x.ndim - 1, dataset.data)
   flat = jax.tree.map(
       lambda x, d: x.reshape((-1,) + x.shape[x.ndim - d:]), batch,
       feature_ndim)
-  count = jax.tree.leaves(flat)[0].shape[0]
   capacity = dataset.capacity
-  if count > capacity:
-    flat = jax.tree.map(lambda x: x[-capacity:], flat)
-    count = capacity
-  index = (dataset.ptr + jnp.arange(count)) % capacity
-  data = jax.tree.map(lambda buf, x: buf.at[index].set(x.astype(buf.dtype)),
-                      dataset.data, flat)
+  keep = types.finite_transitions(flat)  # (count,)
+  n_keep = jnp.sum(keep.astype(jnp.int32))
+  rank = jnp.cumsum(keep.astype(jnp.int32)) - 1  # among the kept ones
+  skip = jnp.maximum(n_keep - capacity, 0)  # keep the last `capacity`
+  write = keep & (rank >= skip)
+  # Entries not written get an out-of-range index, which mode='drop' skips.
+  index = jnp.where(write, (dataset.ptr + rank - skip) % capacity, capacity)
+  data = jax.tree.map(
+      lambda buf, x: buf.at[index].set(x.astype(buf.dtype), mode='drop'),
+      dataset.data, flat)
+  count = n_keep - skip
   return Dataset(data=data,
                  size=jnp.minimum(dataset.size + count, capacity),
-                 ptr=(dataset.ptr + count) % capacity)
+                 ptr=(dataset.ptr + count) % capacity,
+                 dropped=dataset.dropped + (keep.shape[0] - n_keep))
 
 
 def _check_not_empty(dataset: Dataset) -> None:

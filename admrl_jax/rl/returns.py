@@ -45,6 +45,25 @@ def gae(r_t: jax.Array, v_t: jax.Array, v_tp1: jax.Array, done_t: jax.Array,
   return adv, adv + v_t
 
 
+def episode_count(done: jax.Array, timeout: jax.Array) -> jax.Array:
+  """Episodes begun in a time-major (T, n) batch, int32 scalar.
+
+  Each of the n columns starts one, and every end (done or timeout) before
+  the last step starts another; a partial episode cut by the end of the
+  batch counts as one (as `meta.estimators.episode_starts` counts them).
+  """
+  ends = (done | timeout)[:-1]
+  return done.shape[1] + jnp.sum(ends.astype(jnp.int32))
+
+
+def mean_episode_return(r: jax.Array, done: jax.Array,
+                        timeout: jax.Array) -> jax.Array:
+  """Σ rewards / `episode_count`: the mean return per episode of a (T, n)
+  batch, partial episodes included (for roll-outs shorter than the
+  horizon, their partial return)."""
+  return jnp.sum(r) / episode_count(done, timeout).astype(r.dtype)
+
+
 def batched_gae(r, v, v_next, done, timeout, gamma: float = 0.99,
                 lam: float = 0.95):
   """`gae` over time-major batches: every argument (T, n_envs)."""

@@ -76,6 +76,10 @@ class SLBOConfig:
       if getattr(self, name) < 1:
         raise ValueError(f'SLBOConfig.{name} must be >= 1, got '
                          f'{getattr(self, name)}')
+    if self.rollout_steps is not None and (
+        not isinstance(self.rollout_steps, int) or self.rollout_steps < 1):
+      raise ValueError('SLBOConfig.rollout_steps must be None or an int >= '
+                       f'1, got {self.rollout_steps!r}')
     if self.virtual_start not in ('reset', 'data'):
       raise ValueError("SLBOConfig.virtual_start must be 'reset' or 'data', "
                        f'got {self.virtual_start!r}')
@@ -104,8 +108,10 @@ class SLBOState:
 class VirtualMetrics:
   """Per VirtualTraining iteration, (n,) arrays: mean model loss of the last
   10 fit steps and the number of fit steps skipped for a non-finite loss or
-  gradient, and of the iteration's TRPO steps the last virtual return,
-  KL and value loss and the fraction of accepted steps."""
+  gradient, and of the iteration's TRPO steps the last virtual return
+  (mean return per episode of the virtual batch, partial episodes
+  included: `returns.mean_episode_return`), KL and value loss and the
+  fraction of accepted steps."""
   model_loss: jax.Array
   model_rejected: jax.Array
   virtual_return: jax.Array
@@ -219,8 +225,8 @@ class SLBO:
         agent.value, agent.value_opt, flat(obs_n), flat(ret), key_value,
         config.trpo)
     agent = AgentState(policy=policy, value=value_params, value_opt=value_opt)
-    virtual_return = jnp.sum(tr.reward) / jnp.maximum(
-        jnp.sum(tr.done | tr.timeout), 1)
+    virtual_return = returns.mean_episode_return(tr.reward, tr.done,
+                                                 tr.timeout)
     return state.replace(agent=agent), (virtual_return, info.accepted,
                                         info.kl, value_loss)
 

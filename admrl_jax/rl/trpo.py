@@ -85,6 +85,10 @@ class TRPOConfig:
     if self.vf_epochs < 1 or self.vf_minibatch < 1:
       raise ValueError('vf_epochs and vf_minibatch must be >= 1, got '
                        f'{self.vf_epochs}, {self.vf_minibatch}')
+    if not self.ent_coef >= 0:
+      raise ValueError(f'ent_coef must be >= 0, got {self.ent_coef}')
+    if not self.vf_lr > 0:
+      raise ValueError(f'vf_lr must be > 0, got {self.vf_lr}')
 
 
 @struct.dataclass
@@ -271,8 +275,18 @@ def trpo_step(policy_params: gm.PolicyParams, batch: TRPOBatch,
 # -------------------------------------------------------------- value fit
 def value_optimizer(config: TRPOConfig = TRPOConfig()
                     ) -> optax.GradientTransformation:
-  """Adam(vf_lr) for the value MLP (the authors' code)."""
-  return optax.adam(config.vf_lr)
+  """Adam(vf_lr) for the value MLP (the authors' code), finite steps only.
+
+  `optax.apply_if_finite`: a step whose gradient holds a NaN or Inf (e.g. a
+  non-finite regression target) changes neither the parameters nor Adam's
+  moments, however many such steps come in a row (its state counts them in
+  `total_notfinite`), as `trpo_step` and `models.dynamics.make_fit` skip
+  theirs.
+  """
+  # apply_if_finite gives up after max_consecutive_errors non-finite steps
+  # in a row and applies the next one; the value function never should.
+  return optax.apply_if_finite(optax.adam(config.vf_lr),
+                               max_consecutive_errors=2**31 - 1)
 
 
 def value_loss(value_params, obs: jax.Array, returns: jax.Array) -> jax.Array:
