@@ -16,7 +16,8 @@ class CheckpointError(RuntimeError):
 
 def run_main(argv, run: Callable[[], object]) -> None:
   """Runs a script's `run()`, turning its errors into one line and an exit
-  status: UsageError → 2, CheckpointError → 1; extra arguments → 2."""
+  status: UsageError → 2, CheckpointError → 1; extra arguments → 2; Ctrl-C
+  → 130 (what was saved stays; rerunning the command continues)."""
   if len(argv) > 1:
     print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
     sys.exit(2)
@@ -28,6 +29,13 @@ def run_main(argv, run: Callable[[], object]) -> None:
   except CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:
+    print('interrupted: everything finished so far is saved; rerun the same '
+          'command to continue', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # Not sys.exit: it would wait for the compiled call still running.
+    import os  # pylint: disable=g-import-not-at-top
+    os._exit(130)  # pylint: disable=protected-access
 
 
 def parse_sets(items) -> dict[str, str]:
@@ -105,6 +113,48 @@ def resolve_psi(family, text):
     return family.check_psi(values)
   except ValueError as e:
     raise UsageError(f'--psi: {e}') from None
+
+
+def enable_compilation_cache(directory=None) -> str | None:
+  """Turns on JAX's persistent compilation cache, so that a rerun, a resume
+  or another script compiling the same program loads it instead of
+  compiling again. Programs that call back to the host (the driver's
+  per-phase progress lines) are never cached by JAX.
+
+  Args:
+    directory: the cache directory; None reads $ADMRL_JAX_CACHE_DIR, else
+      ~/.cache/admrl_jax/jax_cache. An empty string (or
+      ADMRL_JAX_CACHE_DIR='') turns the cache off.
+  Returns:
+    The directory in use, or None when off.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  if directory is None:
+    directory = os.environ.get(
+        'ADMRL_JAX_CACHE_DIR',
+        os.path.join(os.path.expanduser('~'), '.cache', 'admrl_jax',
+                     'jax_cache'))
+  if not directory:
+    return None
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir', directory)
+  # Cache every program that took a second or more to compile.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  return directory
+
+
+def wait(tree, poll_s: float = 0.2):
+  """Blocks until every array of `tree` is computed, and returns it.
+
+  Polls instead of blocking inside XLA, so Ctrl-C (KeyboardInterrupt)
+  reaches Python within `poll_s` even while a long compiled call runs.
+  """
+  import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  for leaf in jax.tree.leaves(tree):
+    while hasattr(leaf, 'is_ready') and not leaf.is_ready():
+      time.sleep(poll_s)
+  return tree
 
 
 # ------------------------------------------------------------ quiet output

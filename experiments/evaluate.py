@@ -25,7 +25,6 @@ exit status 2 (an unreadable checkpoint: exit status 1).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,9 +38,10 @@ from experiments import common
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments.astar import astar_values, write_json
+# pylint: enable=g-import-not-at-top,wrong-import-position
 from experiments.common import (CheckpointError, UsageError, parse_floats,
                                 physics_overrides, run_main)
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
@@ -136,107 +136,6 @@ def eval_family(family, record, eval_env):
         f'{other.action_size} vs {family.action_size}, task dim '
         f'{other.task_dim} vs {family.task_dim})')
   return other
-
-
-# ----------------------------------------------------------- A* cache
-def family_fingerprint(family) -> str:
-  """What besides ψ sets a family's returns: name, horizon, frame skip,
-  pipeline, and a run's calibration (Cheetah-Highdim's μ, σ)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  parts = [family.name, f'h{family.horizon}']
-  for name in ('frame_skip', 'pipeline'):
-    value = getattr(family, name, None)
-    if value is not None:
-      parts.append(f'{name}={value}')
-  mean = getattr(family, 'state_mean', None)
-  if mean is not None:
-    blob = np.concatenate([np.asarray(mean, np.float32).ravel(),
-                           np.asarray(family.state_std, np.float32).ravel()])
-    parts.append('cal=' + hashlib.sha1(blob.tobytes()).hexdigest()[:10])
-  return '|'.join(parts)
-
-
-def astar_key(fingerprint: str, psi, method: str, budget) -> str:
-  where = 'closed_form' if method == 'closed_form' else f'slbo{budget}'
-  return f'{fingerprint}|{where}|psi=' + ','.join(f'{float(v):.6g}'
-                                                  for v in psi)
-
-
-def read_cache(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  try:
-    with open(path) as f:
-      cache = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UsageError(f'--astar_cache {path} is unreadable ({e}); move it '
-                     'aside') from None
-  if not isinstance(cache, dict):
-    raise UsageError(f'--astar_cache {path} is not a JSON object')
-  return cache
-
-
-def update_cache(path: str, entries: dict) -> None:
-  """Merges `entries` into the cache file (re-read first: another evaluation
-  may have written meanwhile; existing entries win) and writes atomically."""
-  cache = read_cache(path)
-  for key, value in entries.items():
-    cache.setdefault(key, value)
-  write_json(path, cache)
-
-
-def write_json(path: str, value) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=1, allow_nan=False)
-  os.replace(tmp, path)
-
-
-def astar_values(family, slbo_config, tasks, method, budget, stage_samples,
-                 cache_path, seed, log):
-  """A* of every task, (t,), from the cache or computed (then cached)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import optimum  # pylint: disable=g-import-not-at-top
-
-  fingerprint = family_fingerprint(family)
-  keys = [astar_key(fingerprint, psi, method, budget) for psi in tasks]
-  cache = read_cache(cache_path)
-  missing = [i for i, key in enumerate(keys) if key not in cache]
-  new = {}
-  if missing:
-    psis = tasks[missing]
-    if method == 'closed_form':
-      values = np.asarray(optimum.closed_form_astar(family, psis))
-      extra = [{} for _ in missing]
-    else:
-      log(f'A*: {len(missing)} task(s) not cached; SLBO from scratch with '
-          f'{budget} real samples each')
-      estimator = optimum.SLBOOptimum(
-          family, slbo_config,
-          optimum.OptimumConfig(budget=budget, stage_samples=stage_samples))
-      task_keys = jax.vmap(
-          lambda i: jax.random.fold_in(jax.random.key(seed), i))(
-              np.asarray(missing))
-      result = estimator.estimate_tasks(psis, task_keys)
-      values = np.asarray(result.astar)
-      extra = [dict(stage_returns=[float(v) for v in row],
-                    stage_samples=stage_samples)
-               for row in np.asarray(result.stage_returns)]
-    for i, value, more in zip(missing, values, extra):
-      if not math.isfinite(float(value)):
-        log(f'A*: estimate for task {i} is not finite; not cached')
-        continue
-      new[keys[i]] = dict(astar=float(value), family=fingerprint,
-                          psi=[float(v) for v in tasks[i]], method=method,
-                          budget=None if method == 'closed_form' else budget,
-                          created=time.strftime('%Y-%m-%dT%H:%M:%S'), **more)
-    update_cache(cache_path, new)
-    cache = read_cache(cache_path)
-  return np.asarray([cache[key]['astar'] if key in cache else np.nan
-                     for key in keys], np.float64), len(missing)
 
 
 # ---------------------------------------------------------------- run

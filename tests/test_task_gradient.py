@@ -236,3 +236,46 @@ def test_config_validation():
                         (dict(lam=1.5), 'lam')):
     with pytest.raises(ValueError, match=match):
       tg.TaskGradientConfig(**kwargs)
+
+
+def test_per_sample_normalization_is_the_per_episode_gradient_over_t():
+  """The authors' per-sample normalisation divides every sum of Eq. 2 by the
+  T·n samples instead of the n episodes (lq: whole episodes of T steps), so
+  with an exact (undamped) solve every term, and ∂L/∂ψ, is 1/T of the
+  per-episode one; the paper's damped CG is not scale-free and shrinks the
+  implicit term further."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  with jax.enable_x64(True):
+    b = _collect_lq_batches(200, jax.random.key(3))
+    horizon = b['true'].horizon
+    assert int(estimators.episode_starts(b['real_star'])) == 200
+
+    def grad(config):
+      return jax.jit(lambda v, rh, rs: tg.from_samples(
+          config, b['true'], lq_truth.log_prob, psi=b['psi'],
+          theta_hat=b['theta_hat'], virtual=v, real_hat=rh,
+          real_star_transitions=rs))(b['virtual'], b['real_hat'],
+                                     b['real_star'])
+
+    per_episode = grad(SAMPLED)
+    per_sample = grad(dataclasses.replace(SAMPLED,
+                                          normalization='per_sample'))
+    for name in ('return_grad_star', 'return_grad_hat', 'implicit_term',
+                 'grad_psi', 'grad_u'):
+      np.testing.assert_allclose(getattr(per_sample, name),
+                                 getattr(per_episode, name) / horizon,
+                                 rtol=1e-6, err_msg=name)
+    # Damped normal-equation CG (the paper's solver): the return terms keep
+    # the 1/T ratio, the implicit term shrinks by more than 1/T.
+    damped = dict(linear_solver='cg_normal', damping=0.1, scale=None,
+                  iters=200)
+    cg_episode = grad(dataclasses.replace(SAMPLED, **damped))
+    cg_sample = grad(dataclasses.replace(SAMPLED, normalization='per_sample',
+                                         **damped))
+    np.testing.assert_allclose(cg_sample.return_grad_star,
+                               cg_episode.return_grad_star / horizon,
+                               rtol=1e-10)
+    assert (np.linalg.norm(cg_sample.implicit_term)
+            < np.linalg.norm(cg_episode.implicit_term) / horizon)
+    with pytest.raises(ValueError, match='normalization'):
+      tg.TaskGradientConfig(normalization='per_step')

@@ -70,6 +70,12 @@ class AdMRLConfig:
       10 000 samples each (the authors' code).
     slbo: the SLBO engine's config (nzeroshot, ninner, nmodel, ...).
     task_gradient: estimator and solver of ∂L/∂ψ.
+    gradient_noise_check: admrl also computes a second, independent estimate
+      of ∂L/∂u at the same state (fresh real and model roll-outs of θ̂ and
+      θ*, 2·gradient_envs·horizon more real steps, not counted in
+      `real_samples` and not added to the dataset), reported as
+      `grad_u_repeat`; the step uses the first. A diagnostic of the
+      estimate's noise: the cosine between the two.
   """
   algo: str = 'admrl'
   n_tasks: int = 20
@@ -79,6 +85,7 @@ class AdMRLConfig:
   gradient_envs: int = 50
   slbo: slbo_lib.SLBOConfig = slbo_lib.SLBOConfig()
   task_gradient: tg.TaskGradientConfig = tg.TaskGradientConfig()
+  gradient_noise_check: bool = False
 
   def __post_init__(self):
     if self.algo not in ALGOS:
@@ -136,6 +143,9 @@ class IterationMetrics:
     return_hat, return_star: real returns of θ̂ and θ* (NaN if not measured).
     gap: return_star − return_hat.
     grad_u: ∂L/∂u, (k,) (zeros when not computed).
+    grad_u_repeat: a second, independent estimate of ∂L/∂u at the same
+      state, (k,) (`AdMRLConfig.gradient_noise_check`; NaN when not
+      computed).
     grad_norm: ‖∂L/∂u‖ of the task gradient.
     residual: ‖A x − b‖/‖b‖ of the task gradient's linear solve on the
       undamped system (solver 'per_dimension': the worst of the k solves).
@@ -169,6 +179,7 @@ class IterationMetrics:
   return_star: jax.Array
   gap: jax.Array
   grad_u: jax.Array
+  grad_u_repeat: jax.Array
   grad_norm: jax.Array
   residual: jax.Array
   solver_iterations: jax.Array
@@ -333,8 +344,9 @@ class AdMRL:
     jax.debug.callback(host, iteration, index, active, n_stages, first,
                        virtual_return, model_loss, gap)
 
-  def _task_gradient(self, s, hat, psi, u, alpha, key):
-    """Real and virtual roll-outs of θ̂ and θ*, Eq. 2, the ascent step."""
+  def _estimate(self, s, hat, psi, key):
+    """Real roll-outs of θ̂ and θ*, model roll-outs of θ̂, and Eq. 2 from
+    them: (TaskGradient, real_hat, real_star)."""
     policy_hat, value_hat, norm_hat = hat
     key_hat, key_star, key_virtual, key_start = jax.random.split(key, 4)
     # θ̂ and θ* in one vmapped collection: one copy of the simulator step.
@@ -365,6 +377,17 @@ class AdMRL:
         theta_hat=policy_hat, virtual=valued(virtual_hat),
         real_hat=valued(real_hat.transitions),
         real_star_transitions=real_star.transitions)
+    return grad, real_hat, real_star
+
+  def _task_gradient(self, s, hat, psi, u, alpha, key):
+    """Eq. 2 from fresh roll-outs, then the ascent step."""
+    key_estimate, key_repeat = jax.random.split(key)
+    grad, real_hat, real_star = self._estimate(s, hat, psi, key_estimate)
+    if self.config.gradient_noise_check:
+      repeat = self._estimate(s, hat, psi, key_repeat)[0]
+      grad_u_repeat = jnp.where(repeat.finite, repeat.grad_u, jnp.nan)
+    else:
+      grad_u_repeat = jnp.full_like(grad.grad_u, jnp.nan)
     # 0 for a non-finite gradient or a rejected solve, < 1 when shortened.
     scale = tg.step_scale(self.config.task_gradient, grad)
     u_next, accepted = adversary.ascent_step(u, grad.grad_u, alpha * scale)
@@ -376,6 +399,7 @@ class AdMRL:
         return_hat=return_hat, return_star=return_star,
         gap=return_star - return_hat,
         grad_u=jnp.where(grad.finite, grad.grad_u, 0.0),
+        grad_u_repeat=grad_u_repeat,
         grad_norm=jnp.linalg.norm(grad.grad_u), residual=grad.residual,
         solver_iterations=grad.iterations.astype(jnp.int32),
         grad_accepted=accepted, step_scale=scale)
@@ -385,7 +409,9 @@ class AdMRL:
     nan = jnp.full((), jnp.nan, types.float_dtype())
     return u_next, dict(
         return_hat=nan, return_star=nan, gap=nan,
-        grad_u=jnp.zeros((k,), types.float_dtype()), grad_norm=nan, residual=nan,
+        grad_u=jnp.zeros((k,), types.float_dtype()),
+        grad_u_repeat=jnp.full((k,), jnp.nan, types.float_dtype()),
+        grad_norm=nan, residual=nan,
         solver_iterations=jnp.zeros((), jnp.int32),
         grad_accepted=jnp.zeros((), bool),
         step_scale=jnp.zeros((), types.float_dtype()))

@@ -7,13 +7,20 @@ unbatched sample (raw observations; the caller closes over any normaliser).
 Rewards are recomputed from the ψ-independent fields of the transitions with
 `family.reward(psi, ...)`, so they are differentiable in ψ (Eq. 3).
 
-Units. η is the expected undiscounted return of an episode (what the gap L
-and the evaluation measure), so sums over samples are divided by the number
-of episodes the batch holds (`episode_starts`) — the same normalisation for
-every term of Eq. 2, which keeps them commensurable. (The authors' code
-averages the policy-gradient terms over samples instead, which scales the
-implicit term of Eq. 2 by 1/T relative to the others.) A partial episode
-cut by the end of the batch counts as one episode.
+Units (`NORMALIZATIONS`). With 'per_episode' (the default) η is the
+expected undiscounted return of an episode (what the gap L and the
+evaluation measure): sums over samples are divided by the number of
+episodes the batch holds (`episode_starts`; a partial episode cut by the end
+of the batch counts as one). With 'per_sample' every sum is divided by the
+number of samples T·n instead, as the authors' code does (github.com/
+LinZichuan/AdMRL, slbo/algos/ADVTASK.py: `reduce_mean` over samples for the
+policy-gradient terms, and `meanret` divides the summed episode returns by
+the number of samples). Every term of Eq. 2 gets the same normalisation, so
+the two conventions differ by the factor episodes/samples (1/T for whole
+episodes of length T) in ∂η/∂ψ and in g = ∂η/∂θ, while A and B scale alike
+and ∂θ̂/∂ψ = −A⁻¹B does not change (an undamped solve); the paper's damped
+normal-equation CG is not scale-free, so its implicit term shrinks further
+under 'per_sample'. The paper's step sizes α were tuned for 'per_sample'.
 
 Advantages are GAE with a frozen value function, as in the authors' code:
 Â(ψ) is linear in the rewards, so ∂Â/∂ψ flows through `rl.returns.gae`.
@@ -62,6 +69,22 @@ def episode_starts(tr: types.Transition) -> jax.Array:
   return n + jnp.sum(_ends(tr)[:-1].astype(jnp.int32))
 
 
+NORMALIZATIONS = ('per_episode', 'per_sample')
+
+
+def batch_count(tr: types.Transition, normalization: str = 'per_episode'
+                ) -> jax.Array:
+  """What the sums of a (T, n) batch are divided by: its episodes
+  (`episode_starts`, 'per_episode') or its T·n samples ('per_sample', the
+  authors' code). Raises ValueError for another name."""
+  if normalization == 'per_episode':
+    return episode_starts(tr)
+  if normalization == 'per_sample':
+    return jnp.asarray(tr.reward.size, jnp.int32)
+  raise ValueError(f'unknown normalization {normalization!r}; choose one of '
+                   f'{", ".join(NORMALIZATIONS)}')
+
+
 def _segment_scan(x_t: jax.Array, end_t: jax.Array, discount: float
                   ) -> jax.Array:
   """y_t = x_t + discount·y_{t−1}, restarted after each episode end; (T, n)."""
@@ -106,52 +129,60 @@ def advantages(family: TaskFamily, psi: jax.Array, batch: ValuedBatch,
 
 # --------------------------------------------------------------- Eq. 3
 def episode_return(family: TaskFamily, psi: jax.Array,
-                   tr: types.Transition) -> jax.Array:
-  """η̂ = Σ_samples r_ψ / episodes; its ψ-gradient is the Eq. 3 estimate."""
-  return jnp.sum(rewards(family, psi, tr)) / episode_starts(tr)
+                   tr: types.Transition,
+                   normalization: str = 'per_episode') -> jax.Array:
+  """η̂ = Σ_samples r_ψ / `batch_count`; its ψ-gradient is the Eq. 3
+  estimate."""
+  return jnp.sum(rewards(family, psi, tr)) / batch_count(tr, normalization)
 
 
 def return_psi_grad(family: TaskFamily, psi: jax.Array,
-                    tr: types.Transition) -> jax.Array:
+                    tr: types.Transition,
+                    normalization: str = 'per_episode') -> jax.Array:
   """∂η/∂ψ at the policy that collected `tr` (Eq. 3), shape (k,).
 
   Differentiates the sampled rewards (no score function: the trajectory
   distribution does not depend on ψ).
   """
-  return jax.grad(episode_return, argnums=1)(family, psi, tr)
+  return jax.grad(episode_return, argnums=1)(family, psi, tr, normalization)
 
 
 # ---------------------------------------------------------- Eqs. 4 and 6
 def policy_gradient_surrogate(log_prob_fn: LogProbFn, theta: PyTree,
-                              tr: types.Transition,
-                              adv: jax.Array) -> jax.Array:
-  """Σ_t log π_θ(a_t|s_t)·Â_t / episodes; ∇_θ is the Eq. 4 estimate."""
-  return jnp.sum(log_probs(log_prob_fn, theta, tr) * adv) / episode_starts(tr)
+                              tr: types.Transition, adv: jax.Array,
+                              normalization: str = 'per_episode'
+                              ) -> jax.Array:
+  """Σ_t log π_θ(a_t|s_t)·Â_t / `batch_count`; ∇_θ is the Eq. 4 estimate."""
+  return jnp.sum(log_probs(log_prob_fn, theta, tr) * adv) / batch_count(
+      tr, normalization)
 
 
 def policy_gradient(family: TaskFamily, log_prob_fn: LogProbFn,
                     theta: PyTree, psi: jax.Array, batch: ValuedBatch,
-                    gamma: float, lam: float) -> PyTree:
+                    gamma: float, lam: float,
+                    normalization: str = 'per_episode') -> PyTree:
   """∂η/∂θ (Eq. 4) from samples of π_θ; structured like θ."""
   adv = jax.lax.stop_gradient(advantages(family, psi, batch, gamma, lam))
   return jax.grad(policy_gradient_surrogate, argnums=1)(
-      log_prob_fn, theta, batch.transitions, adv)
+      log_prob_fn, theta, batch.transitions, adv, normalization)
 
 
 def mixed_objective(family: TaskFamily, log_prob_fn: LogProbFn,
-                    batch: ValuedBatch, gamma: float, lam: float):
+                    batch: ValuedBatch, gamma: float, lam: float,
+                    normalization: str = 'per_episode'):
   """(θ, ψ) ↦ policy-gradient surrogate with Â(ψ); ∂ψ∇θ is B (Eq. 6)."""
   def objective(theta, psi):
     adv = advantages(family, psi, batch, gamma, lam)
     return policy_gradient_surrogate(log_prob_fn, theta, batch.transitions,
-                                     adv)
+                                     adv, normalization)
   return objective
 
 
 # --------------------------------------------------------------- Eq. 7
 def reinforce_hessian_objective(family: TaskFamily, log_prob_fn: LogProbFn,
                                 theta_bar: PyTree, psi: jax.Array,
-                                tr: types.Transition, gamma: float = 1.0):
+                                tr: types.Transition, gamma: float = 1.0,
+                                normalization: str = 'per_episode'):
   """θ ↦ S(θ) whose Hessian at θ = θ̄ is the REINFORCE Hessian (Eq. 7).
 
       S(θ) = Σ_t γ^{t} [½(L_t(θ) − L_t(θ̄))² + L_t(θ)]·(r_t − b) / episodes
@@ -169,7 +200,7 @@ def reinforce_hessian_objective(family: TaskFamily, log_prob_fn: LogProbFn,
   weights = jax.lax.stop_gradient(
       (r - jnp.mean(r)) * gamma**time_in_episode(tr).astype(r.dtype))
   ends = _ends(tr)
-  starts = episode_starts(tr)
+  starts = batch_count(tr, normalization)  # episodes, or samples
   cum_bar = jax.lax.stop_gradient(
       _segment_scan(log_probs(log_prob_fn, theta_bar, tr), ends, 1.0))
 

@@ -45,9 +45,12 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
   alpha = PAPER_ALPHA.get(env, 1.0)
   action_clip = family.action_bound
   if name == 'paper':
+    # The paper's α values assume the authors' per-sample normalisation of
+    # the task gradient (see `meta.estimators`).
     config = admrl.AdMRLConfig(
         n_tasks=20, n_slbo=3, n_slbo_first=PAPER_FIRST_NSLBO.get(env, 20),
-        slbo=SLBOConfig(model=ModelConfig(action_clip=action_clip)))
+        slbo=SLBOConfig(model=ModelConfig(action_clip=action_clip)),
+        task_gradient=tg.TaskGradientConfig(normalization='per_sample'))
     return config, {}, alpha
   if name == 'quick':
     # Minutes on a 2-core CPU for any family (compilation included): every

@@ -71,6 +71,12 @@ class TaskGradientConfig:
       A x = b is large by design. See `step_scale`.
     residual_action: above max_residual, 'reject' the step (u stays) or
       'shorten' it by the factor max_residual / residual.
+    normalization: what the estimators' sums are divided by:
+      'per_episode' (η is a return per episode, the unit of L and of the
+      evaluation) or 'per_sample' (the number of samples, as the authors'
+      code does; their α values assume it). Eq. 2's terms differ by the
+      factor episodes/samples (1/T for whole episodes), see
+      `meta.estimators`.
   """
   solver: str = 'adjoint'
   linear_solver: str = 'cg_normal'
@@ -86,6 +92,7 @@ class TaskGradientConfig:
   hessian_gamma: float = 1.0
   max_residual: Optional[float] = None
   residual_action: str = 'reject'
+  normalization: str = 'per_episode'
 
   def __post_init__(self):
     if self.solver not in SOLVERS:
@@ -97,6 +104,9 @@ class TaskGradientConfig:
     if self.hessian not in HESSIANS:
       raise ValueError(f'unknown Hessian estimator {self.hessian!r}; '
                        f'choose one of {", ".join(HESSIANS)}')
+    if self.normalization not in estimators.NORMALIZATIONS:
+      raise ValueError(f'unknown normalization {self.normalization!r}; '
+                       f'choose one of {", ".join(estimators.NORMALIZATIONS)}')
     if self.iters < 1 or (self.gmres_restart is not None
                           and self.gmres_restart < 1):
       raise ValueError('iters and gmres_restart must be >= 1, got '
@@ -278,8 +288,9 @@ def from_samples(config: TaskGradientConfig, family: TaskFamily,
       closure of `estimators.make_pathwise_return` over the model, start
       states and noise.
   """
+  norm = config.normalization
   g = estimators.policy_gradient(family, log_prob_fn, theta_hat, psi,
-                                 real_hat, config.gamma, config.lam)
+                                 real_hat, config.gamma, config.lam, norm)
   if config.hessian == 'pathwise':
     if pathwise is None:
       raise ValueError("hessian='pathwise' needs the `pathwise` objective")
@@ -288,14 +299,14 @@ def from_samples(config: TaskGradientConfig, family: TaskFamily,
   else:
     hessian_objective = estimators.reinforce_hessian_objective(
         family, log_prob_fn, theta_hat, psi, virtual.transitions,
-        config.hessian_gamma)
+        config.hessian_gamma, norm)
     mixed_objective = estimators.mixed_objective(
-        family, log_prob_fn, virtual, config.gamma, config.lam)
+        family, log_prob_fn, virtual, config.gamma, config.lam, norm)
   return assemble(
       config, psi=psi, theta_hat=theta_hat, policy_grad=g,
-      return_grad_star=estimators.return_psi_grad(family, psi,
-                                                   real_star_transitions),
-      return_grad_hat=estimators.return_psi_grad(family, psi,
-                                                 real_hat.transitions),
+      return_grad_star=estimators.return_psi_grad(
+          family, psi, real_star_transitions, norm),
+      return_grad_hat=estimators.return_psi_grad(
+          family, psi, real_hat.transitions, norm),
       hessian_objective=hessian_objective, mixed_objective=mixed_objective,
       dpsi_du=dpsi_du(family))

@@ -1,0 +1,141 @@
+"""A*(ψ) of evaluation tasks, cached per (family, ψ, budget) in a JSON file
+so that every method compared uses the same A* and an interrupted
+computation keeps the finished tasks. Flag-free (`experiments.evaluate` and
+`experiments.study` share it)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+
+from experiments.common import UsageError
+
+
+# ----------------------------------------------------------- A* cache
+def family_fingerprint(family) -> str:
+  """What besides ψ sets a family's returns: name, horizon, frame skip,
+  pipeline, and a run's calibration (Cheetah-Highdim's μ, σ)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  parts = [family.name, f'h{family.horizon}']
+  for name in ('frame_skip', 'pipeline'):
+    value = getattr(family, name, None)
+    if value is not None:
+      parts.append(f'{name}={value}')
+  mean = getattr(family, 'state_mean', None)
+  if mean is not None:
+    blob = np.concatenate([np.asarray(mean, np.float32).ravel(),
+                           np.asarray(family.state_std, np.float32).ravel()])
+    parts.append('cal=' + hashlib.sha1(blob.tobytes()).hexdigest()[:10])
+  return '|'.join(parts)
+
+
+def astar_key(fingerprint: str, psi, method: str, budget, tag: str = ''
+              ) -> str:
+  where = 'closed_form' if method == 'closed_form' else f'slbo{budget}'
+  return (f'{fingerprint}|{where}|psi=' + ','.join(f'{float(v):.6g}'
+                                                   for v in psi)
+          + (f'|{tag}' if tag else ''))
+
+
+def read_cache(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      cache = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UsageError(f'--astar_cache {path} is unreadable ({e}); move it '
+                     'aside') from None
+  if not isinstance(cache, dict):
+    raise UsageError(f'--astar_cache {path} is not a JSON object')
+  return cache
+
+
+def update_cache(path: str, entries: dict) -> None:
+  """Merges `entries` into the cache file (re-read first: another evaluation
+  may have written meanwhile; existing entries win) and writes atomically."""
+  cache = read_cache(path)
+  for key, value in entries.items():
+    cache.setdefault(key, value)
+  write_json(path, cache)
+
+
+def write_json(path: str, value) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=1, allow_nan=False)
+  os.replace(tmp, path)
+
+
+def astar_values(family, slbo_config, tasks, method, budget, stage_samples,
+                 cache_path, seed, log, on_task=None, tag=''):
+  """A* of every task, (t,), from the cache or computed, each task cached as
+  soon as it is computed (an interrupted run keeps the finished ones).
+
+  Args:
+    seed: task i's SLBO run uses the key fold_in(key(seed), i).
+    log: one-line messages (a line before the first task, and per task with
+      an ETA unless `on_task` is given).
+    on_task: optional `on_task(i, value, seconds)` after each computed task.
+    tag: appended to the cache keys (e.g. a repeat with another seed).
+  Returns:
+    (values (t,) float64, number computed now).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import optimum  # pylint: disable=g-import-not-at-top
+  from experiments.common import wait  # pylint: disable=g-import-not-at-top
+
+  fingerprint = family_fingerprint(family)
+  keys = [astar_key(fingerprint, psi, method, budget, tag) for psi in tasks]
+  cache = read_cache(cache_path)
+  missing = [i for i, key in enumerate(keys) if key not in cache]
+
+  def entry(i, value, **more):
+    return dict(astar=float(value), family=fingerprint,
+                psi=[float(v) for v in tasks[i]], method=method,
+                budget=None if method == 'closed_form' else budget,
+                created=time.strftime('%Y-%m-%dT%H:%M:%S'), **more)
+
+  if missing and method == 'closed_form':
+    values = np.asarray(optimum.closed_form_astar(family, tasks[missing]))
+    update_cache(cache_path, {keys[i]: entry(i, v)
+                              for i, v in zip(missing, values)})
+  elif missing:
+    estimator = optimum.SLBOOptimum(
+        family, slbo_config,
+        optimum.OptimumConfig(budget=budget, stage_samples=stage_samples))
+    estimate = jax.jit(estimator.estimate)
+    log(f'A*: {len(missing)} task(s) not cached; SLBO from scratch with '
+        f'{budget} real samples each ({estimator.config.n_stages} stages), '
+        f'cached in {cache_path} as each finishes')
+    times = []
+    for j, i in enumerate(missing):
+      t0 = time.time()
+      result = wait(estimate(jax.numpy.asarray(tasks[i]),
+                             jax.random.fold_in(jax.random.key(seed), i)))
+      value = float(result.astar)
+      times.append(time.time() - t0)
+      if math.isfinite(value):
+        update_cache(cache_path, {keys[i]: entry(
+            i, value, stage_returns=[float(v) for v in
+                                     np.asarray(result.stage_returns)],
+            stage_samples=stage_samples)})
+      else:
+        log(f'A*: estimate for task {i} is not finite; not cached')
+      if on_task is not None:
+        on_task(i, value, times[-1])
+      else:
+        # The first task includes the compilation: time the rest.
+        per_task = (np.mean(times[1:]) if len(times) > 1 else times[0])
+        left = len(missing) - j - 1
+        log(f'A* task {j + 1}/{len(missing)}: {value:.2f} '
+            f'({times[-1]:.1f}s)'
+            + (f', ETA {left * per_task:.0f}s' if left else ''))
+  cache = read_cache(cache_path)
+  return np.asarray([cache[key]['astar'] if key in cache else np.nan
+                     for key in keys], np.float64), len(missing)

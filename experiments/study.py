@@ -1,0 +1,735 @@
+r"""AdMRL against its baselines, trained and evaluated in one resumable command.
+
+    python -m experiments.study --env=lq --scale=smoke            # minutes
+    python -m experiments.study --env=lq --scale=study            # docs/STUDY.md
+    python -m experiments.study --env=hopper2d --scale=study --seeds=0,1,2
+
+For every algorithm of --algos it trains every (seed, α) member with the
+driver (`experiments.run.train`: the members of one algorithm are the lanes
+of one compiled program; α only for admrl, the baselines ignore it), then
+adapts every member's trained model to every task of the evaluation set
+(zero-shot → A0, then SLBO stages → A_n; Lin et al. 2020, Section 5) and
+compares the methods with the same A* (closed form on lq, else a long SLBO
+run per task, cached as each finishes). It writes into --workdir
+(default studies/<env>-<scale>):
+
+    study_config.json   the study's settings (a rerun must match them)
+    train/<algo>/       the driver's run directories (checkpoints, metrics)
+    eval/<algo>.json    A0 and A_n per member and task, filled in as they finish
+    astar_cache.json    A* per task
+    study.json          every measure per method, α and n, with intervals
+    study.md            the tables
+    figures/            gap heat maps, Gmax_n / CVaR / average A_n against n,
+                        Gmax_n against α, visited tasks
+
+Measures per method and n ∈ {0 (A0)} ∪ budgets, each as mean and 95%
+t-interval over seeds: Gmax_n, mean G_n, CVaR_0.1 of G_n (mean of the worst
+10% of tasks), average A_n; and the paired per-seed difference AdMRL −
+baseline with a 95% bootstrap interval (a seed's members share the initial
+model and the first task). Task-gradient diagnostics of the admrl runs: how
+often the next task's measured gap exceeded the current one, the cosine
+between two independent estimates of ∂L/∂u at the same state
+(`AdMRLConfig.gradient_noise_check`), and the step lengths ‖α ∂L/∂u‖.
+
+Killing it at any moment and rerunning the same command resumes: finished
+task iterations (checkpoints), evaluated tasks and A* values are kept.
+Flags that contradict an existing study directory are refused (exit 2),
+nothing is touched. Ctrl-C stops with one line (exit 130).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Dict, Optional, Tuple
+
+from absl import app
+from absl import flags
+
+from experiments import common
+
+common.quiet_startup()  # before JAX is imported; --verbose keeps it all
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments.astar import write_json
+from experiments.common import (UsageError, parse_floats, parse_seeds,
+                                run_main, wait)
+from experiments.progress import format_seconds
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+_ENV = flags.DEFINE_string('env', 'lq', 'Task family.')
+_SCALE = flags.DEFINE_string('scale', 'smoke', 'smoke | study | paper.')
+_ALGOS = flags.DEFINE_string('algos', 'admrl,mb_unif,mb_gauss',
+                             'Comma list of algorithms to compare.')
+_SEEDS = flags.DEFINE_string('seeds', None,
+                             'Comma list of seeds (default: the scale\'s).')
+_ALPHA = flags.DEFINE_string(
+    'alpha', None, 'Comma list of task step sizes α for admrl (default: the '
+    'scale\'s); the baselines do not use α.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Study directory (default studies/<env>-<scale>).')
+_VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
+_STOP_AFTER = flags.DEFINE_integer(
+    'stop_after_pieces', None, 'Stop cleanly after this many pieces (task '
+    'iterations, evaluated tasks, A* values); rerun to continue.')
+
+ALGOS = ('admrl', 'mb_unif', 'mb_gauss')
+EVAL_SEED = 7_777  # the evaluation's keys: fold_in(seed of the member, task)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  """The sizes of a study.
+
+  Attributes:
+    preset: the driver preset the training starts from.
+    ntasks: task iterations of each training run.
+    sets: further `--set` overrides of the training config.
+    seeds: default seeds.
+    alphas: default α list for admrl (None: the paper's α for the family).
+    eval_grid: points per axis of the evaluation grid over the family's
+      evaluation box; None keeps the family's own evaluation set.
+    stage_envs: real episodes per adaptation stage (stage_samples =
+      stage_envs × horizon).
+    stages: A_n is measured after these numbers of stages.
+    astar_stages: stages of the long SLBO run estimating A* (families
+      without a closed form).
+    astar_repeats: tasks on which A* is estimated again with another seed
+      (its noise).
+  """
+  preset: str
+  ntasks: Optional[int]
+  sets: Tuple[Tuple[str, str], ...]
+  seeds: Tuple[int, ...]
+  alphas: Optional[Tuple[float, ...]]
+  eval_grid: Optional[Tuple[int, ...]]
+  stage_envs: int
+  stages: Tuple[int, ...]
+  astar_stages: int
+  astar_repeats: int
+
+
+_DIAGNOSE = (('gradient_noise_check', 'true'),)
+SCALES: Dict[str, Scale] = {
+    # The whole pipeline in minutes (lq; used by the tests).
+    'smoke': Scale(preset='smoke', ntasks=3, sets=_DIAGNOSE, seeds=(0, 1),
+                   alphas=None, eval_grid=(3, 3), stage_envs=4, stages=(1, 2),
+                   astar_stages=4, astar_repeats=2),
+    # The reduced scale of docs/STUDY.md: the quick preset with more task
+    # iterations, the authors' per-sample gradient normalisation (so α
+    # means the paper's step), and an α sweep over two orders of magnitude.
+    'study': Scale(preset='quick', ntasks=8,
+                   sets=_DIAGNOSE + (('task_gradient.normalization',
+                                      'per_sample'),),
+                   seeds=tuple(range(10)), alphas=(0.25, 1.0, 4.0, 16.0),
+                   eval_grid=(3, 3), stage_envs=10, stages=(1, 2, 3),
+                   astar_stages=10, astar_repeats=3),
+    # The paper's sizes (Lin et al. 2020, Appendix C): for a GPU.
+    'paper': Scale(preset='paper', ntasks=None, sets=_DIAGNOSE, seeds=(0, 1, 2),
+                   alphas=None, eval_grid=None, stage_envs=10,
+                   stages=(1, 2, 3), astar_stages=50, astar_repeats=3),
+}
+
+
+def main(argv):
+  run_main(argv, run)
+
+
+# ---------------------------------------------------------------- settings
+def study_settings():
+  """Flags → the study's settings (a dict, saved as study_config.json)."""
+  if _SCALE.value not in SCALES:
+    raise UsageError(f'--scale: unknown scale {_SCALE.value!r}; valid: '
+                     f'{", ".join(SCALES)}')
+  scale = SCALES[_SCALE.value]
+  algos = [a.strip() for a in _ALGOS.value.split(',')]
+  bad = [a for a in algos if a not in ALGOS]
+  if bad or not algos or len(set(algos)) != len(algos):
+    raise UsageError(f'--algos: expected distinct names among '
+                     f'{", ".join(ALGOS)}, got {_ALGOS.value!r}')
+  seeds = (list(scale.seeds) if _SEEDS.value is None
+           else parse_seeds(_SEEDS.value))
+  if len(set(seeds)) != len(seeds):
+    raise UsageError(f'--seeds: repeated seed in {_SEEDS.value!r}')
+  alphas = (None if _ALPHA.value is None
+            else parse_floats(_ALPHA.value, 'alpha'))
+  if alphas is not None and any(not a > 0 for a in alphas):
+    raise UsageError(f'--alpha: step sizes must be > 0, got {_ALPHA.value!r}')
+  if alphas is None and scale.alphas is not None:
+    alphas = list(scale.alphas)
+  return dict(env=_ENV.value, scale=_SCALE.value, algos=algos, seeds=seeds,
+              alphas=alphas)
+
+
+def training_runs(settings):
+  """{algo: (family, config, alphas, seeds, record)} via the driver's
+  `resolve`; UsageError on a bad family or configuration."""
+  from experiments import training as driver  # pylint: disable=g-import-not-at-top
+  scale = SCALES[settings['scale']]
+  runs = {}
+  for algo in settings['algos']:
+    alphas = settings['alphas'] if algo == 'admrl' else None
+    family, config, alphas, seeds, record = driver.resolve(
+        env=settings['env'], algo=algo, preset=scale.preset, alphas=alphas,
+        seeds=settings['seeds'], ntasks=scale.ntasks, sets=dict(scale.sets))
+    if algo != 'admrl':
+      alphas = alphas[:1]  # the baselines ignore α: one member per seed
+      record['alphas'] = alphas
+    runs[algo] = (family, config, alphas, seeds, record)
+  return runs
+
+
+def check_study_dir(workdir, settings):
+  """Refuses a study directory of other settings (nothing is touched)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UsageError(f'--workdir {workdir} exists and is not a directory')
+  path = os.path.join(workdir, 'study_config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  diffs = [f'{k}: saved {saved.get(k)!r}, now {settings.get(k)!r}'
+           for k in sorted(set(saved) | set(settings))
+           if saved.get(k) != settings.get(k)]
+  if diffs:
+    raise UsageError(f'--workdir {workdir} holds a study of other settings '
+                     f'({"; ".join(diffs)}); use the same flags to resume or '
+                     'another --workdir')
+
+
+def read_json(path, default=None):
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+# ------------------------------------------------------------------ pieces
+class Pieces:
+  """Counts finished pieces, prints one line per piece with elapsed time
+  and an ETA for the whole study (work in VirtualTraining iterations, timed
+  from the first piece finished in this process, so compilation and
+  earlier sessions do not distort it), and stops after --stop_after_pieces."""
+
+  def __init__(self, total_units: float, log, stop_after=None):
+    self.total = total_units
+    self.done = 0.0
+    self.log = log
+    self.stop_after = stop_after
+    self.count = 0
+    self._t0 = None
+    self._units0 = 0.0
+
+  def skip(self, units: float) -> None:
+    """Work already finished (resumed)."""
+    self.done += units
+
+  def finished(self, units: float, message: str) -> None:
+    now = time.time()
+    self.done += units
+    self.count += 1
+    eta = ''
+    if self._t0 is None:
+      self._t0, self._units0 = now, self.done
+    elif self.done > self._units0:
+      rate = (now - self._t0) / (self.done - self._units0)
+      eta = f', study ETA {format_seconds(rate * (self.total - self.done))}'
+    self.log(f'{message} [{100 * self.done / max(self.total, 1):.0f}% of the '
+             f'study{eta}]')
+    if self.stop_after is not None and self.count >= self.stop_after:
+      raise StopStudy()
+
+
+class StopStudy(Exception):
+  """--stop_after_pieces reached."""
+
+
+def eval_tasks(family, scale):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax.envs import base  # pylint: disable=g-import-not-at-top
+  tasks = np.asarray(family.eval_tasks(), np.float32)
+  if scale.eval_grid is None or len(scale.eval_grid) != family.task_dim:
+    return tasks
+  # A coarser grid over the same box (corners, edge midpoints, centre).
+  low, high = tasks.min(axis=0), tasks.max(axis=0)
+  return np.asarray(base.grid(low, high, scale.eval_grid), np.float32)
+
+
+# --------------------------------------------------------------------- run
+def run():
+  start = time.time()
+
+  def log(message):
+    print(f'[{time.time() - start:7.1f}s] {message}', flush=True)
+
+  settings = study_settings()
+  workdir = _WORKDIR.value or os.path.join(
+      'studies', f'{settings["env"]}-{settings["scale"]}')
+  check_study_dir(workdir, settings)
+  runs = training_runs(settings)
+  scale = SCALES[settings['scale']]
+
+  from experiments.common import enable_compilation_cache  # pylint: disable=g-import-not-at-top
+  enable_compilation_cache()
+  os.makedirs(workdir, exist_ok=True)
+  write_json(os.path.join(workdir, 'study_config.json'), settings)
+
+  from admrl_jax.evaluation import adaptation, optimum  # pylint: disable=g-import-not-at-top
+  family0, config0 = runs[settings['algos'][0]][:2]
+  tasks = eval_tasks(family0, scale)
+  stage_samples = scale.stage_envs * family0.horizon
+  adapt_config = adaptation.AdaptationConfig(stage_samples=stage_samples,
+                                             stages=scale.stages)
+  method = optimum.default_method(family0)
+  astar_budget = (None if method == 'closed_form'
+                  else scale.astar_stages * stage_samples)
+
+  # Work in VirtualTraining iterations, for the ETA.
+  def train_units(config, n_members):
+    s = config.slbo
+    per_task = s.n_zeroshot + config.n_slbo * s.n_inner
+    return n_members * per_task * config.n_tasks
+
+  n_vt_adapt = (config0.slbo.n_zeroshot
+                + scale.stages[-1] * config0.slbo.n_inner)
+  members = {algo: [(s, a) for s in r[3] for a in r[2]]
+             for algo, r in runs.items()}
+  total = sum(train_units(r[1], len(members[a])) for a, r in runs.items())
+  total += sum(len(m) for m in members.values()) * len(tasks) * n_vt_adapt
+  n_astar = 0 if method == 'closed_form' else len(tasks) + scale.astar_repeats
+  total += n_astar * scale.astar_stages * config0.slbo.n_inner
+  log(f'study of {", ".join(settings["algos"])} on {settings["env"]} '
+      f'({settings["scale"]} scale) in {workdir}: seeds {settings["seeds"]}, '
+      f'admrl alphas {runs.get("admrl", runs[settings["algos"][0]])[2]}; '
+      f'{len(tasks)} evaluation tasks, A_n at n = {list(adapt_config.budgets)}'
+      f', A* {method}'
+      + (f' ({astar_budget} real samples per task)' if astar_budget else ''))
+  pieces = Pieces(total, log, _STOP_AFTER.value)
+  try:
+    for algo, (family, config, alphas, seeds, record) in runs.items():
+      train(algo, family, config, alphas, seeds, record, workdir, pieces,
+            train_units(config, len(members[algo])) / config.n_tasks, log)
+    astar = astar_values(family0, config0, tasks, method, astar_budget,
+                         stage_samples, scale, workdir, pieces, log)
+    evaluations = {}
+    for algo, (family, config, alphas, seeds, record) in runs.items():
+      evaluations[algo] = evaluate(algo, family, config, members[algo],
+                                   tasks, adapt_config, workdir, pieces,
+                                   n_vt_adapt, log)
+  except StopStudy:
+    log(f'stopped after {pieces.count} piece(s) (--stop_after_pieces); '
+        'rerun the same command to continue')
+    return
+  report = summarize(settings, runs, members, tasks, adapt_config, astar,
+                     method, astar_budget, evaluations, workdir)
+  write_json(os.path.join(workdir, 'study.json'), report)
+  with open(os.path.join(workdir, 'study.md'), 'w') as f:
+    f.write(markdown(report))
+  draw(report, runs, workdir)
+  log(f'wrote {os.path.join(workdir, "study.json")}, study.md and figures/')
+  timings = read_json(os.path.join(workdir, 'timings.json'), {})
+  timings[f'session_{time.strftime("%Y-%m-%dT%H:%M:%S")}'] = round(
+      time.time() - start, 1)
+  write_json(os.path.join(workdir, 'timings.json'), timings)
+
+
+def train(algo, family, config, alphas, seeds, record, workdir, pieces,
+          units_per_task, log):
+  """Trains (or resumes) one algorithm's members; one piece per task
+  iteration (counted through the driver's checkpoint lines)."""
+  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
+  from experiments import training as driver  # pylint: disable=g-import-not-at-top
+  run_dir = os.path.join(workdir, 'train', algo)
+  done = checkpoints.Manager(os.path.join(run_dir, 'checkpoints')
+                             ).latest_step() if os.path.isdir(run_dir) else None
+  done = done or 0
+  pieces.skip(done * units_per_task)
+  if done >= config.n_tasks:
+    return
+
+  def train_log(message):
+    # The driver's line after each saved task iteration; raising StopStudy
+    # here stops between two checkpoints.
+    if message.startswith('task ') and ' done in ' in message:
+      pieces.finished(units_per_task, f'{algo}: {message.split(":")[0]}')
+
+  driver.train(family, config, alphas, seeds, dict(record), run_dir,
+               train_log, phase_progress=False)
+  log(f'{algo}: trained {config.n_tasks} task iterations '
+      f'({len(seeds)} seed(s) x {len(alphas)} alpha(s))')
+
+
+def astar_values(family, config, tasks, method, budget, stage_samples, scale,
+                 workdir, pieces, log):
+  """A* per task (closed form, or cached SLBO runs) and the repeats that
+  measure its noise: {'values': (t,), 'repeats': [...]}."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from experiments import astar as astar_lib  # pylint: disable=g-import-not-at-top
+  cache = os.path.join(workdir, 'astar_cache.json')
+  units = scale.astar_stages * config.slbo.n_inner
+
+  def on_task(i, value, seconds):
+    pieces.finished(units, f'A* of task {i + 1}/{len(tasks)}: {value:.2f} '
+                    f'({seconds:.1f}s)')
+
+  values, computed = astar_lib.astar_values(
+      family, config.slbo, tasks, method, budget, stage_samples, cache, 0,
+      log, on_task=on_task)
+  if method != 'closed_form':
+    pieces.skip((len(tasks) - computed) * units)
+  repeats = []
+  if method != 'closed_form' and scale.astar_repeats:
+    # The same tasks with another seed: A*'s own noise.
+    idx = np.linspace(0, len(tasks) - 1, scale.astar_repeats).round()
+    idx = sorted(set(int(i) for i in idx))
+    again, computed = astar_lib.astar_values(
+        family, config.slbo, tasks[idx], method, budget, stage_samples,
+        cache, 1, log, on_task=on_task, tag='repeat1')
+    pieces.skip((len(idx) - computed) * units)
+    repeats = [dict(task=i, psi=[float(v) for v in tasks[i]],
+                    astar=float(values[i]), astar_repeat=float(b))
+               for i, b in zip(idx, again)]
+  return dict(values=values, repeats=repeats)
+
+
+def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
+             pieces, units, log):
+  """A0 and A_n of every member on every task, one task at a time; each
+  result is saved as it finishes (eval/<algo>.json)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
+  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(workdir, 'eval', f'{algo}.json')
+  blank = dict(members=[dict(seed=s, alpha=a) for s, a in members],
+               tasks=np.asarray(tasks, np.float64).tolist(),
+               budgets=list(adapt_config.budgets),
+               a0=[[None] * len(tasks) for _ in members],
+               an=[[None] * len(tasks) for _ in members])
+  result = read_json(path, blank)
+  if (result['members'] != blank['members']
+      or not np.allclose(result['tasks'], blank['tasks'])
+      or result['budgets'] != blank['budgets']):
+    raise UsageError(f'{path} holds another evaluation; move it aside')
+  todo = [(m, i) for m in range(len(members)) for i in range(len(tasks))
+          if result['a0'][m][i] is None]
+  pieces.skip((len(members) * len(tasks) - len(todo)) * units)
+  if not todo:
+    return result
+  run_dir = os.path.join(workdir, 'train', algo)
+  _, run_config, record = workdir_lib.load_config(run_dir)
+  state, _ = workdir_lib.load_state(run_dir, family, run_config, record)
+  adapter = adaptation.Adaptation(family, config.slbo, adapt_config)
+  adapt = jax.jit(adapter.adapt)
+  base_key = jax.random.key(EVAL_SEED)
+  for m, i in todo:
+    t0 = time.time()
+    seed = members[m][0]
+    member_state = jax.tree.map(lambda x, m=m: x[m], state.slbo)
+    # Keyed by (seed, task), not by member: methods are paired per seed.
+    key = jax.random.fold_in(jax.random.fold_in(base_key, seed), i)
+    out = wait(adapt(member_state, tasks[i], key))
+    a0 = float(out.a0)
+    an = [float(v) for v in np.asarray(out.an)]
+    result['a0'][m][i] = a0 if math.isfinite(a0) else 'nan'
+    result['an'][m][i] = [v if math.isfinite(v) else 'nan' for v in an]
+    write_json(path, result)
+    pieces.finished(units, f'{algo} member {m + 1}/{len(members)} (seed '
+                    f'{seed}, alpha {members[m][1]:g}), task {i + 1}/'
+                    f'{len(tasks)}: A0 {a0:.2f}, A_n '
+                    + ', '.join(f'{v:.2f}' for v in an)
+                    + f' ({time.time() - t0:.1f}s)')
+  return result
+
+
+# ---------------------------------------------------------------- summary
+def _num(x):
+  return float('nan') if x in (None, 'nan') else float(x)
+
+
+def summarize(settings, runs, members, tasks, adapt_config, astar, method,
+              astar_budget, evaluations, workdir):
+  """Every measure of the study as a JSON-able dict (no wall times: a
+  resumed study gives the same study.json as an uninterrupted one)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
+
+  budgets = [0] + list(adapt_config.budgets)
+  astar_v = np.asarray(astar['values'], np.float64)
+  methods = {}   # label -> per-seed arrays
+  for algo, result in evaluations.items():
+    a0 = np.asarray([[_num(v) for v in row] for row in result['a0']])
+    an = np.asarray([[[_num(v) for v in cell] for cell in row]
+                     for row in result['an']])
+    returns = np.concatenate([a0[:, :, None], an], axis=-1)  # (m, t, 1 + b)
+    alphas = sorted({a for _, a in members[algo]})
+    for alpha in alphas:
+      idx = [j for j, (_, a) in enumerate(members[algo]) if a == alpha]
+      label = f'admrl α={alpha:g}' if algo == 'admrl' else algo
+      r = returns[idx]
+      gn = astar_v[None, :, None] - r                            # (s, t, b+1)
+      methods[label] = dict(
+          algo=algo, alpha=alpha if algo == 'admrl' else None,
+          seeds=[members[algo][j][0] for j in idx], returns=r, gn=gn,
+          per_seed=dict(Gmax_n=gn.max(axis=1), mean_Gn=gn.mean(axis=1),
+                        CVaR_Gn=stats.cvar(gn, 0.1, axis=1),
+                        average_An=r.mean(axis=1)))
+  table = {}
+  for label, m in methods.items():
+    table[label] = {name: {k: np.asarray(v).tolist() if k != 'n' else v
+                           for k, v in stats.mean_ci(values).items()}
+                    for name, values in m['per_seed'].items()}
+  paired = {}
+  for label, m in methods.items():
+    if m['algo'] != 'admrl':
+      continue
+    for base_label, b in methods.items():
+      if b['algo'] == 'admrl' or b['seeds'] != m['seeds']:
+        continue
+      paired[f'{label} − {base_label}'] = {
+          name: {k: np.asarray(v).tolist() if k != 'n' else v
+                 for k, v in stats.paired_bootstrap(
+                     m['per_seed'][name], b['per_seed'][name]).items()}
+          for name in m['per_seed']}
+  report = dict(
+      settings=settings, env=settings['env'], scale=settings['scale'],
+      budgets=budgets, tasks=np.asarray(tasks, np.float64).tolist(),
+      astar_method=method, astar_budget=astar_budget,
+      astar=astar_v.tolist(), astar_repeats=astar['repeats'],
+      negative_gaps={label: int(np.sum(m['gn'] < 0))
+                     for label, m in methods.items()},
+      real_samples=_real_samples(workdir, runs),
+      methods={label: dict(algo=m['algo'], alpha=m['alpha'], seeds=m['seeds'],
+                           Gn_mean=m['gn'].mean(axis=0).tolist(),
+                           per_seed={k: np.asarray(v).tolist()
+                                     for k, v in m['per_seed'].items()})
+               for label, m in methods.items()},
+      table=table, paired=paired,
+      diagnostics=diagnostics(workdir, runs))
+  return metrics_lib.to_jsonable(report)
+
+
+def _metrics_lines(workdir, algo):
+  path = os.path.join(workdir, 'train', algo, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _real_samples(workdir, runs):
+  out = {}
+  for algo in runs:
+    lines = _metrics_lines(workdir, algo)
+    if lines:
+      out[algo] = max(line['real_samples'] for line in lines)
+  return out
+
+
+def diagnostics(workdir, runs):
+  """The admrl runs' task-gradient diagnostics per α (from metrics.jsonl)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
+  if 'admrl' not in runs:
+    return {}
+  lines = _metrics_lines(workdir, 'admrl')
+  out = {}
+  for alpha in sorted({line['alpha'] for line in lines}):
+    rows = [line for line in lines if line['alpha'] == alpha]
+    by_seed = {}
+    for line in rows:
+      by_seed.setdefault(line['seed'], []).append(line)
+    raised, pairs, steps, clipped, cosines, norms = 0, 0, [], 0, [], []
+    for seq in by_seed.values():
+      seq = sorted(seq, key=lambda r: r['task_index'])
+      for a, b in zip(seq, seq[1:]):
+        if a['gap'] is not None and b['gap'] is not None and a['grad_accepted']:
+          pairs += 1
+          raised += int(b['gap'] > a['gap'])
+      for r in seq:
+        if r['gap'] is None or r['grad_u'] is None:
+          continue
+        g = np.asarray([_num(v) for v in r['grad_u']])
+        if not r['grad_accepted']:
+          continue
+        norms.append(float(np.linalg.norm(g)))
+        steps.append(float(alpha * np.linalg.norm(g)))
+        raw = np.asarray(r['u']) + alpha * g
+        clipped += int(np.any(np.abs(raw) > 1.0))
+        if r.get('grad_u_repeat') is not None:
+          rep = np.asarray([_num(v) for v in r['grad_u_repeat']])
+          cosines.append(float(stats.cosine(g, rep)))
+    out[f'{alpha:g}'] = dict(
+        steps=len(steps),
+        gap_raised_fraction=(raised / pairs) if pairs else None,
+        gap_pairs=pairs,
+        grad_norm_quantiles=stats.quantiles(norms),
+        step_length_quantiles=stats.quantiles(steps),
+        clipped_fraction=(clipped / len(steps)) if steps else None,
+        repeat_cosine_quantiles=stats.quantiles(cosines),
+        repeat_cosine_mean=(float(np.nanmean(cosines)) if cosines else None))
+  return out
+
+
+# ---------------------------------------------------------------- output
+def _fmt_ci(cell, j):
+  m, lo, hi = cell['mean'][j], cell['lo'][j], cell['hi'][j]
+  if m is None:
+    return 'n/a'
+  if lo is None or hi is None:
+    return f'{m:.3g}'
+  return f'{m:.3g} [{lo:.3g}, {hi:.3g}]'
+
+
+MEASURES = (('Gmax_n', 'Gmax_n'), ('CVaR_Gn', 'CVaR₀.₁ G_n'),
+            ('mean_Gn', 'mean G_n'), ('average_An', 'average A_n'))
+
+
+def markdown(report) -> str:
+  """study.md: the tables of a report."""
+  lines = [f'# Study: {report["env"]}, {report["scale"]} scale', '']
+  s = report['settings']
+  lines += [f'Seeds {s["seeds"]}; algorithms {", ".join(s["algos"])}; '
+            f'{len(report["tasks"])} evaluation tasks; A* '
+            + ('closed form' if report['astar_budget'] is None else
+               f'from {report["astar_budget"]} real samples per task')
+            + f'; real samples per training run: {report["real_samples"]}.',
+            '', 'Mean over seeds [95% t-interval]; n = 0 is zero-shot (A0).',
+            '']
+  budgets = report['budgets']
+  for key, title in MEASURES:
+    lines += [f'## {title}', '',
+              '| method | ' + ' | '.join(f'n = {b}' for b in budgets) + ' |',
+              '|---|' + '---|' * len(budgets)]
+    for label, row in report['table'].items():
+      lines.append(f'| {label} | ' + ' | '.join(
+          _fmt_ci(row[key], j) for j in range(len(budgets))) + ' |')
+    lines.append('')
+  if report['paired']:
+    lines += ['## Paired differences AdMRL − baseline (per seed)', '',
+              'Mean difference [95% bootstrap interval]; negative Gmax_n, '
+              'CVaR or mean G_n differences favour AdMRL.', '']
+    for key, title in MEASURES:
+      lines += [f'### {title}', '',
+                '| comparison | ' + ' | '.join(f'n = {b}' for b in budgets)
+                + ' |', '|---|' + '---|' * len(budgets)]
+      for label, row in report['paired'].items():
+        lines.append(f'| {label} | ' + ' | '.join(
+            _fmt_ci(row[key], j) for j in range(len(budgets))) + ' |')
+      lines.append('')
+  if any(report['negative_gaps'].values()):
+    lines += ['Negative gaps (A_n above A*; A* underestimated): '
+              + ', '.join(f'{k}: {v}' for k, v in
+                          report['negative_gaps'].items()), '']
+  if report['astar_repeats']:
+    lines += ['## A* noise (same task, another seed)', '',
+              '| ψ | A* | A* again |', '|---|---|---|']
+    for r in report['astar_repeats']:
+      lines.append(f'| {", ".join(f"{v:.3g}" for v in r["psi"])} | '
+                   f'{r["astar"]:.4g} | {r["astar_repeat"]:.4g} |')
+    lines.append('')
+  if report['diagnostics']:
+    lines += ['## Task-gradient diagnostics (admrl training runs)', '',
+              '| α | steps | next gap > current | ‖∂L/∂u‖ median [min, max] '
+              '| ‖α ∂L/∂u‖ median [min, max] | step clipped by the box '
+              '| cosine of two estimates, mean (median) |',
+              '|---|---|---|---|---|---|---|']
+    for alpha, d in report['diagnostics'].items():
+      def q(v):
+        return 'n/a' if v is None else f'{v[2]:.3g} [{v[0]:.3g}, {v[4]:.3g}]'
+      frac = d['gap_raised_fraction']
+      cos_q = d['repeat_cosine_quantiles']
+      lines.append(
+          f'| {alpha} | {d["steps"]} | '
+          + ('n/a' if frac is None else f'{frac:.2f} of {d["gap_pairs"]}')
+          + f' | {q(d["grad_norm_quantiles"])} | '
+          f'{q(d["step_length_quantiles"])} | '
+          + ('n/a' if d['clipped_fraction'] is None
+             else f'{d["clipped_fraction"]:.2f}')
+          + ' | ' + ('n/a' if d['repeat_cosine_mean'] is None else
+                     f'{d["repeat_cosine_mean"]:.2f} ({cos_q[2]:.2f})')
+          + ' |')
+    lines.append('')
+  return '\n'.join(lines)
+
+
+def draw(report, runs, workdir) -> None:
+  """The study's figures under <workdir>/figures/."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
+  out = os.path.join(workdir, 'figures')
+  os.makedirs(out, exist_ok=True)
+  family = next(iter(runs.values()))[0]
+  names = plots.task_names(family)
+  budgets = report['budgets']
+  tasks = np.asarray(report['tasks'])
+  note = ('A* closed form' if report['astar_budget'] is None
+          else f'A* from {report["astar_budget"]} samples')
+  rows = [(label, metrics_lib.from_jsonable(m['Gn_mean']))
+          for label, m in report['methods'].items()]
+  fig = plots.gap_heatmaps(rows, tasks, budgets, names,
+                           title=f'{report["env"]}: G_n, mean over seeds; '
+                           f'{note}')
+  fig.savefig(os.path.join(out, 'gap_heatmaps.png'), dpi=100)
+  for key, title in MEASURES:
+    lines = []
+    for label, row in report['table'].items():
+      mean = metrics_lib.from_jsonable(row[key]['mean'])
+      half = mean - metrics_lib.from_jsonable(row[key]['lo'])
+      lines.append((label, mean, half))
+    fig = plots.curves(budgets, lines, f'{title} (95% interval over seeds)',
+                       f'{report["env"]}; {note}')
+    fig.savefig(os.path.join(out, f'{key}.png'), dpi=100)
+  alphas = [(m['alpha'], label) for label, m in report['methods'].items()
+            if m['algo'] == 'admrl']
+  if len(alphas) > 1:
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+    fig = Figure(figsize=(5.0, 3.6), layout='constrained')
+    ax = fig.subplots()
+    alphas.sort()
+    for j, b in enumerate(budgets):
+      mean = [report['table'][label]['Gmax_n']['mean'][j] for _, label in alphas]
+      ax.plot([a for a, _ in alphas], [np.nan if v is None else v
+                                       for v in mean], marker='o',
+              label=f'n = {b}')
+    for label, m in report['methods'].items():
+      if m['algo'] != 'admrl':
+        v = report['table'][label]['Gmax_n']['mean'][0]
+        if v is not None:
+          ax.axhline(v, linestyle='--', linewidth=0.8, color='0.4')
+          ax.annotate(f'{label}, n = 0', (alphas[0][0], v), fontsize=7)
+    ax.set_xscale('log')
+    ax.set_xlabel('task step size α')
+    ax.set_ylabel('Gmax_n (mean over seeds)')
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title(f'{report["env"]}: AdMRL Gmax_n against α', fontsize=9)
+    fig.savefig(os.path.join(out, 'gmax_vs_alpha.png'), dpi=100)
+  visited = []
+  for algo in runs:
+    for line in _metrics_lines(workdir, algo):
+      if line['seed'] == report['settings']['seeds'][0]:
+        label = (f'admrl α={line["alpha"]:g}' if algo == 'admrl' else algo)
+        visited.append((label, line['task_index'], line['psi']))
+  labels = list(dict.fromkeys(v[0] for v in visited))
+  runs_v = [(f'{label}, seed {report["settings"]["seeds"][0]}',
+             np.asarray([p for lab, _, p in sorted(
+                 (v for v in visited if v[0] == label), key=lambda v: v[1])],
+                        np.float64)) for label in labels]
+  if runs_v:
+    fig = plots.visited_tasks(runs_v, family.task_low, family.task_high,
+                              names, eval_tasks=tasks,
+                              title=f'{report["env"]}: training tasks visited')
+    fig.savefig(os.path.join(out, 'visited_tasks.png'), dpi=100)
+
+
+if __name__ == '__main__':
+  app.run(main)

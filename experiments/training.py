@@ -1,0 +1,228 @@
+"""Training runs of the driver as functions: `resolve` a run's settings,
+`train` (or resume) it in a workdir. Flag-free, so that `experiments.run`
+and `experiments.study` share them."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from experiments.common import (CheckpointError, UsageError, build_family,
+                                physics_overrides, wait)
+from experiments.progress import Progress, format_seconds
+
+
+def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
+            sweep='vmap', ntasks=None, sets=None, pipeline=None, horizon=None,
+            frame_skip=None, x64=False):
+  """A run's settings → (family, config, alphas, seeds, record).
+
+  The arguments are the driver's flags, parsed (alphas None: the paper's α
+  for the family; sets: {dotted field: text}). `record` is what config.json
+  holds. Raises UsageError naming the flag on bad input.
+  """
+  from admrl_jax.meta import admrl, presets  # pylint: disable=g-import-not-at-top
+
+  if algo not in admrl.ALGOS:
+    raise UsageError(f'--algo: unknown algorithm {algo!r}; valid: '
+                     f'{", ".join(admrl.ALGOS)}')
+  if preset not in presets.NAMES:
+    raise UsageError(f'--preset: unknown preset {preset!r}; valid: '
+                     f'{", ".join(presets.NAMES)}')
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  if env not in envs.names():
+    raise UsageError(f'--env: unknown environment {env!r}; valid: '
+                     f'{", ".join(envs.names())}')
+  config, family_overrides, paper_alpha = presets.preset(env, preset)
+  alphas = [paper_alpha] if alphas is None else list(alphas)
+  if not alphas or any(not a > 0 for a in alphas):
+    raise UsageError(f'--alpha: step sizes must be > 0, got {alphas}')
+  seeds = list(seeds)
+  if sweep not in ('vmap', 'map'):
+    raise UsageError(f'--sweep: expected vmap or map, got {sweep!r}')
+  overrides = {'algo': algo}
+  if ntasks is not None:
+    if ntasks < 1:
+      raise UsageError(f'--ntasks must be >= 1, got {ntasks}')
+    overrides['n_tasks'] = str(ntasks)
+  overrides.update(sets or {})
+  try:
+    config = presets.apply_overrides(config, overrides)
+  except ValueError as e:
+    raise UsageError(f'--set: {e}') from None
+  horizon = (horizon if horizon is not None
+             else family_overrides.get('horizon'))
+  family = build_family(env, pipeline, horizon, frame_skip=frame_skip)
+  # The resolved pipeline (not the flag), so that the run is rebuilt with the
+  # same physics even if the default changes.
+  record = dict(env=env, preset=preset,
+                pipeline=getattr(family, 'pipeline', None),
+                frame_skip=getattr(family, 'frame_skip', None),
+                horizon=family.horizon, alphas=alphas, seeds=seeds,
+                sweep=sweep,
+                config=_jsonable(dataclasses.asdict(config)))
+  if x64:
+    record['x64'] = True  # absent (not False) keeps older workdirs valid
+  return family, config, alphas, seeds, record
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if x is None or isinstance(x, (bool, int, float, str)):
+    return x
+  # e.g. an activation function: record its name.
+  return getattr(x, '__name__', None) or repr(x)
+
+
+def _differences(saved, current, prefix=''):
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _differences(a, b, f'{prefix}{key}.')
+    elif a != b:
+      out.append(f'{prefix}{key}: saved {a!r}, now {b!r}')
+  return out
+
+
+def check_workdir(workdir, record):
+  """The saved record of `workdir` (None for a new run); UsageError if it
+  describes another run, CheckpointError if it is unreadable."""
+  config_path = os.path.join(workdir, 'config.json')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UsageError(f'--workdir {workdir} exists and is not a directory')
+  if not os.path.exists(config_path):
+    return None
+  try:
+    with open(config_path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'{config_path} is unreadable ({e}); move the '
+                          'workdir aside or choose another --workdir') from None
+  comparable = {k: v for k, v in saved.items() if k != 'calibration'}
+  diffs = _differences(comparable, record)
+  if diffs:
+    raise UsageError(
+        f'--workdir {workdir} holds a run of another configuration '
+        f'({"; ".join(diffs[:5])}{"; …" if len(diffs) > 5 else ""}); use '
+        'another --workdir or the same flags to resume')
+  return saved
+
+
+def train(family, config, alphas, seeds, record, workdir, log,
+          stop_after=None, throttle_s=0.0, phase_progress=True):
+  """Runs (or resumes) the task iterations of every (seed, α) member in
+  `workdir`; returns the final batched `AdMRLState`.
+
+  Args:
+    family, config, alphas, seeds, record: from `resolve`.
+    workdir: the run directory (config.json, metrics.jsonl, tb/,
+      checkpoints/); an existing one must hold the same record.
+    log: a function of one message line.
+    stop_after: stop after this many task iterations in total.
+    throttle_s: seconds to sleep after each saved task iteration.
+    phase_progress: report every phase from inside the compiled program
+      (a host callback; such programs are not kept in JAX's persistent
+      compilation cache). False: one line per task iteration.
+  Raises:
+    UsageError: the workdir holds another run. CheckpointError: an
+      unreadable record or checkpoint (left in place).
+  """
+  saved = check_workdir(workdir, record)
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
+  from experiments import checkpoints, logs  # pylint: disable=g-import-not-at-top
+
+  # Calibration (Cheetah-Highdim's μ, σ) is part of the run: reuse it.
+  if saved is not None and saved.get('calibration'):
+    cal = saved['calibration']
+    family = envs.make(family.name, horizon=family.horizon,
+                       **physics_overrides(record),
+                       state_mean=np.asarray(cal['state_mean'], np.float32),
+                       state_std=np.asarray(cal['state_std'], np.float32))
+  else:
+    family = family.calibrate(jax.random.key(10_000 + seeds[0]))
+  if getattr(family, 'state_mean', None) is not None:
+    record['calibration'] = dict(
+        state_mean=[float(v) for v in family.state_mean],
+        state_std=[float(v) for v in family.state_std])
+  log(f'{family.name}: k={family.task_dim}, algo {config.algo}, '
+      f'{len(seeds)} seed(s) x {len(alphas)} alpha(s), '
+      f'{config.n_tasks} tasks, workdir {workdir}')
+
+  members = [(seed, alpha) for seed in seeds for alpha in alphas]
+  progress = Progress(config, len(members), record['sweep'], log)
+  algorithm = admrl.AdMRL(family, config,
+                          on_phase=progress if phase_progress else None)
+  state = jax.vmap(algorithm.init)(
+      jax.numpy.stack([jax.random.key(seed) for seed, _ in members]),
+      jax.numpy.asarray([alpha for _, alpha in members]))
+
+  manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
+  step = manager.latest_step()
+  if step is not None:
+    try:
+      state = manager.restore(step, state)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'the checkpoint {manager.path(step)} is corrupt or unreadable '
+          f'({type(e).__name__}: {str(e)[:200]}); it was left untouched — '
+          'move it aside to resume from an earlier one') from None
+    log(f'resumed from task iteration {step}')
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    config_path = os.path.join(workdir, 'config.json')
+    tmp = config_path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(record, f, indent=2)
+    os.replace(tmp, config_path)
+
+  done = int(np.asarray(state.iteration)[0])
+  metrics_log = logs.MetricsLog(workdir, members, keep_below=done)
+  if record['sweep'] == 'vmap':
+    iteration = jax.jit(jax.vmap(algorithm.task_iteration, in_axes=(0, None)))
+  else:
+    # Batched kernels round differently from unbatched ones (and by batch
+    # size), and RL amplifies rounding; `map` runs each member's unbatched
+    # program in turn, so a sweep member is bitwise a single run.
+    iteration = jax.jit(lambda s, first: jax.lax.map(
+        lambda member: algorithm.task_iteration(member, first), s))
+  target = config.n_tasks
+  if stop_after is not None:
+    target = min(target, stop_after)
+  progress.start(done, target)
+  compiled = False
+  start = time.time()
+  while done < target:
+    t0 = time.time()
+    if not compiled:
+      log(f'task {done + 1}/{config.n_tasks}: compiling the task iteration, '
+          'then running it'
+          + (' (a line per phase follows)' if phase_progress else ''))
+      compiled = True
+    # `wait` polls, so Ctrl-C is not held up by a long compiled call.
+    state, metrics = wait(iteration(state, done == 0))
+    elapsed = time.time() - t0
+    metrics_log.write(metrics, wall_time=time.time() - start)
+    manager.save(done + 1, state)
+    done += 1
+    if throttle_s > 0:
+      time.sleep(throttle_s)
+    summary = metrics_log.last_summary
+    eta = progress.eta_seconds()
+    log(f'task {done}/{config.n_tasks} done in {elapsed:.1f}s, checkpoint '
+        f'saved: {summary}'
+        + (f', ETA {format_seconds(eta)}'
+           if done < target and eta is not None else ''))
+  metrics_log.close()
+  log(f'finished {done}/{config.n_tasks} task iterations; metrics in '
+      f'{os.path.join(workdir, "metrics.jsonl")}')
+  return state
