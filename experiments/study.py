@@ -88,7 +88,8 @@ class Scale:
     ntasks: task iterations of each training run.
     sets: further `--set` overrides of the training config.
     seeds: default seeds.
-    alphas: default α list for admrl (None: the paper's α for the family).
+    alpha_factors: admrl's default α list, as multiples of the paper's α
+      for the family (Lin et al. 2020, Appendix C; 1 for lq).
     eval_grid: points per axis of the evaluation grid over the family's
       evaluation box; None keeps the family's own evaluation set.
     stage_envs: real episodes per adaptation stage (stage_samples =
@@ -103,7 +104,7 @@ class Scale:
   ntasks: Optional[int]
   sets: Tuple[Tuple[str, str], ...]
   seeds: Tuple[int, ...]
-  alphas: Optional[Tuple[float, ...]]
+  alpha_factors: Tuple[float, ...]
   eval_grid: Optional[Tuple[int, ...]]
   stage_envs: int
   stages: Tuple[int, ...]
@@ -115,20 +116,23 @@ _DIAGNOSE = (('gradient_noise_check', 'true'),)
 SCALES: Dict[str, Scale] = {
     # The whole pipeline in minutes (lq; used by the tests).
     'smoke': Scale(preset='smoke', ntasks=3, sets=_DIAGNOSE, seeds=(0, 1),
-                   alphas=None, eval_grid=(3, 3), stage_envs=4, stages=(1, 2),
+                   alpha_factors=(1.0,), eval_grid=(3, 3), stage_envs=4,
+                   stages=(1, 2),
                    astar_stages=4, astar_repeats=2),
     # The reduced scale of docs/STUDY.md: the quick preset with more task
     # iterations, the authors' per-sample gradient normalisation (so α
-    # means the paper's step), and an α sweep over two orders of magnitude.
+    # means the paper's step), and an α sweep over two orders of magnitude
+    # below the paper's α.
     'study': Scale(preset='quick', ntasks=8,
                    sets=_DIAGNOSE + (('task_gradient.normalization',
                                       'per_sample'),),
-                   seeds=tuple(range(10)), alphas=(0.25, 1.0, 4.0, 16.0),
-                   eval_grid=(3, 3), stage_envs=10, stages=(1, 2, 3),
+                   seeds=tuple(range(10)),
+                   alpha_factors=(0.01, 0.1, 0.3, 1.0), eval_grid=(3, 3),
+                   stage_envs=10, stages=(1, 2),
                    astar_stages=10, astar_repeats=3),
     # The paper's sizes (Lin et al. 2020, Appendix C): for a GPU.
     'paper': Scale(preset='paper', ntasks=None, sets=_DIAGNOSE, seeds=(0, 1, 2),
-                   alphas=None, eval_grid=None, stage_envs=10,
+                   alpha_factors=(1.0,), eval_grid=None, stage_envs=10,
                    stages=(1, 2, 3), astar_stages=50, astar_repeats=3),
 }
 
@@ -157,8 +161,14 @@ def study_settings():
             else parse_floats(_ALPHA.value, 'alpha'))
   if alphas is not None and any(not a > 0 for a in alphas):
     raise UsageError(f'--alpha: step sizes must be > 0, got {_ALPHA.value!r}')
-  if alphas is None and scale.alphas is not None:
-    alphas = list(scale.alphas)
+  if alphas is None:
+    from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+    from admrl_jax.meta import presets  # pylint: disable=g-import-not-at-top
+    if _ENV.value not in envs.names():
+      raise UsageError(f'--env: unknown environment {_ENV.value!r}; valid: '
+                       f'{", ".join(envs.names())}')
+    paper_alpha = presets.PAPER_ALPHA.get(_ENV.value, 1.0)
+    alphas = [round(f * paper_alpha, 6) for f in scale.alpha_factors]
   return dict(env=_ENV.value, scale=_SCALE.value, algos=algos, seeds=seeds,
               alphas=alphas)
 
