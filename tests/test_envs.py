@@ -270,3 +270,14 @@ def test_check_psi(families):
     family.check_psi([0.5])
   with pytest.raises(ValueError, match='finite'):
     family.check_psi([np.nan, 0.0])
+
+
+def test_ant_families_default_to_the_authors_control_step(families):
+  """Ant2D, Ant3D and Ant2D-OOD step at frame skip 1 (dt 0.01 s, the
+  authors' control step) unless told otherwise; the others keep Brax's."""
+  for name in ('ant2d', 'ant3d', 'ant2d_ood'):
+    family = families(name)
+    assert family.frame_skip == 1, name
+    assert abs(family.dt - 0.01) < 1e-9, (name, family.dt)
+  assert families('ant2d', frame_skip=5).frame_skip == 5
+  assert families('hopper2d').frame_skip > 1
