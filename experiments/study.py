@@ -119,13 +119,16 @@ SCALES: Dict[str, Scale] = {
                    alpha_factors=(1.0,), eval_grid=(3, 3), stage_envs=4,
                    stages=(1, 2),
                    astar_stages=4, astar_repeats=2),
-    # The reduced scale of docs/STUDY.md: the quick preset with more task
-    # iterations, the authors' per-sample gradient normalisation (so α
+    # The reduced scale of docs/STUDY.md (hours on a 2-core CPU for lq): the
+    # quick preset with 6 task iterations and 3 VirtualTraining iterations
+    # per phase, the authors' per-sample gradient normalisation (so α
     # means the paper's step), and an α sweep over two orders of magnitude
     # below the paper's α.
-    'study': Scale(preset='quick', ntasks=8,
+    'study': Scale(preset='quick', ntasks=6,
                    sets=_DIAGNOSE + (('task_gradient.normalization',
-                                      'per_sample'),),
+                                      'per_sample'),
+                                     ('slbo.n_zeroshot', '3'),
+                                     ('slbo.n_inner', '3')),
                    seeds=tuple(range(10)),
                    alpha_factors=(0.01, 0.1, 0.3, 1.0), eval_grid=(3, 3),
                    stage_envs=10, stages=(1, 2),
