@@ -320,7 +320,9 @@ def test_halfcheetah_highdim_resume_reuses_its_calibration(tmp_path):
   """The driver's default family at smoke size (horizon 20): a run stopped
   after task iteration 1 records the calibration (μ, σ of the random-policy
   states, which its reward needs) and resumes with it: one metrics row per
-  iteration, ψ continuing where it stopped, a finite final state."""
+  iteration, ψ continuing where it stopped, a finite final state. Its
+  provenance.json is recorded at the start, and a resume under another
+  jax version warns instead of refusing."""
   workdir = str(tmp_path / 'cheetah')
   args = ['--env=halfcheetah_highdim', '--preset=smoke', '--ntasks=2',
           '--horizon=20', '--seed=0', f'--workdir={workdir}']
@@ -331,8 +333,18 @@ def test_halfcheetah_highdim_resume_reuses_its_calibration(tmp_path):
   assert std.shape == np.asarray(calibration['state_mean']).shape
   assert std.ndim == 1 and np.all(std > 0)
   assert len(_metrics(workdir)) == 1
+  # Provenance: recorded by the first run; as if it had used another jax.
+  path = os.path.join(workdir, 'provenance.json')
+  with open(path) as f:
+    recorded = json.load(f)
+  assert recorded['versions']['jax'] == jax.__version__
+  with open(path, 'w') as f:
+    json.dump(dict(recorded, versions=dict(recorded['versions'],
+                                           jax='0.0.1')), f)
   out = _finish(_driver(args))
   assert 'resumed from task iteration 1' in out
+  # Warned (one line, naming the version change), not refused.
+  assert f'jax: 0.0.1 → {jax.__version__}' in out and 'warning:' in out
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['calibration'] == calibration
   rows = _metrics(workdir)

@@ -1,0 +1,92 @@
+"""What a run was computed with: library versions and JAX settings.
+
+A resumed run continues bitwise where it stopped only if the compiled
+programs are the same, which changes with jax, jaxlib, brax or mujoco, with
+`jax_threefry_partitionable` (how random bits are generated), with x64 and
+with the device. These are recorded once per workdir, in
+`<workdir>/provenance.json` — beside config.json, not in it: config.json
+is compared key by key to refuse another configuration, and a library
+upgrade is not one — and a resume with different values warns (in the run's
+log) instead of refusing.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+FILENAME = 'provenance.json'
+PACKAGES = ('jax', 'jaxlib', 'brax', 'mujoco', 'flax', 'optax',
+            'orbax-checkpoint', 'numpy')
+
+
+def collect() -> Dict[str, Any]:
+  """The current process's provenance (call after x64 is configured).
+
+  Returns:
+    {'versions': {package: version or None}, 'jax_threefry_partitionable':
+    bool, 'x64': bool, 'platform': str, 'device_kind': str}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  device = jax.devices()[0]
+  return dict(
+      versions=versions,
+      jax_threefry_partitionable=bool(jax.config.jax_threefry_partitionable),
+      x64=bool(jax.config.jax_enable_x64), platform=device.platform,
+      device_kind=device.device_kind)
+
+
+def differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+  """'name: saved → now' for every entry that differs (versions by
+  package), in a stable order; entries missing on one side count."""
+  out = []
+  saved_versions = saved.get('versions', {})
+  current_versions = current.get('versions', {})
+  for name in sorted(set(saved_versions) | set(current_versions)):
+    a, b = saved_versions.get(name), current_versions.get(name)
+    if a != b:
+      out.append(f'{name}: {a} → {b}')
+  for key in sorted((set(saved) | set(current)) - {'versions'}):
+    a, b = saved.get(key), current.get(key)
+    if a != b:
+      out.append(f'{key}: {a} → {b}')
+  return out
+
+
+def record_or_check(workdir: str, current: Dict[str, Any],
+                    log: Callable[[str], None]) -> Optional[List[str]]:
+  """Records `current` in a workdir without a record, or compares with it.
+
+  Args:
+    workdir: the run directory (created if needed).
+    current: `collect()` of this process.
+    log: writes one line (the warning).
+  Returns:
+    None when this call recorded it (a new run, or a workdir written before
+    provenance was recorded); else the differences, each also warned about
+    in one line (none: nothing logged).
+  """
+  path = os.path.join(workdir, FILENAME)
+  if not os.path.exists(path):
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(current, f, indent=2)
+    os.replace(tmp, path)
+    return None
+  with open(path) as f:
+    saved = json.load(f)
+  diffs = differences(saved, current)
+  if diffs:
+    log(f'warning: this run was started with other libraries or settings '
+        f'({"; ".join(diffs)}); it resumes, but not bitwise as an '
+        'uninterrupted run would continue (the programs are compiled anew; '
+        f'{path} keeps the original values)')
+  return diffs
