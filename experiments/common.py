@@ -70,19 +70,128 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def physics_overrides(record) -> dict:
-  """`make` overrides for the physics a run record names (pipeline, frame
-  skip); records written before a key existed simply lack it."""
-  return {name: record[name] for name in ('pipeline', 'frame_skip')
-          if record.get(name) is not None}
+  """`make` overrides of a run record: the physics it names (pipeline,
+  frame skip) and the family fields set with --family_set; records written
+  before a key existed simply lack it."""
+  overrides = {name: record[name] for name in ('pipeline', 'frame_skip')
+               if record.get(name) is not None}
+  overrides.update({name: _tuples(value) for name, value in
+                    record.get('family_set', {}).items()})
+  return overrides
 
 
-def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None):
-  """The family named by --env with flag overrides; UsageError on bad input."""
+def _tuples(value):
+  """JSON lists back to (nested) tuples: family fields are hashable."""
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def import_family_modules(modules, what: str = '--family_module'
+                          ) -> list[str]:
+  """Imports modules that register task families (`envs.register`).
+
+  Args:
+    modules: a comma-separated string, a list of names, or None.
+    what: where the names came from, for the error message.
+  Returns:
+    The module names, in order ([] for None or '').
+  Raises:
+    UsageError: a module cannot be imported (one line naming it).
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  if modules is None:
+    return []
+  if isinstance(modules, str):
+    modules = [m.strip() for m in modules.split(',') if m.strip()]
+  for name in modules:
+    try:
+      importlib.import_module(name)
+    except Exception as e:  # pylint: disable=broad-except
+      raise UsageError(f'{what}: cannot import {name!r} ({type(e).__name__}: '
+                       f'{str(e)[:200]}); is it on PYTHONPATH?') from None
+  return list(modules)
+
+
+# Family fields that have their own flag.
+_FLAG_FIELDS = {'name': '--env', 'horizon': '--horizon',
+                'frame_skip': '--frame_skip', 'pipeline': '--pipeline'}
+
+
+def parse_family_sets(env_name: str, items) -> dict:
+  """--family_set=field=value items → {field: value} for `envs.make`, each
+  parsed by the type of the field's default in the family `env_name`
+  (bool, int, float, str; tuples and arrays as Python literals, e.g. 2,2 or
+  ((0.9, 0.2), (-0.1, 0.8))). Values are JSON-able (tuples as lists).
+
+  Raises:
+    UsageError: malformed item, unknown field or field with its own flag,
+      or a value that does not parse.
+  """
+  import ast  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  texts = {}
+  for item in items:
+    if '=' not in item:
+      raise UsageError(f'--family_set: expected field=value, got {item!r}')
+    name, value = item.split('=', 1)
+    texts[name.strip()] = value.strip()
+  if not texts:
+    return {}
+  family = envs.make(env_name)
+  fields = {f.name for f in dataclasses.fields(family) if f.init}
+  values = {}
+  for name, text in texts.items():
+    if name in _FLAG_FIELDS:
+      raise UsageError(f'--family_set: {name} has its own flag, '
+                       f'{_FLAG_FIELDS[name]}')
+    if name not in fields:
+      raise UsageError(
+          f'--family_set: {env_name} has no field {name!r}; fields: '
+          f'{", ".join(sorted(fields - set(_FLAG_FIELDS)))}')
+    default = getattr(family, name)
+    try:
+      if isinstance(default, bool):
+        if text.lower() not in ('true', 'false', '1', '0'):
+          raise ValueError('expected true or false')
+        value = text.lower() in ('true', '1')
+      elif isinstance(default, (int, np.integer)):
+        value = int(text)
+      elif isinstance(default, (float, np.floating)):
+        value = float(text)
+      elif isinstance(default, str):
+        value = text
+      else:  # tuples, arrays, None: a Python literal
+        value = ast.literal_eval(text)
+        if isinstance(default, (tuple, list, np.ndarray)) and not isinstance(
+            value, (tuple, list)):
+          raise ValueError('expected a sequence, e.g. 1,2')
+    except (ValueError, SyntaxError) as e:
+      kind = type(default).__name__
+      raise UsageError(f'--family_set: cannot parse {name}={text!r} as '
+                       f'{kind} ({e})') from None
+    values[name] = _lists(value)
+  return values
+
+
+def _lists(value):
+  if isinstance(value, (tuple, list)):
+    return [_lists(v) for v in value]
+  return value
+
+
+def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None,
+                 fields=None):
+  """The family named by --env with flag overrides (`fields`: parsed
+  --family_set values); UsageError on bad input."""
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   if env_name not in envs.names():
     raise UsageError(f'--env: unknown environment {env_name!r}; valid: '
-                     f'{", ".join(envs.names())}')
-  overrides = {}
+                     f'{", ".join(envs.names())} (a family of another '
+                     'module: --family_module)')
+  overrides = {name: _tuples(v) for name, v in (fields or {}).items()}
   if horizon is not None:
     if horizon < 1:
       raise UsageError(f'--horizon must be >= 1, got {horizon}')
@@ -100,7 +209,12 @@ def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None):
       raise UsageError(f'--pipeline: unknown pipeline {pipeline!r}; valid: '
                        f'{", ".join(envs.PIPELINES)}')
     overrides['pipeline'] = pipeline
-  return envs.make(env_name, **overrides)
+  try:
+    return envs.make(env_name, **overrides)
+  except (ValueError, TypeError) as e:
+    raise UsageError(f'--env={env_name}'
+                     + (f' with --family_set {fields}' if fields else '')
+                     + f': {e}') from None
 
 
 def resolve_psi(family, text):
@@ -155,6 +269,33 @@ def wait(tree, poll_s: float = 0.2):
     while hasattr(leaf, 'is_ready') and not leaf.is_ready():
       time.sleep(poll_s)
   return tree
+
+
+def compile_polling(lowered, poll_s: float = 0.2):
+  """`lowered.compile()` in a helper thread, polled like `wait`, so Ctrl-C
+  reaches Python within `poll_s` during a long XLA compilation too.
+
+  Args:
+    lowered: a `jax.jit(f).lower(*args)`.
+  Returns:
+    The compiled program, called with arguments shaped like `args`.
+  """
+  import threading  # pylint: disable=g-import-not-at-top
+  done = {}
+
+  def target():
+    try:
+      done['compiled'] = lowered.compile()
+    except BaseException as e:  # pylint: disable=broad-except
+      done['error'] = e
+
+  thread = threading.Thread(target=target, daemon=True)
+  thread.start()
+  while thread.is_alive():
+    thread.join(poll_s)
+  if 'error' in done:
+    raise done['error']
+  return done['compiled']
 
 
 # ------------------------------------------------------------ quiet output

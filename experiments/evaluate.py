@@ -22,6 +22,18 @@ a column per budget; slices over the last coordinate for 3-D boxes), gmax
 (Gmax_n vs n), average_return (average A_n vs n, n = 0 is A0), visited_tasks
 (the run's training tasks over the box). Bad input: one line on stderr,
 exit status 2 (an unreadable checkpoint: exit status 1).
+
+It says first what it will do (members × tasks, budgets, A*), then adapts
+one (member, task) piece at a time, one line each with an ETA (an estimate
+after the first). Each finished piece is saved at once in
+<workdir>/eval_pieces.json (eval_<env>_pieces.json); Ctrl-C stops within
+seconds (exit status 130), and the same command again reuses the saved
+pieces (those of other settings — checkpoint, budgets, seed … — are
+dropped). Task i of the set (its index in the whole set, also under
+--max_tasks) of member m is adapted with the key
+fold_in(fold_in(key(--seed), m), i). A run of a family registered by a
+module (--family_module of the driver) imports the module recorded in its
+config.json.
 """
 from __future__ import annotations
 
@@ -64,7 +76,8 @@ _EVAL_ENV = flags.DEFINE_string(
     'eval_env', None, 'Evaluate on this family\'s evaluation set (same '
     'dynamics and observations as the run\'s), e.g. ant2d_ood.')
 _MAX_TASKS = flags.DEFINE_integer(
-    'max_tasks', None, 'Evaluate only the first N tasks of the set.')
+    'max_tasks', None, 'Evaluate only N tasks spread over the set '
+    '(evaluation.metrics.spread_subset: corners first), not the first N.')
 _EVAL_EPISODES = flags.DEFINE_integer(
     'eval_episodes', None, 'Real episodes per measured return (default '
     'stage_samples // horizon).')
@@ -76,6 +89,13 @@ _N_ZEROSHOT = flags.DEFINE_integer('n_zeroshot', None, 'Zero-shot '
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint (task iteration) to '
                              'evaluate; default the latest.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the evaluation roll-outs.')
+_FAMILY_MODULE = flags.DEFINE_string(
+    'family_module', None, 'Comma list of modules to import first (e.g. '
+    'my_pkg.tasks, which envs.register()s families), besides those the run '
+    'recorded in config.json.')
+_THROTTLE = flags.DEFINE_float(
+    'throttle_s', 0.0, 'Seconds to sleep after each saved piece (lets a test '
+    'interrupt an evaluation at a known point).')
 
 FIGURES = ('gap_heatmap', 'gmax', 'average_return', 'visited_tasks')
 
@@ -109,6 +129,7 @@ def outputs(workdir: str, record, eval_env) -> dict:
   paths = {name: os.path.join(workdir, f'{name}{suffix}.png')
            for name in FIGURES}
   paths['json'] = os.path.join(workdir, f'eval{suffix}.json')
+  paths['pieces'] = os.path.join(workdir, f'eval{suffix}_pieces.json')
   return paths
 
 
@@ -145,6 +166,7 @@ def run():
   def log(message):
     print(f'[{time.time() - start:7.1f}s] {message}', flush=True)
 
+  common.import_family_modules(_FAMILY_MODULE.value)
   workdir = _WORKDIR.value
   if not workdir:
     raise UsageError('--workdir is required')
@@ -168,6 +190,9 @@ def run():
   if _SEED.value < 0:
     raise UsageError(f'--seed must be >= 0, got {_SEED.value}')
 
+  # A rerun (after Ctrl-C) loads the adaptation program instead of
+  # compiling it again.
+  common.enable_compilation_cache()
   from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   family, config, record = workdir_lib.load_config(workdir)
   target = eval_family(family, record, _EVAL_ENV.value)
@@ -206,45 +231,48 @@ def run():
     raise CheckpointError(f'{workdir}: cannot restore {what} '
                           f'({type(e).__name__}: {str(e)[:200]})') from None
 
-  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  tasks = np.asarray(target.eval_tasks(), np.float32)
-  if max_tasks is not None:
-    tasks = tasks[:max_tasks]
+  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  all_tasks = np.asarray(target.eval_tasks(), np.float32)
+  # Indices into the whole set: they key the pieces and the roll-outs, so a
+  # task's result is the same whatever --max_tasks chose.
+  index = (np.arange(len(all_tasks)) if max_tasks is None
+           else metrics.spread_subset(all_tasks, max_tasks))
+  tasks = all_tasks[index]
   members = workdir_lib.members(record)
   paths = outputs(workdir, record, _EVAL_ENV.value)
-  log(f'{workdir}: {record["env"]} {config.algo}, checkpoint {step}, '
-      f'{len(members)} member(s); {len(tasks)} {target.name} task(s), '
-      f'budgets {budgets} ({stage_samples} per stage), A* {method}'
-      + (f' ({astar_budget} samples)' if astar_budget else ''))
+  adapter = adaptation.Adaptation(target, config.slbo, adapt_config)
+  log(f'{workdir}: {record["env"]} {config.algo}, checkpoint {step}: '
+      f'{len(members)} member(s) x {len(tasks)} {target.name} task(s)'
+      + (f' (spread over the {len(all_tasks)} of the set)'
+         if len(tasks) < len(all_tasks) else '')
+      + f' = {len(members) * len(tasks)} adaptation(s), each zero-shot '
+      f'({adapter.n_zeroshot} VirtualTraining iterations) then '
+      f'{adapt_config.n_stages} stage(s) of {stage_samples} real samples and '
+      f'{adapter.n_inner} iterations; A_n at n = {budgets}; A* {method}'
+      + (f' ({astar_budget} real samples per task, cached)' if astar_budget
+         else ''))
 
   cache_path = _ASTAR_CACHE.value or os.path.join(
       os.path.dirname(os.path.abspath(workdir)), 'astar_cache.json')
   astar, computed = astar_values(target, config.slbo, tasks, method,
                                  astar_budget, stage_samples, cache_path,
-                                 _SEED.value, log)
+                                 _SEED.value, log,
+                                 tag=family_set_tag(record))
   log(f'A* of {len(tasks)} task(s) ({computed} computed, '
       f'{len(tasks) - computed} cached) in {cache_path}')
 
-  adapter = adaptation.Adaptation(target, config.slbo, adapt_config)
-  key = jax.random.key(_SEED.value)
-  a0, an = [], []
-  for m, (seed, alpha) in enumerate(members):
-    t0 = time.time()
-    member_state = jax.tree.map(lambda x, m=m: x[m], state.slbo)
-    result = adapter.evaluate_tasks(member_state, tasks,
-                                    jax.random.fold_in(key, m))
-    a0.append(np.asarray(result.a0))
-    an.append(np.asarray(result.an))
-    log(f'member {m + 1}/{len(members)} (seed {seed}, alpha {alpha:g}): '
-        f'mean A0 {np.mean(a0[-1]):.3f}, mean A_n '
-        + ', '.join(f'{v:.3f}' for v in np.mean(an[-1], axis=0))
-        + f' ({time.time() - t0:.1f}s)')
-
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-  result = metrics.evaluation(np.stack(a0), np.stack(an), astar, tasks,
-                              budgets, method, astar_budget)
+  settings = dict(step=int(step), eval_env=target.name, budgets=budgets,
+                  stage_samples=stage_samples,
+                  eval_episodes=adapter.eval_episodes,
+                  n_zeroshot=adapter.n_zeroshot, n_inner=adapter.n_inner,
+                  seed=_SEED.value,
+                  members=[dict(seed=s, alpha=a) for s, a in members])
+  a0, an = adapt_pieces(adapter, state.slbo, members, all_tasks, index,
+                        settings, paths['pieces'], log, _THROTTLE.value)
+  result = metrics.evaluation(a0, an, astar, tasks, budgets, method,
+                              astar_budget)
   visited = np.asarray(family.from_u(np.asarray(state.visited_u)))
   iterations = np.asarray(state.iteration)
   visited = [v[:int(n)] for v, n in zip(visited, iterations)]
@@ -276,6 +304,113 @@ def run():
   draw(report_for_plots(report), paths)
   log(f'wrote {paths["json"]} and '
       f'{", ".join(os.path.basename(paths[n]) for n in FIGURES)}')
+
+
+def family_set_tag(record) -> str:
+  """The run's --family_set fields, for the A* cache keys (they change the
+  family's returns, which its fingerprint does not show)."""
+  fields = record.get('family_set') or {}
+  return ','.join(f'{k}={json.dumps(v)}' for k, v in sorted(fields.items()))
+
+
+def read_pieces(path, settings, log) -> dict:
+  """The saved pieces {"m/i": piece} of an evaluation with `settings`;
+  those of other settings (another checkpoint, budgets, seed …) are
+  dropped with a line."""
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UsageError(f'{path} is unreadable ({e}); move it aside') from None
+  if not isinstance(saved, dict) or saved.get('settings') != json.loads(
+      json.dumps(settings)):
+    log(f'{path} holds pieces of other settings; starting over')
+    return {}
+  return dict(saved.get('pieces', {}))
+
+
+def adapt_pieces(adapter, slbo_state, members, all_tasks, index, settings,
+                 path, log, throttle_s=0.0):
+  """A0 (m, t) and A_n (m, t, b) of every member on tasks all_tasks[index],
+  one (member, task) piece at a time, each saved to `path` as it finishes
+  and reused when the evaluation is run again.
+
+  Task index[j] of member m is adapted with the key
+  fold_in(fold_in(key(seed), m), index[j]) (those of
+  `Adaptation.adapt_tasks` on the whole set), by one compiled
+  `Adaptation.adapt` for every piece. `throttle_s`: seconds to sleep
+  after each saved piece.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from experiments.common import compile_polling, wait  # pylint: disable=g-import-not-at-top
+  from experiments.progress import format_seconds  # pylint: disable=g-import-not-at-top
+
+  def name(m, i):
+    return f'{m}/{int(i)}'
+
+  pieces = read_pieces(path, settings, log)
+  for key in [k for k, p in pieces.items()
+              if not np.allclose(p['psi'], all_tasks[int(k.split('/')[1])],
+                                 atol=1e-6)]:
+    del pieces[key]  # another evaluation set under the same name
+  todo = [(m, j) for m in range(len(members)) for j in range(len(index))
+          if name(m, index[j]) not in pieces]
+  total = len(members) * len(index)
+  log(f'adaptation: {total - len(todo)} of {total} piece(s) saved in {path} '
+      f'(reused), {len(todo)} to run, each saved as it finishes')
+  base_key = jax.random.key(settings['seed'])
+  compiled, member_states, times = None, {}, []
+  for count, (m, j) in enumerate(todo, 1):
+    i = int(index[j])
+    if m not in member_states:
+      member_states = {m: jax.tree.map(lambda x, m=m: x[m], slbo_state)}
+    key = jax.random.fold_in(jax.random.fold_in(base_key, m), i)
+    psi = all_tasks[i]
+    if compiled is None:
+      t0 = time.time()
+      log('compiling the adaptation program')
+      compiled = compile_polling(jax.jit(adapter.adapt).lower(
+          member_states[m], psi, key))
+      log(f'compiled in {time.time() - t0:.1f}s')
+    t0 = time.time()
+    out = wait(compiled(member_states[m], psi, key))
+    times.append(time.time() - t0)
+    a0 = float(out.a0)
+    an = [float(v) for v in np.asarray(out.an)]
+    pieces[name(m, i)] = dict(
+        a0=_finite_or_nan(a0), an=[_finite_or_nan(v) for v in an],
+        psi=[float(v) for v in psi], seconds=round(times[-1], 3),
+        finished=time.strftime('%Y-%m-%dT%H:%M:%S'))
+    write_json(path, dict(settings=settings, pieces=pieces))
+    left = len(todo) - count
+    eta = ''
+    if left:
+      eta = (f'; estimate for the {left} left: '
+             if count == 1 else ', ETA ') + format_seconds(
+                 left * float(np.mean(times)))
+    seed, alpha = members[m]
+    log(f'member {m + 1}/{len(members)} (seed {seed}, alpha {alpha:g}), '
+        f'task {j + 1}/{len(index)}: A0 {a0:.3f}, A_n '
+        + ', '.join(f'{v:.3f}' for v in an) + f' ({times[-1]:.1f}s{eta})')
+    if throttle_s > 0:
+      time.sleep(throttle_s)
+  a0 = np.asarray([[_num(pieces[name(m, i)]['a0']) for i in index]
+                   for m in range(len(members))], np.float64)
+  an = np.asarray([[[_num(v) for v in pieces[name(m, i)]['an']]
+                    for i in index] for m in range(len(members))],
+                  np.float64)
+  for m, (seed, alpha) in enumerate(members):
+    log(f'member {m + 1}/{len(members)} (seed {seed}, alpha {alpha:g}): '
+        f'mean A0 {np.mean(a0[m]):.3f}, mean A_n '
+        + ', '.join(f'{v:.3f}' for v in np.mean(an[m], axis=0)))
+  return a0, an
+
+
+def _finite_or_nan(x: float):
+  return x if math.isfinite(x) else 'nan'
 
 
 def _names(family):

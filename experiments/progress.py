@@ -110,3 +110,72 @@ class Progress:
       parts.append(f'ETA {format_seconds(eta)}')
     return (f'task {event.task_index + 1}/{self.config.n_tasks}, {what} ({who})'
             + (': ' + ', '.join(parts) if parts else ''))
+
+
+# ------------------------------------------------------------ estimate
+# Effective FLOP/s of a VirtualTraining iteration on the 2-core CPU where
+# benchmarks/virtual_training.py timed hopper2d at the paper's size
+# (benchmarks/results/virtual_training.json: 11.96 s per iteration, whose
+# FLOPs `virtual_iteration_flops` counts as 5.86e11).
+CPU_FLOPS = 49e9
+
+
+def _mlp_macs(sizes) -> int:
+  return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def virtual_iteration_flops(family, config) -> float:
+  """FLOPs of one VirtualTraining iteration (model fit, then npolicy TRPO
+  steps on virtual roll-outs) of one member, counted from the sizes: the
+  roll-out runs the model and the policy forward per virtual sample, the
+  TRPO step and the value fit about three passes of policy and value; the
+  fit, nmodel Adam steps of forward and backward (×3) on a minibatch."""
+  slbo = config.slbo
+  obs, act = family.obs_size, family.action_size
+  model = _mlp_macs((obs + act, *slbo.model.hidden, obs))
+  policy = _mlp_macs((obs, *slbo.policy.hidden, act))
+  value = _mlp_macs((obs, *slbo.value.hidden, 1))
+  samples = slbo.n_rollouts * (slbo.rollout_steps or family.horizon)
+  policy_step = 2 * samples * (model + 4 * (policy + value))
+  steps = (slbo.model.multi_step_horizon if slbo.model.loss == 'multi_step'
+           else 1)
+  fit = 2 * 3 * slbo.model.n_steps * slbo.model.batch_size * steps * model
+  return float(slbo.n_policy * policy_step + fit)
+
+
+def virtual_iterations(config, first_task: int, target: int) -> int:
+  """VirtualTraining iterations of one member over task iterations
+  [first_task, target): the first has no zero-shot phase and nslbo_first
+  stages, the others nzeroshot plus nslbo stages of ninner each."""
+  slbo = config.slbo
+  return sum((config.n_slbo_first * slbo.n_inner) if i == 0 else
+             (slbo.n_zeroshot + config.n_slbo * slbo.n_inner)
+             for i in range(first_task, target))
+
+
+def _duration(seconds: float) -> str:
+  return (f'{seconds / 3600:.1f} h' if seconds >= 2 * 3600
+          else format_seconds(seconds))
+
+
+def plan(family, config, n_members: int, first_task: int = 0,
+         target=None) -> str:
+  """One line saying what a run is about to do and how long it should
+  take: an estimate from the configuration (`virtual_iteration_flops` at
+  `CPU_FLOPS`), before anything is compiled."""
+  target = config.n_tasks if target is None else target
+  if first_task >= target:
+    return (f'{family.name}: task iterations 1..{target} of '
+            f'{config.n_tasks} are done; nothing to run')
+  n_iters = n_members * virtual_iterations(config, first_task, target)
+  seconds = n_iters * virtual_iteration_flops(family, config) / CPU_FLOPS
+  slbo = config.slbo
+  samples = slbo.n_rollouts * (slbo.rollout_steps or family.horizon)
+  return (f'{family.name}: about to run task iterations {first_task + 1}..'
+          f'{target} of {config.n_tasks} for {n_members} member(s): {n_iters} '
+          f'VirtualTraining iterations (each {slbo.n_policy} TRPO steps on '
+          f'{samples} virtual samples, {slbo.model.n_steps} model steps, '
+          f'model {list(slbo.model.hidden)}); estimated {_duration(seconds)} '
+          f'on a CPU (from the configuration at {CPU_FLOPS / 1e9:.0f} GFLOP/s'
+          ', measured on 2 cores; compilation and real collection not '
+          'included); a measured ETA follows the first task iteration')

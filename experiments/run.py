@@ -74,6 +74,13 @@ _FRAME_SKIP = flags.DEFINE_integer(
 _SET = flags.DEFINE_multi_string(
     'set', [], 'field=value override of the config, e.g. '
     'slbo.n_inner=5 or task_gradient.linear_solver=minres.')
+_FAMILY_MODULE = flags.DEFINE_string(
+    'family_module', None, 'Comma list of modules to import first, e.g. '
+    'my_pkg.tasks, which envs.register()s the --env family; recorded in '
+    'config.json (evaluate imports them too).')
+_FAMILY_SET = flags.DEFINE_multi_string(
+    'family_set', [], 'field=value: a field of the family, parsed by its '
+    'type, e.g. q_weight=5 on lq; recorded in config.json.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory (default runs/<env>-<algo>-<preset>).')
 _THROTTLE = flags.DEFINE_float(
@@ -94,7 +101,9 @@ def main(argv):
 
 # ------------------------------------------------------------ settings
 def resolve_settings():
-  """Flags → (family, config, alphas, seeds, record); UsageError on bad input."""
+  """Flags → (family, config, alphas, seeds, record); UsageError on bad input.
+  Imports the --family_module modules first."""
+  modules = common.import_family_modules(_FAMILY_MODULE.value)
   alphas = None if _ALPHA.value is None else parse_floats(_ALPHA.value,
                                                           'alpha')
   return resolve(env=_ENV.value, algo=_ALGO.value, preset=_PRESET.value,
@@ -102,7 +111,8 @@ def resolve_settings():
                  sweep=_SWEEP.value, ntasks=_NTASKS.value,
                  sets=parse_sets(_SET.value), pipeline=_PIPELINE.value,
                  horizon=_HORIZON.value, frame_skip=_FRAME_SKIP.value,
-                 x64=_X64.value)
+                 x64=_X64.value, family_modules=modules,
+                 family_sets=_FAMILY_SET.value)
 
 
 # --------------------------------------------------------------- run

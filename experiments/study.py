@@ -71,6 +71,9 @@ _ALPHA = flags.DEFINE_string(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Study directory (default studies/<env>-<scale>).')
 _VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
+_FAMILY_MODULE = flags.DEFINE_string(
+    'family_module', None, 'Comma list of modules to import first, e.g. '
+    'my_pkg.tasks, which envs.register()s the --env family.')
 _STOP_AFTER = flags.DEFINE_integer(
     'stop_after_pieces', None, 'Stop cleanly after this many pieces (task '
     'iterations, evaluated tasks, A* values); rerun to continue.')
@@ -277,6 +280,7 @@ def run():
   def log(message):
     print(f'[{time.time() - start:7.1f}s] {message}', flush=True)
 
+  common.import_family_modules(_FAMILY_MODULE.value)
   settings = study_settings()
   workdir = _WORKDIR.value or os.path.join(
       'studies', f'{settings["env"]}-{settings["scale"]}')

@@ -9,18 +9,21 @@ import os
 import time
 
 from experiments.common import (CheckpointError, UsageError, build_family,
-                                physics_overrides, wait)
-from experiments.progress import Progress, format_seconds
+                                parse_family_sets, physics_overrides, wait)
+from experiments.progress import Progress, format_seconds, plan
 
 
 def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
             sweep='vmap', ntasks=None, sets=None, pipeline=None, horizon=None,
-            frame_skip=None, x64=False):
+            frame_skip=None, x64=False, family_modules=None,
+            family_sets=()):
   """A run's settings → (family, config, alphas, seeds, record).
 
   The arguments are the driver's flags, parsed (alphas None: the paper's α
-  for the family; sets: {dotted field: text}). `record` is what config.json
-  holds. Raises UsageError naming the flag on bad input.
+  for the family; sets: {dotted field: text}; family_modules: the modules
+  already imported that registered `env`; family_sets: --family_set
+  field=value items). `record` is what config.json holds. Raises
+  UsageError naming the flag on bad input.
   """
   from admrl_jax.meta import admrl, presets  # pylint: disable=g-import-not-at-top
 
@@ -33,7 +36,9 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   if env not in envs.names():
     raise UsageError(f'--env: unknown environment {env!r}; valid: '
-                     f'{", ".join(envs.names())}')
+                     f'{", ".join(envs.names())} (a family of another '
+                     'module: --family_module)')
+  fields = parse_family_sets(env, family_sets)
   config, family_overrides, paper_alpha = presets.preset(env, preset)
   alphas = [paper_alpha] if alphas is None else list(alphas)
   if not alphas or any(not a > 0 for a in alphas):
@@ -53,7 +58,8 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
     raise UsageError(f'--set: {e}') from None
   horizon = (horizon if horizon is not None
              else family_overrides.get('horizon'))
-  family = build_family(env, pipeline, horizon, frame_skip=frame_skip)
+  family = build_family(env, pipeline, horizon, frame_skip=frame_skip,
+                        fields=fields)
   # The resolved pipeline (not the flag), so that the run is rebuilt with the
   # same physics even if the default changes.
   record = dict(env=env, preset=preset,
@@ -62,8 +68,13 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
                 horizon=family.horizon, alphas=alphas, seeds=seeds,
                 sweep=sweep,
                 config=_jsonable(dataclasses.asdict(config)))
+  # Absent (not False, not empty) keeps older workdirs valid.
   if x64:
-    record['x64'] = True  # absent (not False) keeps older workdirs valid
+    record['x64'] = True
+  if family_modules:
+    record['family_module'] = list(family_modules)
+  if fields:
+    record['family_set'] = fields
   return family, config, alphas, seeds, record
 
 
@@ -113,6 +124,15 @@ def check_workdir(workdir, record):
   return saved
 
 
+def _latest_saved_step(workdir) -> int:
+  """The latest complete checkpoint's step from the directory names (orbax
+  writes into a temporary name and renames), 0 for none."""
+  path = os.path.join(workdir, 'checkpoints')
+  steps = [int(n) for n in (os.listdir(path) if os.path.isdir(path) else [])
+           if n.isdigit()]
+  return max(steps, default=0)
+
+
 def train(family, config, alphas, seeds, record, workdir, log,
           stop_after=None, throttle_s=0.0, phase_progress=True):
   """Runs (or resumes) the task iterations of every (seed, α) member in
@@ -133,6 +153,12 @@ def train(family, config, alphas, seeds, record, workdir, log,
       unreadable record or checkpoint (left in place).
   """
   saved = check_workdir(workdir, record)
+  # Before anything is compiled (calibration included): what is to be run
+  # and an estimate of how long it takes.
+  target = config.n_tasks if stop_after is None else min(config.n_tasks,
+                                                           stop_after)
+  first = min(_latest_saved_step(workdir), target)
+  log(plan(family, config, len(seeds) * len(alphas), first, target))
 
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top

@@ -4,11 +4,18 @@ from __future__ import annotations
 import json
 import os
 
-from experiments.common import UsageError, physics_overrides
+from experiments.common import (UsageError, import_family_modules,
+                                physics_overrides)
 
 
 def load_config(workdir: str):
-  """(family, AdMRLConfig, record) of the run in `workdir`."""
+  """(family, AdMRLConfig, record) of the run in `workdir`, after importing
+  the modules its record names (--family_module).
+
+  Raises:
+    UsageError: no run there, or its family cannot be built (a module not
+      importable, an unregistered name, a bad field).
+  """
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
@@ -30,7 +37,15 @@ def load_config(workdir: str):
                                       np.float32)
     kwargs['state_std'] = np.asarray(record['calibration']['state_std'],
                                      np.float32)
-  return envs.make(record['env'], **kwargs), config, record
+  import_family_modules(record.get('family_module'),
+                        f'{path} (family_module)')
+  try:
+    family = envs.make(record['env'], **kwargs)
+  except (ValueError, TypeError) as e:
+    raise UsageError(f'{workdir}: cannot build its family {record["env"]!r} '
+                     f'({e}); a family registered by a module needs '
+                     '--family_module') from None
+  return family, config, record
 
 
 def members(record):

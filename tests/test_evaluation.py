@@ -4,6 +4,7 @@ the figures, and the evaluate/plot scripts end to end (with bad input)."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -40,12 +41,12 @@ _LOCK = threading.Lock()
 _STOP = threading.Event()
 
 
-def _script(module, *args):
+def _script(module, *args, env=None):
   with _LOCK:
     if _STOP.is_set():
       raise RuntimeError('module teardown: not starting ' + module)
     proc = subprocess.Popen(
-        [sys.executable, '-m', module, *args], cwd=ROOT,
+        [sys.executable, '-m', module, *args], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _LIVE.append(proc)
   return proc
@@ -53,7 +54,8 @@ def _script(module, *args):
 
 def _pipeline(base, results):
   """The scripts one after the other: a 2-task smoke run, evaluate (with the
-  bad-input cases beside it), then plot against a copy of the run."""
+  bad-input cases beside it), then plot against a copy of the run; then the
+  same evaluation of another copy, interrupted and run again."""
   workdir = os.path.join(base, 'lq-admrl')
   results['workdir'] = workdir
   try:
@@ -62,6 +64,8 @@ def _pipeline(base, results):
     results['run'] = run.communicate(timeout=600) + (run.returncode,)
     if run.returncode:
       return
+    interrupted = os.path.join(base, 'lq-interrupted')
+    shutil.copytree(workdir, interrupted)
     no_checkpoint = os.path.join(base, 'no-checkpoint')
     os.makedirs(no_checkpoint)
     shutil.copy(os.path.join(workdir, 'config.json'), no_checkpoint)
@@ -99,6 +103,99 @@ def _pipeline(base, results):
     plot = _script('experiments.plot', f'--workdirs={workdir},{other}',
                    f'--out={base}/figures')
     results['plot'] = plot.communicate(timeout=600) + (plot.returncode,)
+    _interrupt_and_resume(interrupted, results)
+  except Exception as e:  # pylint: disable=broad-except
+    results['error'] = repr(e)
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _interrupt_and_resume(workdir, results):
+  """The pipeline's evaluation on a copy of the run, interrupted with
+  SIGINT once a piece is saved (each piece is followed by a 3 s pause
+  there), then the same command again."""
+  args = (f'--workdir={workdir}', '--budgets=50,100', '--max_tasks=3')
+  proc = _script('experiments.evaluate', *args, '--throttle_s=3')
+  path = os.path.join(workdir, 'eval_pieces.json')
+  deadline = time.time() + 600
+  while not (os.path.exists(path) and _read_json(path)['pieces']):
+    if proc.poll() is not None or time.time() > deadline:
+      results['interrupted'] = dict(out='', err=proc.communicate()[1],
+                                    code=proc.returncode, saved={})
+      return
+    time.sleep(0.1)
+  saved = _read_json(path)['pieces']  # written atomically
+  t0 = time.time()
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=60)
+  results['interrupted'] = dict(out=out, err=err, code=proc.returncode,
+                                exit_s=time.time() - t0, saved=saved,
+                                pieces=_read_json(path)['pieces'])
+  rerun = _script('experiments.evaluate', *args)
+  results['resumed'] = rerun.communicate(timeout=600) + (rerun.returncode,)
+
+
+# A family from outside the package, as a user writes one: lq whose
+# actuators are `gain` times stronger (the closed forms follow, since they
+# use the same matrices).
+FAMILY_MODULE = '''"""lq with a gain on the actuators, registered as gain_lq."""
+import dataclasses
+
+from admrl_jax import envs
+from admrl_jax.envs import lq
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GainLQFamily(lq.LQFamily):
+  gain: float = 1.0
+
+  def _matrices(self, dtype):
+    a, b, q, r = super()._matrices(dtype)
+    return a, self.gain * b, q, r
+
+
+def gain_lq(**overrides):
+  kwargs = dict(name='gain_lq', task_low=(-1.0, -1.0), task_high=(1.0, 1.0),
+                action_bound=None)
+  kwargs.update(overrides)
+  return GainLQFamily(**kwargs)
+
+
+envs.register('gain_lq', gain_lq)
+'''
+
+
+def _family_pipeline(base, results):
+  """The driver (1 task iteration at smoke size) and evaluate (2 tasks, one
+  stage) on a family registered by a module on PYTHONPATH, with one of its
+  fields set; then evaluate without the module on the path."""
+  modules = os.path.join(base, 'modules')
+  os.makedirs(modules)
+  with open(os.path.join(modules, 'gain_lq_family.py'), 'w') as f:
+    f.write(FAMILY_MODULE)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [modules, ROOT] + [os.environ.get('PYTHONPATH', '')]))
+  workdir = os.path.join(base, 'gain_lq')
+  results['workdir'] = workdir
+  try:
+    run = _script('experiments.run', '--env=gain_lq',
+                  '--family_module=gain_lq_family', '--family_set=gain=2',
+                  '--preset=smoke', '--ntasks=1', f'--workdir={workdir}',
+                  env=env)
+    results['run'] = run.communicate(timeout=600) + (run.returncode,)
+    if run.returncode:
+      return
+    evaluate = _script('experiments.evaluate', f'--workdir={workdir}',
+                       '--budgets=25', '--max_tasks=2', env=env)
+    results['evaluate'] = evaluate.communicate(timeout=600) + (
+        evaluate.returncode,)
+    missing = _script('experiments.evaluate', f'--workdir={workdir}',
+                      '--budgets=25')
+    results['no_module'] = missing.communicate(timeout=600) + (
+        missing.returncode,)
   except Exception as e:  # pylint: disable=broad-except
     results['error'] = repr(e)
 
@@ -112,13 +209,20 @@ def scripts(tmp_path_factory):
   thread = threading.Thread(target=_pipeline, args=(base, results),
                             daemon=True)
   thread.start()
-  yield dict(results=results, thread=thread)
+  family_results = {}
+  family_thread = threading.Thread(
+      target=_family_pipeline, args=(os.path.join(base, 'user'),
+                                     family_results), daemon=True)
+  family_thread.start()
+  yield dict(results=results, thread=thread, family=family_results,
+             family_thread=family_thread)
   with _LOCK:
     _STOP.set()
     for proc in _LIVE:
       if proc.poll() is None:
         proc.kill()
   thread.join(timeout=60)
+  family_thread.join(timeout=60)
 
 
 @pytest.fixture(scope='module')
@@ -474,11 +578,13 @@ def test_evaluate_and_plot_end_to_end(scripts):
     report = json.load(f)
   lq = envs.make('lq', horizon=SMOKE_HORIZON)
   tasks = np.asarray(report['tasks'])
-  np.testing.assert_allclose(tasks, lq.eval_tasks()[:3], atol=1e-6)
+  # --max_tasks=3: three tasks spread over the set, not its first three.
+  spread = lq.eval_tasks()[metrics.spread_subset(lq.eval_tasks(), 3)]
+  np.testing.assert_allclose(tasks, spread, atol=1e-6)
   astar = np.asarray(report['Astar'])
   np.testing.assert_allclose(
       astar, [float(lq.optimal_return(jnp.asarray(p, jnp.float32), 0.0))
-              for p in lq.eval_tasks()[:3]], rtol=1e-5)
+              for p in spread], rtol=1e-5)
   an = np.asarray(report['An'])
   assert an.shape == (1, 3, 2) and np.asarray(report['A0']).shape == (1, 3)
   np.testing.assert_allclose(report['Gn'], astar[None, :, None] - an,
@@ -522,3 +628,122 @@ def test_bad_input_exits_2_with_one_line(scripts):
     assert len(lines) == 1, (what, err[-2000:])
   assert not os.path.exists(os.path.join(results['base'], 'no-checkpoint',
                                          'eval.json'))
+
+
+def test_evaluate_says_what_it_will_do_and_reports_each_task(scripts):
+  scripts['thread'].join(timeout=600)
+  out = _ok(scripts['results'], 'evaluate')
+  lines = [line.split('] ', 1)[1] for line in out.splitlines() if '] ' in line]
+  first = next(line for line in lines if ' = 3 adaptation(s)' in line)
+  assert '1 member(s) x 3 lq task(s) (spread over the 36 of the set)' in first
+  assert 'A_n at n = [50, 100]; A* closed_form' in first
+  assert lines.index(first) < lines.index('compiling the adaptation program')
+  tasks = [line for line in lines if line.startswith('member 1/1 (seed 0, '
+                                                     'alpha 1), task ')]
+  assert [line.split('task ')[1][:3] for line in tasks] == ['1/3', '2/3',
+                                                            '3/3']
+  assert 'estimate for the 2 left' in tasks[0] and 'ETA' in tasks[1], tasks
+
+
+def test_interrupted_evaluation_stops_at_once_and_resumes_its_pieces(
+    scripts):
+  """SIGINT once a piece is saved: exit 130 within seconds, one line, no
+  traceback; the same command again reuses every saved piece as it was
+  (not recomputed), runs the rest, and writes the eval.json of the
+  uninterrupted evaluation."""
+  scripts['thread'].join(timeout=900)
+  results = scripts['results']
+  assert 'error' not in results, results['error']
+  assert 'interrupted' in results, 'the pipeline stopped before'
+  stopped = results['interrupted']
+  assert stopped['code'] == 130, stopped['err'][-3000:]
+  assert stopped['exit_s'] < 10
+  print(f'SIGINT to exit: {stopped["exit_s"]:.2f}s')
+  assert [line for line in stopped['err'].splitlines() if line.strip()] == [
+      'interrupted: everything finished so far is saved; rerun the same '
+      'command to continue'], stopped['err']
+  saved = stopped['pieces']
+  assert 1 <= len(saved) < 3 and saved == {**stopped['saved'], **saved}
+  out, err, code = results['resumed']
+  assert code == 0, err[-3000:]
+  assert (f'adaptation: {len(saved)} of 3 piece(s) saved' in out
+          and f'{3 - len(saved)} to run' in out), out
+  assert out.count('alpha 1), task ') == 3 - len(saved), out
+  workdir = os.path.join(results['base'], 'lq-interrupted')
+  final = _read_json(os.path.join(workdir, 'eval_pieces.json'))['pieces']
+  assert len(final) == 3
+  for name, piece in saved.items():
+    assert final[name] == piece  # the same record, its time stamp included
+  resumed = _read_json(os.path.join(workdir, 'eval.json'))
+  reference = _read_json(os.path.join(results['workdir'], 'eval.json'))
+  for report in (resumed, reference):
+    for key in ('workdir', 'wall_time_s'):
+      report.pop(key)
+  assert resumed == reference
+
+
+# ------------------------------------------------- families of other modules
+def test_family_set_parses_fields_by_type_and_is_recorded(tmp_path):
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import training  # pylint: disable=g-import-not-at-top
+  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  assert common.parse_family_sets(
+      'lq', ['q_weight=5', 'grid_counts=3,4', 'A=((1, 0.5), (0, 1))']) == {
+          'q_weight': 5.0, 'grid_counts': [3, 4], 'A': [[1, 0.5], [0, 1]]}
+  family, _, _, _, record = training.resolve(
+      env='lq', preset='smoke', family_sets=['q_weight=5', 'grid_counts=3,4'])
+  assert family.q_weight == 5.0 and len(family.eval_tasks()) == 12
+  assert record['family_set'] == {'q_weight': 5.0, 'grid_counts': [3, 4]}
+  # What resume and evaluate rebuild from config.json.
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(record, f)
+  rebuilt, _, _ = workdir_lib.load_config(str(tmp_path))
+  assert rebuilt.q_weight == 5.0 and rebuilt.grid_counts == (3, 4)
+  assert 'family_set' not in training.resolve(env='lq', preset='smoke')[4]
+  for items, message in ((['nope=1'], "lq has no field 'nope'"),
+                         (['q_weight=abc'], 'cannot parse q_weight'),
+                         (['horizon=5'], 'its own flag, --horizon'),
+                         (['q_weight'], 'expected field=value'),
+                         (['q_weight=-1'], 'must be positive')):
+    with pytest.raises(common.UsageError, match=message):
+      training.resolve(env='lq', preset='smoke', family_sets=items)
+  # A run whose family cannot be built: one line, not a traceback.
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(dict(record, env='no_such_family'), f)
+  with pytest.raises(common.UsageError,
+                     match="cannot build its family 'no_such_family'"):
+    workdir_lib.load_config(str(tmp_path))
+  with pytest.raises(common.UsageError, match="cannot import 'no_such_mod"):
+    common.import_family_modules('no_such_module_x')
+
+
+def test_a_family_registered_by_a_module_trains_and_evaluates(scripts):
+  """--family_module and --family_set through the driver and evaluate: the
+  module and the field are recorded in config.json, and evaluate imports
+  the module and rebuilds the family with the field (its A* is the closed
+  form of lq with twice the actuator gain); without the module on the
+  path, evaluate refuses in one line."""
+  scripts['family_thread'].join(timeout=900)
+  results = scripts['family']
+  assert 'error' not in results, results['error']
+  _ok(results, 'run')
+  record = _read_json(os.path.join(results['workdir'], 'config.json'))
+  assert record['family_module'] == ['gain_lq_family']
+  assert record['family_set'] == {'gain': 2.0}
+  _ok(results, 'evaluate')
+  report = _read_json(os.path.join(results['workdir'], 'eval.json'))
+  assert report['eval_env'] == 'gain_lq' and len(report['tasks']) == 2
+  from admrl_jax.envs import lq as lq_lib  # pylint: disable=g-import-not-at-top
+  doubled = envs.make('lq', horizon=SMOKE_HORIZON,
+                      B=2 * np.asarray(lq_lib.LQFamily.B))
+  plain = envs.make('lq', horizon=SMOKE_HORIZON)
+  for psi, astar in zip(report['tasks'], report['Astar']):
+    psi = jnp.asarray(psi, jnp.float32)
+    assert astar == pytest.approx(float(doubled.optimal_return(psi, 0.0)),
+                                  rel=1e-5)
+    assert astar != pytest.approx(float(plain.optimal_return(psi, 0.0)),
+                                  rel=1e-3)
+  _, err, code = results['no_module']
+  assert code == 2, err[-2000:]
+  [line] = [line for line in err.splitlines() if line.strip()]
+  assert line.startswith('error:') and "'gain_lq_family'" in line, err

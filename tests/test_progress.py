@@ -70,3 +70,62 @@ def test_map_reports_every_member_and_counts_their_work():
   assert lines[2].endswith(f'ETA {33 * 4 / 7:.0f}s'), lines[2]
   progress(_event(2, 'task_update', gap=2.5))
   assert 'gap 2.5' in lines[-1]
+
+
+# ------------------------------------------- the estimate before a run starts
+def test_a_bare_driver_run_first_says_what_it_will_do_and_how_long(tmp_path):
+  """`python -m experiments.run` (paper-size halfcheetah_highdim): the
+  first line, before anything is compiled or written, names the work and an
+  estimate labelled as such; the FLOP count behind it, at CPU_FLOPS,
+  reproduces the benchmark's measured VirtualTraining iteration."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  from experiments import progress, training  # pylint: disable=g-import-not-at-top
+  from experiments import run as driver  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  with flagsaver.flagsaver():  # the defaults: a bare command
+    family, config, alphas, seeds, record = driver.resolve_settings()
+  assert family.name == 'halfcheetah_highdim' and record['preset'] == 'paper'
+
+  class Stop(Exception):
+    pass
+
+  lines = []
+
+  def log(message):
+    lines.append(message)
+    raise Stop  # stop at the first line
+
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(Stop):
+    training.train(family, config, alphas, seeds, record, workdir, log)
+  assert not os.path.exists(workdir)
+  [line] = lines
+  s = config.slbo
+  iterations = (config.n_slbo_first * s.n_inner + (config.n_tasks - 1) * (
+      s.n_zeroshot + config.n_slbo * s.n_inner))
+  hours = iterations * progress.virtual_iteration_flops(
+      family, config) / progress.CPU_FLOPS / 3600
+  assert line.startswith('halfcheetah_highdim: about to run task iterations '
+                         f'1..{config.n_tasks} of {config.n_tasks}'), line
+  assert f'{iterations} VirtualTraining iterations' in line, line
+  assert f'estimated {hours:.1f} h on a CPU' in line, line
+  assert 'measured ETA follows the first task iteration' in line
+  # A resumed run counts only what is left; a finished one says so.
+  assert '21..20' not in progress.plan(family, config, 1, 20)
+  assert 'about to run task iterations 20..20' in progress.plan(
+      family, config, 2, 19)
+  # The rate reproduces benchmarks/virtual_training.py's measurement.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, 'benchmarks', 'results',
+                         'virtual_training.json')) as f:
+    bench = json.load(f)
+  hopper, hopper_config, *_ = training.resolve(env=bench['meta']['env'])
+  seconds = progress.virtual_iteration_flops(
+      hopper, hopper_config) / progress.CPU_FLOPS
+  assert seconds == pytest.approx(bench['virtual_training_iteration_s'],
+                                  rel=0.05)
