@@ -351,11 +351,14 @@ def adapt_pieces(adapter, slbo_state, members, all_tasks, index, settings,
   def name(m, i):
     return f'{m}/{int(i)}'
 
-  pieces = read_pieces(path, settings, log)
-  for key in [k for k, p in pieces.items()
-              if not np.allclose(p['psi'], all_tasks[int(k.split('/')[1])],
-                                 atol=1e-6)]:
-    del pieces[key]  # another evaluation set under the same name
+  def same_task(key, piece):
+    i = int(key.split('/')[1])
+    return i < len(all_tasks) and np.allclose(piece['psi'], all_tasks[i],
+                                              atol=1e-6)
+
+  # Pieces of another evaluation set under the same name are dropped.
+  pieces = {k: p for k, p in read_pieces(path, settings, log).items()
+            if same_task(k, p)}
   todo = [(m, j) for m in range(len(members)) for j in range(len(index))
           if name(m, index[j]) not in pieces]
   total = len(members) * len(index)

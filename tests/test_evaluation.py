@@ -747,3 +747,16 @@ def test_a_family_registered_by_a_module_trains_and_evaluates(scripts):
   assert code == 2, err[-2000:]
   [line] = [line for line in err.splitlines() if line.strip()]
   assert line.startswith('error:') and "'gain_lq_family'" in line, err
+
+
+def test_one_task_at_a_time_matches_every_task_at_once(
+    adapter, trained, tasks, adapted):
+  """`experiments.evaluate` adapts one task per call of the jitted
+  `Adaptation.adapt` with the key fold_in(key, i); that is task i of
+  `adapt_tasks` over the set — bitwise on this CPU (the `lax.map` body is
+  the same program)."""
+  adapt = jax.jit(adapter.adapt)
+  for i, psi in enumerate(tasks):
+    one = adapt(trained, psi, jax.random.fold_in(jax.random.key(5), i))
+    np.testing.assert_array_equal(one.a0, adapted.a0[i])
+    np.testing.assert_array_equal(one.an, adapted.an[i])
