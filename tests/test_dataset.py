@@ -91,3 +91,14 @@ def test_add_drops_nonfinite_transitions_and_counts_them():
   assert int(after.dropped) == 7
   np.testing.assert_array_equal(after.data.reward, ds.data.reward)
   assert int(after.size) == int(ds.size) and int(after.ptr) == int(ds.ptr)
+
+
+def test_counters_stay_int32_under_x64():
+  """Sums default to int64 under x64; the dataset's counters (and so the
+  state's types, which lax.cond branches in AdMRL must keep) must not."""
+  with jax.enable_x64(True):
+    batch = _batch(0, (3, 2))
+    ds = dataset.init(jax.tree.map(lambda x: x[0, 0], batch), capacity=4)
+    out = jax.jit(dataset.add)(ds, batch)
+    for name in ('size', 'ptr', 'dropped'):
+      assert getattr(out, name).dtype == getattr(ds, name).dtype == jnp.int32

@@ -408,3 +408,14 @@ def test_normalizers_ignore_nonfinite_transitions():
       [[1.0, 2.0], [jnp.inf, 0.0], [3.0, 6.0]]))
   np.testing.assert_allclose(norm.mean, [2.0, 4.0])
   np.testing.assert_allclose(norm.var, [1.0, 4.0])
+
+
+def test_normalizer_types_are_kept_under_x64():
+  with jax.enable_x64(True):
+    norms = normalizer.normalizers_init(OBS, ACT)
+    rng = np.random.default_rng(2)
+    new = normalizer.update_from_transitions(norms, _transitions(
+        rng.normal(size=(5, OBS)), rng.normal(size=(5, ACT)),
+        rng.normal(size=(5, OBS))))
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(norms)):
+      assert a.dtype == b.dtype

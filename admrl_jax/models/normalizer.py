@@ -83,7 +83,7 @@ def update(norm: Normalizer, batch: jax.Array,
   if mask is None:
     mask = jnp.all(jnp.isfinite(batch), axis=-1)
   mask = jnp.reshape(mask, (-1, 1))
-  n_b = jnp.sum(mask.astype(jnp.int32))
+  n_b = jnp.sum(mask, dtype=jnp.int32)  # int32 also under x64
   n_safe = jnp.maximum(n_b, 1).astype(norm.mean.dtype)
   mean_b = jnp.sum(jnp.where(mask, batch, 0.0), axis=0) / n_safe
   # Two-pass variance: accurate.

@@ -58,8 +58,10 @@ def add(dataset: Dataset, batch: types.Transition) -> Dataset:
       feature_ndim)
   capacity = dataset.capacity
   keep = types.finite_transitions(flat)  # (count,)
-  n_keep = jnp.sum(keep.astype(jnp.int32))
-  rank = jnp.cumsum(keep.astype(jnp.int32)) - 1  # among the kept ones
+  # int32 also under x64 (where sums default to int64): the counters' type
+  # must not change, e.g. across the branches of a lax.cond.
+  n_keep = jnp.sum(keep, dtype=jnp.int32)
+  rank = jnp.cumsum(keep, dtype=jnp.int32) - 1  # among the kept ones
   skip = jnp.maximum(n_keep - capacity, 0)  # keep the last `capacity`
   write = keep & (rank >= skip)
   # Entries not written get an out-of-range index, which mode='drop' skips.

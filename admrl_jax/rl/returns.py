@@ -53,7 +53,7 @@ def episode_count(done: jax.Array, timeout: jax.Array) -> jax.Array:
   batch counts as one (as `meta.estimators.episode_starts` counts them).
   """
   ends = (done | timeout)[:-1]
-  return done.shape[1] + jnp.sum(ends.astype(jnp.int32))
+  return done.shape[1] + jnp.sum(ends, dtype=jnp.int32)
 
 
 def mean_episode_return(r: jax.Array, done: jax.Array,
