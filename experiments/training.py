@@ -199,9 +199,11 @@ def train(family, config, alphas, seeds, record, workdir, log,
       state = manager.restore(step, state)
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f'the checkpoint {manager.path(step)} is corrupt or unreadable '
-          f'({type(e).__name__}: {str(e)[:200]}); it was left untouched — '
-          'move it aside to resume from an earlier one') from None
+          f'the checkpoint {manager.path(step)} is corrupt or unreadable, '
+          'or of another state layout (written by another version of '
+          f'admrl_jax?) ({type(e).__name__}: {str(e)[:200]}); it was left '
+          'untouched — move it aside to resume from an earlier one, or rerun '
+          'with the version that wrote it (see provenance.json)') from None
     log(f'resumed from task iteration {step}')
   else:
     os.makedirs(workdir, exist_ok=True)
