@@ -27,6 +27,15 @@ closer (rounding differences of ~4e-6) but not bitwise `admrl.run` either.
 
 Any hyperparameter: --set=slbo.trpo.max_kl=0.02 --set=task_gradient.solver=per_dimension
 (dotted fields of `admrl_jax.meta.admrl.AdMRLConfig`).
+
+Compiled programs are kept in JAX's persistent compilation cache
+(--compilation_cache, default $ADMRL_JAX_CACHE_DIR or
+~/.cache/admrl_jax/jax_cache; '' turns it off). The per-phase progress
+lines are a host callback inside the task iteration, which JAX never
+caches: with --nophase_progress the task iteration is cached too. With
+several devices the members are sharded over them along the member axis
+(--shard=auto|on|off); --distributed calls jax.distributed.initialize()
+for a run over several hosts (untested).
 """
 from __future__ import annotations
 
@@ -45,7 +54,8 @@ from admrl_jax import envs
 from experiments.common import (parse_floats, parse_seeds, parse_sets,
                                 run_main)
 from experiments import provenance
-from experiments.training import check_workdir, resolve, train
+from experiments.training import (check_workdir, member_sharding, resolve,
+                                  train)
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim',
@@ -93,6 +103,24 @@ _X64 = flags.DEFINE_bool(
 _STOP_AFTER = flags.DEFINE_integer(
     'stop_after', None, 'Stop (cleanly, checkpoint saved) after this many '
     'task iterations in total; rerun to continue.')
+_COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache', None, 'Directory of JAX\'s persistent compilation '
+    'cache, so that a rerun or resume loads its compiled programs (default: '
+    '$ADMRL_JAX_CACHE_DIR, else ~/.cache/admrl_jax/jax_cache); an empty '
+    'value turns it off.')
+_PHASE_PROGRESS = flags.DEFINE_bool(
+    'phase_progress', True, 'A progress line per phase from inside the '
+    'compiled task iteration (a host callback: JAX never caches such a '
+    'program, so it is compiled again by every run). --nophase_progress: '
+    'one line per task iteration, and a cached task iteration.')
+_SHARD = flags.DEFINE_string(
+    'shard', 'auto', 'Shard the members (seeds x alphas) over all devices: '
+    'on | off | auto (on when there is more than one device, the sweep is '
+    'vmap and the members divide evenly over the devices).')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Call jax.distributed.initialize() first, for a '
+    'run over several hosts (one process per host, the coordinator from '
+    'the cluster\'s environment); untested.')
 
 
 def main(argv):
@@ -118,10 +146,16 @@ def resolve_settings():
 # --------------------------------------------------------------- run
 def run():
   start = time.time()
+  import jax  # pylint: disable=g-import-not-at-top
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()  # before any other JAX call
   if _X64.value:
-    import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_enable_x64', True)  # before any array exists
+  common.enable_compilation_cache(_COMPILATION_CACHE.value)
   family, config, alphas, seeds, record = resolve_settings()
+  # Refused (exit 2) before anything is written.
+  sharding, shard_note = member_sharding(_SHARD.value, len(seeds) * len(alphas),
+                                         record['sweep'])
   workdir = _WORKDIR.value or os.path.join(
       'runs', f'{family.name}-{config.algo}-{_PRESET.value}')
 
@@ -132,8 +166,11 @@ def run():
   # libraries and settings are recorded (new run) or compared (resume).
   check_workdir(workdir, record)
   provenance.record_or_check(workdir, provenance.collect(), log)
+  if shard_note:
+    log(shard_note)
   train(family, config, alphas, seeds, record, workdir, log,
-        stop_after=_STOP_AFTER.value, throttle_s=_THROTTLE.value)
+        stop_after=_STOP_AFTER.value, throttle_s=_THROTTLE.value,
+        phase_progress=_PHASE_PROGRESS.value, sharding=sharding)
 
 
 if __name__ == '__main__':

@@ -124,6 +124,50 @@ def check_workdir(workdir, record):
   return saved
 
 
+def member_sharding(shard, n_members, sweep='vmap'):
+  """--shard → (sharding, note): a `NamedSharding` that splits the member
+  axis of a batched state over all devices (None: unsharded) and, when
+  several devices are left unused, a line saying why (else None).
+
+  Args:
+    shard: 'on', 'off' or 'auto' (on when there is more than one device, the
+      sweep is vmap and `n_members` divides evenly over the devices; else
+      off, with a note saying why when there are several devices).
+    n_members: seeds × α of the run.
+    sweep: 'vmap' or 'map' (map runs members one after another: not
+      sharded).
+  Raises:
+    UsageError: an unknown value, or --shard=on with --sweep=map or with a
+      member count that the device count does not divide (both named).
+  """
+  if shard not in ('auto', 'on', 'off'):
+    raise UsageError(f'--shard: expected auto, on or off, got {shard!r}')
+  if shard == 'off':
+    return None, None
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  n_devices = len(devices)
+  if sweep != 'vmap':
+    if shard == 'on':
+      raise UsageError('--shard=on needs --sweep=vmap (map runs the members '
+                       'one after another)')
+    return None, None
+  if n_members % n_devices:
+    message = (f'{n_members} member(s) (seeds x alphas) do not divide evenly '
+               f'over {n_devices} devices')
+    if shard == 'on':
+      raise UsageError(f'--shard=on: {message}; use a multiple of '
+                       f'{n_devices} members or --shard=off')
+    return None, f'not sharded: {message} (--shard=off to silence)'
+  if shard == 'auto' and n_devices == 1:
+    return None, None
+  mesh = jax.sharding.Mesh(np.asarray(devices), ('members',))
+  sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec('members'))
+  return sharding, None
+
+
 def _latest_saved_step(workdir) -> int:
   """The latest complete checkpoint's step from the directory names (orbax
   writes into a temporary name and renames), 0 for none."""
@@ -134,7 +178,8 @@ def _latest_saved_step(workdir) -> int:
 
 
 def train(family, config, alphas, seeds, record, workdir, log,
-          stop_after=None, throttle_s=0.0, phase_progress=True):
+          stop_after=None, throttle_s=0.0, phase_progress=True,
+          sharding=None):
   """Runs (or resumes) the task iterations of every (seed, α) member in
   `workdir`; returns the final batched `AdMRLState`.
 
@@ -148,6 +193,8 @@ def train(family, config, alphas, seeds, record, workdir, log,
     phase_progress: report every phase from inside the compiled program
       (a host callback; such programs are not kept in JAX's persistent
       compilation cache). False: one line per task iteration.
+    sharding: from `member_sharding`: the members' state and the vmapped
+      task iteration are split over the devices along the member axis.
   Raises:
     UsageError: the workdir holds another run. CheckpointError: an
       unreadable record or checkpoint (left in place).
@@ -185,6 +232,11 @@ def train(family, config, alphas, seeds, record, workdir, log,
       f'{config.n_tasks} tasks, workdir {workdir}')
 
   members = [(seed, alpha) for seed in seeds for alpha in alphas]
+  if sharding is not None:
+    devices = sharding.mesh.devices.size
+    log(f'{len(members)} member(s) sharded over {devices} '
+        f'{sharding.mesh.devices.flat[0].platform} device(s), '
+        f'{len(members) // devices} per device')
   progress = Progress(config, len(members), record['sweep'], log)
   algorithm = admrl.AdMRL(family, config,
                           on_phase=progress if phase_progress else None)
@@ -215,7 +267,14 @@ def train(family, config, alphas, seeds, record, workdir, log,
 
   done = int(np.asarray(state.iteration)[0])
   metrics_log = logs.MetricsLog(workdir, members, keep_below=done)
-  if record['sweep'] == 'vmap':
+  if sharding is not None:
+    # Every leaf (state and metrics) has the member axis first; XLA
+    # partitions the vmapped program along it, one block per device.
+    state = jax.device_put(state, sharding)
+    iteration = jax.jit(
+        jax.vmap(algorithm.task_iteration, in_axes=(0, None)),
+        in_shardings=(sharding, None), out_shardings=sharding)
+  elif record['sweep'] == 'vmap':
     iteration = jax.jit(jax.vmap(algorithm.task_iteration, in_axes=(0, None)))
   else:
     # Batched kernels round differently from unbatched ones (and by batch
@@ -227,17 +286,20 @@ def train(family, config, alphas, seeds, record, workdir, log,
   if stop_after is not None:
     target = min(target, stop_after)
   progress.start(done, target)
-  compiled = False
+  compiled = None
   start = time.time()
   while done < target:
-    t0 = time.time()
-    if not compiled:
-      log(f'task {done + 1}/{config.n_tasks}: compiling the task iteration, '
-          'then running it'
+    if compiled is None:
+      log(f'task {done + 1}/{config.n_tasks}: compiling the task iteration')
+      t0 = time.time()
+      # Ahead of time, so that the compile (or the persistent cache's load)
+      # is timed apart from the run.
+      compiled = iteration.lower(state, done == 0).compile()
+      log(f'compiled in {time.time() - t0:.1f}s; running task {done + 1}'
           + (' (a line per phase follows)' if phase_progress else ''))
-      compiled = True
+    t0 = time.time()
     # `wait` polls, so Ctrl-C is not held up by a long compiled call.
-    state, metrics = wait(iteration(state, done == 0))
+    state, metrics = wait(compiled(state, done == 0))
     elapsed = time.time() - t0
     metrics_log.write(metrics, wall_time=time.time() - start)
     manager.save(done + 1, state)
