@@ -48,6 +48,10 @@ def main(argv):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                                + ' --xla_backend_optimization_level=0')
   import jax  # pylint: disable=g-import-not-at-top
+  # Compile once: a rerun loads its programs (compile times are then cache
+  # loads; ADMRL_JAX_CACHE_DIR='' or a fresh directory for cold ones).
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  cache_dir = common.enable_compilation_cache()
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
@@ -100,6 +104,7 @@ def main(argv):
   result = dict(
       meta=dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec='seconds'), jax_version=jax.__version__,
+                compilation_cache=cache_dir,
                 device=str(jax.devices()[0]), cpu_count=os.cpu_count(),
                 machine=platform.machine(), env=family.name,
                 preset=_PRESET.value, quick=_QUICK.value,

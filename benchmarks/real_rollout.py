@@ -256,6 +256,10 @@ def main(argv=None):
   args = _parse_args(argv)
   t_start = time.perf_counter()
   import jax  # pylint: disable=g-import-not-at-top
+  # Compile once: a rerun loads its programs (compile times are then cache
+  # loads; ADMRL_JAX_CACHE_DIR='' or a fresh directory for cold ones).
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  cache_dir = common.enable_compilation_cache()
   import mujoco  # pylint: disable=g-import-not-at-top
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
 
@@ -289,6 +293,7 @@ def main(argv=None):
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec='seconds'),
       'jax_version': jax.__version__,
+      'compilation_cache': cache_dir,
       'brax_version': brax_version,
       'mujoco_version': mujoco.__version__,
       'python_version': platform.python_version(),

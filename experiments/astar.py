@@ -5,12 +5,10 @@ computation keeps the finished tasks. Flag-free (`experiments.evaluate` and
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import time
 
-from experiments.common import UsageError
+from experiments.common import UsageError, read_json, write_json
 
 
 # ----------------------------------------------------------- A* cache
@@ -40,14 +38,7 @@ def astar_key(fingerprint: str, psi, method: str, budget, tag: str = ''
 
 
 def read_cache(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  try:
-    with open(path) as f:
-      cache = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UsageError(f'--astar_cache {path} is unreadable ({e}); move it '
-                     'aside') from None
+  cache = read_json(path, {}, '--astar_cache ')
   if not isinstance(cache, dict):
     raise UsageError(f'--astar_cache {path} is not a JSON object')
   return cache
@@ -60,15 +51,6 @@ def update_cache(path: str, entries: dict) -> None:
   for key, value in entries.items():
     cache.setdefault(key, value)
   write_json(path, cache)
-
-
-def write_json(path: str, value) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=1, allow_nan=False)
-  os.replace(tmp, path)
 
 
 def astar_values(family, slbo_config, tasks, method, budget, stage_samples,

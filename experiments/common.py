@@ -363,3 +363,35 @@ def quiet_startup(verbose=None) -> bool:
     if not line.startswith(_IMPORT_CHATTER):
       sys.stdout.write(line)
   return False
+
+
+def read_json(path: str, default=None, what: str = ''):
+  """The JSON value in `path`, or `default` if there is no such file.
+
+  Raises:
+    UsageError: the file is unreadable or not JSON (it is left alone);
+      the message starts with `what` (e.g. '--astar_cache ').
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    return default
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise UsageError(f'{what}{path} is unreadable ({e}); move it '
+                     'aside') from None
+
+
+def write_json(path: str, value) -> None:
+  """Writes `value` as JSON atomically (a temporary file, then a rename), so
+  a kill never leaves a half-written file; NaN is refused."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=1, allow_nan=False)
+  os.replace(tmp, path)

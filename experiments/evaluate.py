@@ -50,7 +50,8 @@ from experiments import common
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments.astar import astar_values, write_json
+from experiments.astar import astar_values
+from experiments.common import write_json
 # pylint: enable=g-import-not-at-top,wrong-import-position
 from experiments.common import (CheckpointError, UsageError, parse_floats,
                                 physics_overrides, run_main)

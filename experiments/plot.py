@@ -26,7 +26,7 @@ from experiments import common
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments.common import UsageError, run_main
+from experiments.common import UsageError, run_main, write_json
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKDIRS = flags.DEFINE_string('workdirs', None,
@@ -104,14 +104,6 @@ def _arr(x, k=None):
 
 def _num(x):
   return float('nan') if x is None else float(x)
-
-
-def write_json(path: str, value) -> None:
-  """Atomic write (a temporary file, then rename)."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
 
 
 def _astar_note(reports) -> str:

@@ -53,9 +53,8 @@ from experiments import common
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments.astar import write_json
 from experiments.common import (UsageError, parse_floats, parse_seeds,
-                                run_main, wait)
+                                read_json, run_main, wait, write_json)
 from experiments.progress import format_seconds
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -201,11 +200,9 @@ def check_study_dir(workdir, settings):
   """Refuses a study directory of other settings (nothing is touched)."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UsageError(f'--workdir {workdir} exists and is not a directory')
-  path = os.path.join(workdir, 'study_config.json')
-  if not os.path.exists(path):
+  saved = read_json(os.path.join(workdir, 'study_config.json'))
+  if saved is None:
     return
-  with open(path) as f:
-    saved = json.load(f)
   diffs = [f'{k}: saved {saved.get(k)!r}, now {settings.get(k)!r}'
            for k in sorted(set(saved) | set(settings))
            if saved.get(k) != settings.get(k)]
@@ -213,13 +210,6 @@ def check_study_dir(workdir, settings):
     raise UsageError(f'--workdir {workdir} holds a study of other settings '
                      f'({"; ".join(diffs)}); use the same flags to resume or '
                      'another --workdir')
-
-
-def read_json(path, default=None):
-  if not os.path.exists(path):
-    return default
-  with open(path) as f:
-    return json.load(f)
 
 
 # ------------------------------------------------------------------ pieces

@@ -247,3 +247,19 @@ def test_cosine_and_quantiles():
   assert np.isnan(stats.cosine([0.0, 0.0], [1.0, 1.0]))
   assert stats.quantiles([np.nan]) is None
   assert stats.quantiles([3.0, 1.0, 2.0, np.nan]) == [1.0, 1.5, 2.0, 2.5, 3.0]
+
+
+def test_corrupt_piece_file_is_refused_and_left_alone(studies, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'copy'
+  shutil.copytree(studies['whole'], workdir)
+  piece = workdir / 'eval' / 'mb_gauss.json'
+  piece.write_text('{"members": [')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.study', *SMOKE,
+       f'--workdir={workdir}'], cwd=ROOT, capture_output=True, text=True,
+      timeout=600)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'mb_gauss.json is unreadable' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert piece.read_text() == '{"members": ['
