@@ -1,11 +1,33 @@
-"""Shared fixtures: families and compiled programs are built once per session."""
+"""Shared fixtures: families and compiled programs are built once per session.
+
+JAX's persistent compilation cache is on, in a directory of its own for the
+session (unless ADMRL_JAX_CACHE_DIR is set): the scripts the tests run as
+subprocesses inherit it, so a program that several of them compile (the
+driver's task iteration, the evaluation's adaptation) is compiled once.
+"""
+import os
+import shutil
+import tempfile
 import warnings
 
 import pytest
 
 from admrl_jax import envs
+from experiments import common
 
 warnings.filterwarnings('ignore', message='.*Brax System.*')
+
+_SESSION_CACHE = None
+if 'ADMRL_JAX_CACHE_DIR' not in os.environ:
+  _SESSION_CACHE = tempfile.mkdtemp(prefix='admrl_jax_cache_')
+  os.environ['ADMRL_JAX_CACHE_DIR'] = _SESSION_CACHE
+common.enable_compilation_cache()
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _SESSION_CACHE is not None:
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')
