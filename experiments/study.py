@@ -633,7 +633,11 @@ def markdown(report) -> str:
             _fmt_ci(row[key], j) for j in range(len(budgets))) + ' |')
       lines.append('')
   if any(report['negative_gaps'].values()):
-    lines += ['Negative gaps (A_n above A*; A* underestimated): '
+    cause = ('the noise of A_n, a mean over a few episodes, around a '
+             'closed-form A*' if report['astar_budget'] is None else
+             'A* underestimated by its budget, or the noise of A_n')
+    lines += [f'Cells (seed × task × n) with G_n < 0, i.e. A_n above A* '
+              f'({cause}): '
               + ', '.join(f'{k}: {v}' for k, v in
                           report['negative_gaps'].items()), '']
   if report['astar_repeats']:
