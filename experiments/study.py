@@ -395,9 +395,13 @@ def astar_values(family, config, tasks, method, budget, stage_samples, scale,
     # The same tasks with another seed: A*'s own noise.
     idx = np.linspace(0, len(tasks) - 1, scale.astar_repeats).round()
     idx = sorted(set(int(i) for i in idx))
+    def on_repeat(j, value, seconds):
+      pieces.finished(units, f'A* of task {idx[j] + 1}/{len(tasks)} again '
+                      f'(seed 1): {value:.2f} ({seconds:.1f}s)')
+
     again, computed = astar_lib.astar_values(
         family, config.slbo, tasks[idx], method, budget, stage_samples,
-        cache, 1, log, on_task=on_task, tag='repeat1')
+        cache, 1, log, on_task=on_repeat, tag='repeat1')
     pieces.skip((len(idx) - computed) * units)
     repeats = [dict(task=i, psi=[float(v) for v in tasks[i]],
                     astar=float(values[i]), astar_repeat=float(b))
