@@ -53,8 +53,7 @@ common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 from admrl_jax import envs
 from experiments.common import (parse_floats, parse_seeds, parse_sets,
                                 run_main)
-from experiments import provenance
-from experiments.training import (check_workdir, member_sharding, resolve,
+from experiments.training import (member_sharding, resolve,
                                   train)
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -162,10 +161,6 @@ def run():
   def log(message):
     print(f'[{time.time() - start:7.1f}s] {message}', flush=True)
 
-  # Another configuration is refused before anything is written; then the
-  # libraries and settings are recorded (new run) or compared (resume).
-  check_workdir(workdir, record)
-  provenance.record_or_check(workdir, provenance.collect(), log)
   if shard_note:
     log(shard_note)
   train(family, config, alphas, seeds, record, workdir, log,

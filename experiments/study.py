@@ -347,7 +347,6 @@ def train(algo, family, config, alphas, seeds, record, workdir, pieces,
   """Trains (or resumes) one algorithm's members; one piece per task
   iteration (counted through the driver's checkpoint lines)."""
   from experiments import checkpoints  # pylint: disable=g-import-not-at-top
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
   from experiments import training as driver  # pylint: disable=g-import-not-at-top
   run_dir = os.path.join(workdir, 'train', algo)
   done = checkpoints.Manager(os.path.join(run_dir, 'checkpoints')
@@ -363,9 +362,6 @@ def train(algo, family, config, alphas, seeds, record, workdir, pieces,
     if message.startswith('task ') and ' done in ' in message:
       pieces.finished(units_per_task, f'{algo}: {message.split(":")[0]}')
 
-  driver.check_workdir(run_dir, record)
-  # What the run was computed with (libraries, x64, device), as the driver.
-  provenance.record_or_check(run_dir, provenance.collect(), log)
   driver.train(family, config, alphas, seeds, dict(record), run_dir,
                train_log, phase_progress=False)
   log(f'{algo}: trained {config.n_tasks} task iterations '

@@ -185,8 +185,9 @@ def train(family, config, alphas, seeds, record, workdir, log,
 
   Args:
     family, config, alphas, seeds, record: from `resolve`.
-    workdir: the run directory (config.json, metrics.jsonl, tb/,
-      checkpoints/); an existing one must hold the same record.
+    workdir: the run directory (config.json, provenance.json,
+      metrics.jsonl, tb/, checkpoints/); an existing one must hold the same
+      record, and other libraries than its provenance.json are warned about.
     log: a function of one message line.
     stop_after: stop after this many task iterations in total.
     throttle_s: seconds to sleep after each saved task iteration.
@@ -199,7 +200,11 @@ def train(family, config, alphas, seeds, record, workdir, log,
     UsageError: the workdir holds another run. CheckpointError: an
       unreadable record or checkpoint (left in place).
   """
+  # Another configuration is refused before anything is written; then the
+  # libraries and settings are recorded (new run) or compared (resume).
   saved = check_workdir(workdir, record)
+  from experiments import provenance  # pylint: disable=g-import-not-at-top
+  provenance.record_or_check(workdir, provenance.collect(), log)
   # Before anything is compiled (calibration included): what is to be run
   # and an estimate of how long it takes.
   target = config.n_tasks if stop_after is None else min(config.n_tasks,
