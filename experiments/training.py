@@ -200,17 +200,17 @@ def train(family, config, alphas, seeds, record, workdir, log,
     UsageError: the workdir holds another run. CheckpointError: an
       unreadable record or checkpoint (left in place).
   """
-  # Another configuration is refused before anything is written; then the
+  # Another configuration is refused before anything is written. The first
+  # line, before anything is written or compiled (calibration included),
+  # says what is to be run and an estimate of how long it takes; then the
   # libraries and settings are recorded (new run) or compared (resume).
   saved = check_workdir(workdir, record)
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
-  provenance.record_or_check(workdir, provenance.collect(), log)
-  # Before anything is compiled (calibration included): what is to be run
-  # and an estimate of how long it takes.
   target = config.n_tasks if stop_after is None else min(config.n_tasks,
                                                            stop_after)
   first = min(_latest_saved_step(workdir), target)
   log(plan(family, config, len(seeds) * len(alphas), first, target))
+  from experiments import provenance  # pylint: disable=g-import-not-at-top
+  provenance.record_or_check(workdir, provenance.collect(), log)
 
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
