@@ -104,7 +104,7 @@ def main(argv):
   # One virtual_training call, paper settings, n = 1.
   agent = slbo.SLBO(family, config)
   one_iteration = jax.jit(
-      lambda s, p, key: agent._virtual_training(s, p, key, 1))  # pylint: disable=protected-access
+      lambda s, p, key: agent.virtual_training(s, p, key, 1))
   vt_first_s, virtual_training_s = timed(
       lambda: one_iteration(state, psi, jax.random.key(4)), repeats)
 
@@ -113,13 +113,12 @@ def main(argv):
       family, slbo.policy_fn, dynamics.make_dynamics_fn(config.model),
       config.n_rollouts, config.rollout_steps))
   policy, value_params = state.agent.policy, state.agent.value
-  value = jax.vmap(jax.vmap(gm.value_apply, (None, 0)), (None, 0))
 
   def valued(key):
     tr = rollout((policy, norm), state.model, psi, start_obs, key)
     return estimators.ValuedBatch(
-        tr, value(value_params, normalizer.normalize(norm, tr.obs)),
-        value(value_params, normalizer.normalize(norm, tr.next_obs)))
+        tr, slbo.batch_value(value_params, norm, tr.obs),
+        slbo.batch_value(value_params, norm, tr.next_obs))
 
   batches = [valued(jax.random.key(i)) for i in (5, 6, 7)]
 

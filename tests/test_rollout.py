@@ -111,8 +111,7 @@ def test_determinism_and_no_recompilation(hopper):
   for psi_new in family.eval_tasks()[:3]:
     collect(None, psi_new, jax.random.key(1))
   collect(None, psi, jax.random.key(1), noise_scale=0.0)
-  assert collect.jitted._cache_size() == 1
-  assert len(TRACES) == traces
+  assert len(TRACES) == traces  # no new trace, so no new compilation
 
 
 def test_stored_transitions_rescore_any_task(hopper):

@@ -70,7 +70,9 @@ class BraxTaskFamily(base.TaskFamily):
       object.__setattr__(self, 'brax_env',
                          _brax_env(self.brax_name, self.pipeline,
                                    self.frame_skip))
-    object.__setattr__(self, 'frame_skip', int(self.brax_env._n_frames))  # pylint: disable=protected-access
+    # Brax's public dt is the physics timestep × the frames per step.
+    object.__setattr__(self, 'frame_skip', int(round(
+        float(self.brax_env.dt) / float(self.brax_env.sys.opt.timestep))))
     # A Python float, fixed at construction (the system's arrays get traced).
     object.__setattr__(self, '_dt', float(self.brax_env.dt))
 
@@ -161,4 +163,5 @@ def markov_error(family: BraxTaskFamily, key: jax.Array, n_envs: int = 8,
 
 
 def all_finite(x: jax.Array) -> jax.Array:
+  """Whether every entry of x is finite, a scalar bool."""
   return jnp.all(jnp.isfinite(x))

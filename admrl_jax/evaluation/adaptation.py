@@ -16,7 +16,8 @@ the trained ones: tasks do not see each other's samples.
 All tasks of an evaluation set run in one compiled program, a `lax.map` over
 tasks (a `vmap` would copy the large dataset once per task). Inside it the
 zero-shot phase and the stages are one `lax.scan` over phases sharing one
-VirtualTraining iteration (phase 0 skips the collection and runs nzeroshot
+VirtualTraining iteration (`SLBO.phase_scan`, which Algorithm 1's task
+iteration runs too: phase 0 skips the collection and runs nzeroshot
 iterations, the others ninner), so the program holds one copy of the model
 fit, the virtual roll-out and TRPO instead of two — about half the compile.
 """
@@ -29,9 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from admrl_jax.config import RolloutConfig
 from admrl_jax.envs.base import TaskFamily
-from admrl_jax.rl import rollout
 from admrl_jax.rl import slbo as slbo_lib
 
 
@@ -87,6 +86,7 @@ class AdaptationConfig:
 
   @property
   def n_stages(self) -> int:
+    """SLBO stages an adaptation runs (the last of `stages`)."""
     return self.stages[-1]
 
   @classmethod
@@ -148,22 +148,6 @@ class AdaptationResult:
   stage_returns: jax.Array
 
 
-def make_evaluator(family: TaskFamily, episodes: int):
-  """`evaluate(state, psi, key) -> mean return` of the mean policy over
-  `episodes` fresh real episodes (traced inside a caller's jit)."""
-  collect = rollout.make_collector(
-      family, slbo_lib.mean_policy_fn,
-      RolloutConfig(n_envs=episodes, n_steps=family.horizon))
-
-  def evaluate(state: slbo_lib.SLBOState, psi, key) -> jax.Array:
-    params = (state.agent.policy, state.model.norms.state)
-    result = collect.jitted(params, jnp.asarray(psi, jnp.float32), key,
-                            jnp.zeros((), jnp.float32))
-    return jnp.mean(result.first_return)
-
-  return evaluate
-
-
 class Adaptation:
   """The compiled adaptation of one family, trained config and eval config.
 
@@ -190,39 +174,29 @@ class Adaptation:
     self.eval_episodes = (self.slbo_config.real.n_envs
                           if config.eval_episodes is None
                           else config.eval_episodes)
-    self._evaluate = make_evaluator(family, self.eval_episodes)
+    self._evaluate = slbo_lib.make_evaluator(family, self.eval_episodes)
     self.evaluate_tasks = jax.jit(self.adapt_tasks)
 
   @property
   def budgets(self) -> Tuple[int, ...]:
+    """The real-sample counts n of the A_n (`AdaptationConfig.budgets`)."""
     return self.config.budgets
 
-  def _phase(self, psi, s: slbo_lib.SLBOState, inputs):
-    """Phase 0: VirtualTraining(nzeroshot); phase i ≥ 1: an SLBO stage,
-    collection then VirtualTraining(ninner). Then the mean policy's real
-    return."""
-    index, key = inputs
-    key_collect, key_train, key_eval = jax.random.split(key, 3)
-    s = jax.lax.cond(
-        index > 0,
-        lambda s: self.engine._collect_real(s, psi, key_collect),  # pylint: disable=protected-access
-        lambda s: s, s)
-    n_active = jnp.where(index > 0, self.n_inner, self.n_zeroshot)
-    length = max(self.n_inner, self.n_zeroshot)
-    # One masked VirtualTraining serves both phase lengths (one copy of it
-    # in the compiled program), as in the AdMRL task iteration.
-    s, _ = self.engine._virtual_training(s, psi, key_train, length, n_active)  # pylint: disable=protected-access
-    return s, self._evaluate(s, psi, key_eval)
-
   def adapt(self, state: slbo_lib.SLBOState, psi, key) -> AdaptationResult:
-    """One task ψ (k,): fresh agent, zero-shot, then the SLBO stages."""
+    """One task ψ (k,): fresh agent, zero-shot, then the SLBO stages
+    (`SLBO.phase_scan`), the mean policy's real return measured after each
+    phase with that phase's observer key."""
     psi = jnp.asarray(psi, jnp.float32)
     key_agent, key_phases = jax.random.split(key)
     s = self.engine.new_task(state, key_agent)
-    n_phases = 1 + self.config.n_stages
-    _, returns = jax.lax.scan(
-        lambda s, x: self._phase(psi, s, x), s,
-        (jnp.arange(n_phases), jax.random.split(key_phases, n_phases)))
+
+    def mean_return(s, metrics, phase):
+      del metrics
+      return jnp.mean(self._evaluate(s, psi, phase.key).first_return)
+
+    _, _, returns = self.engine.phase_scan(
+        s, psi, key_phases, 1 + self.config.n_stages,
+        n_zeroshot=self.n_zeroshot, observe=mean_return)
     return AdaptationResult(a0=returns[0],
                             an=returns[jnp.asarray(self.config.stages)],
                             stage_returns=returns[1:])

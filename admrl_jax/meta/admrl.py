@@ -242,16 +242,33 @@ class AdMRL:
     self.config = config
     self._on_phase = on_phase
     self.engine = slbo_lib.SLBO(family, config.slbo)
-    self._collect = rollout.make_collector(
+    self._collect = rollout.make_collect_fn(
         family, slbo_lib.policy_fn,
         RolloutConfig(n_envs=config.gradient_envs))
     self._virtual = virtual.make_virtual_rollout(
-        family, slbo_lib.policy_fn, self.engine._dynamics_fn,  # pylint: disable=protected-access
+        family, slbo_lib.policy_fn, self.engine.dynamics_fn,
         config.gradient_envs)
     self.jitted = jax.jit(self.task_iteration)
 
   # ------------------------------------------------------------ state
   def init(self, key: jax.Array, alpha=1.0) -> AdMRLState:
+    """The state of a run before its first task iteration.
+
+    Args:
+      key: PRNG key of the run (split into SLBO's initialisation, `slbo.init`,
+        and the run's key).
+      alpha: the task step size α of the ascent step (Lin et al. 2020,
+        arXiv:2006.08875, Algorithm 1, line 12), a scalar > 0 that may be
+        traced, so `jax.vmap(init)(keys, alphas)` sweeps α. The default 1.0
+        is not the paper's: Appendix C chooses α per family (2 for
+        Hopper2D, 8 for Walker2D, 4 for the Ant families, 16 for
+        Cheetah-Highdim), which the driver's presets use
+        (`experiments.presets.PAPER_ALPHA`).
+    Returns:
+      An `AdMRLState` at iteration 0: u = `config.first_u` in each of the k
+      coordinates, no real samples, `visited_u` (n_tasks, k) and `gaps`
+      (n_tasks,) all NaN, in the default float dtype (float64 under x64).
+    """
     k, n = self.family.task_dim, self.config.n_tasks
     key_slbo, key_run = jax.random.split(key)
     return AdMRLState(
@@ -264,6 +281,7 @@ class AdMRL:
         gaps=jnp.full((n,), jnp.nan, types.float_dtype()))
 
   def samples_per_stage(self) -> int:
+    """Real environment steps of one SLBO stage (n_envs × n_steps)."""
     return slbo_lib.real_samples_per_stage(self.family, self.config.slbo)
 
   def gradient_samples(self) -> int:
@@ -274,50 +292,30 @@ class AdMRL:
 
   # ------------------------------------------------------------ pieces
   def _phases(self, s, psi, key, first, iteration):
-    """Zero-shot (phase 0) and the SLBO stages (phases 1…) as one scan.
+    """Zero-shot (phase 0) and the SLBO stages (phases 1…) as one scan
+    (`SLBO.phase_scan`; Algorithm 1, lines 4-7).
 
-    Every phase is the same code — optionally collect real samples, then
-    VirtualTraining with a masked iteration count — so the compiled program
-    holds one copy of VirtualTraining (compile time), and a phase is
-    skipped by a branch on `first` and the phase index, never on batched
-    data. Returns the state, θ̂ = (policy, value, state normaliser) after
-    zero-shot, the last active stage's last VirtualTraining metrics, and
-    the number of stages run.
+    A phase is skipped by a branch on `first` and the phase index, never on
+    batched data: the first task has no zero-shot phase and runs
+    n_slbo_first stages, the others n_slbo. Returns the state, θ̂ =
+    (policy, value, state normaliser) after zero-shot, the last active
+    stage's last VirtualTraining metrics, and the number of stages run.
     """
     config = self.config
     n_stages = jnp.where(first, config.n_slbo_first, config.n_slbo)
     n_phases = 1 + max(config.n_slbo, config.n_slbo_first)
-    n_iterations = max(config.slbo.n_zeroshot, config.slbo.n_inner)
 
-    def phase(s, inputs):
-      index, key_phase = inputs
-      zero_shot = index == 0
-      active = jnp.where(zero_shot, ~first, index <= n_stages)
-      key_collect, key_train = jax.random.split(key_phase)
-      n_active = jnp.where(zero_shot, config.slbo.n_zeroshot,
-                           config.slbo.n_inner)
-
-      def run(s):
-        s = jax.lax.cond(
-            zero_shot, lambda s: s,
-            lambda s: self.engine._collect_real(s, psi, key_collect), s)  # pylint: disable=protected-access
-        return self.engine._virtual_training(  # pylint: disable=protected-access
-            s, psi, key_train, n_iterations, n_active)
-
-      def skip(s):
-        return s, slbo_lib.skipped_metrics(run, s)
-
-      s, metrics = jax.lax.cond(active, run, skip, s)
-      hat = (s.agent.policy, s.agent.value, s.model.norms.state)
+    def observe(s, metrics, phase):
       if self._on_phase is not None:
-        last = n_active - 1
-        self._report(iteration, index, active, n_stages, first,
+        last = phase.n_active - 1
+        self._report(iteration, phase.index, phase.active, n_stages, first,
                      metrics.virtual_return[last], metrics.model_loss[last],
                      jnp.full((), jnp.nan))
-      return s, (metrics, hat)
+      return (s.agent.policy, s.agent.value, s.model.norms.state)
 
-    s, (metrics, hats) = jax.lax.scan(
-        phase, s, (jnp.arange(n_phases), jax.random.split(key, n_phases)))
+    s, metrics, hats = self.engine.phase_scan(
+        s, psi, key, n_phases, run_zero_shot=~first, n_stages=n_stages,
+        observe=observe)
     hat = jax.tree.map(lambda x: x[0], hats)  # after phase 0 (zero-shot)
     last = jax.tree.map(lambda x: x[n_stages, config.slbo.n_inner - 1],
                         metrics)
@@ -353,7 +351,7 @@ class AdMRL:
     both = jax.tree.map(lambda a, b: jnp.stack([a, b]),
                         (policy_hat, norm_hat),
                         (s.agent.policy, s.model.norms.state))
-    rollouts = jax.vmap(self._collect.jitted, in_axes=(0, None, 0, None))(
+    rollouts = jax.vmap(self._collect, in_axes=(0, None, 0, None))(
         both, psi, jnp.stack([key_hat, key_star]),
         jnp.zeros((), types.float_dtype()))
     real_hat = jax.tree.map(lambda x: x[0], rollouts)
@@ -362,12 +360,11 @@ class AdMRL:
         jax.random.split(key_start, self.config.gradient_envs)).obs
     virtual_hat = self._virtual((policy_hat, norm_hat), s.model, psi,
                                 start_obs, key_virtual)
-    value = jax.vmap(jax.vmap(gm.value_apply, (None, 0)), (None, 0))
 
     def valued(tr):
       return estimators.ValuedBatch(
-          tr, value(value_hat, normalizer.normalize(norm_hat, tr.obs)),
-          value(value_hat, normalizer.normalize(norm_hat, tr.next_obs)))
+          tr, slbo_lib.batch_value(value_hat, norm_hat, tr.obs),
+          slbo_lib.batch_value(value_hat, norm_hat, tr.next_obs))
 
     def log_prob(theta, obs, action):
       return gm.log_prob(theta, normalizer.normalize(norm_hat, obs), action)

@@ -61,14 +61,18 @@ def ou_step(noise: jax.Array, key: jax.Array, theta: float,
       key, noise.shape, noise.dtype)
 
 
-def make_collector(family: TaskFamily, policy_fn: PolicyFn,
-                   config: RolloutConfig = RolloutConfig()):
-  """Builds `collect(params, psi, key, noise_scale=1.0) -> Rollout`, jitted.
+def make_collect_fn(family: TaskFamily, policy_fn: PolicyFn,
+                    config: RolloutConfig = RolloutConfig()):
+  """Builds the pure, jitted `collect(params, psi, key, noise_scale) ->
+  Rollout`, for use inside a caller's own jit or vmap.
 
-  Each call starts every environment from a fresh reset and runs
-  `config.n_steps` (default: the horizon) control steps; episodes that end by
-  the done rule or the horizon are reset automatically. Exploration adds
-  `noise_scale` × OU noise to the policy's action (0 switches it off).
+  Each call starts every environment (`config.n_envs`) from a fresh reset
+  and runs `config.n_steps` (default: the horizon) control steps; episodes
+  that end by the done rule or the horizon are reset automatically.
+  Exploration adds `noise_scale` (a traced scalar) × Ornstein–Uhlenbeck
+  noise to the policy's action (0 switches it off). Arguments keep their
+  dtypes (ψ (k,) in float64 under x64, for instance); `make_collector`
+  wraps this function for host calls.
   """
   n_steps = family.horizon if config.n_steps is None else config.n_steps
   horizon = family.horizon
@@ -150,12 +154,24 @@ def make_collector(family: TaskFamily, policy_fn: PolicyFn,
                    episode_count=jnp.sum(ended.astype(jnp.int32)),
                    first_return=first_return)
 
+  return collect_jit
+
+
+def make_collector(family: TaskFamily, policy_fn: PolicyFn,
+                   config: RolloutConfig = RolloutConfig()):
+  """Builds `collect(params, psi, key, noise_scale=1.0) -> Rollout`.
+
+  `make_collect_fn`'s jitted collection with canonical arguments: ψ (k,)
+  and the noise scale are cast to float32, so that lists, NumPy arrays and
+  Python floats all reuse one compiled program. Traceable too (the
+  real collection of an SLBO stage calls it inside its jit).
+  """
+  collect_jit = make_collect_fn(family, policy_fn, config)
+
   def collect(params, psi, key, noise_scale=1.0) -> Rollout:
-    # One canonical argument type, so the compiled program is always reused.
     return collect_jit(params, jnp.asarray(psi, jnp.float32), key,
                        jnp.asarray(noise_scale, jnp.float32))
 
-  collect.jitted = collect_jit
   return collect
 
 

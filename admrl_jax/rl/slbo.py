@@ -1,17 +1,22 @@
-"""SLBO on a learned model: VirtualTraining (Algorithm 2) and one SLBO stage.
+"""SLBO on a learned model: VirtualTraining (Algorithm 2) and SLBO stages.
 
-    virtual_training(state, ψ, key), n times (one `lax.scan`):
-        fit the model on minibatches of D for nmodel steps
-        npolicy times: collect ntrpo virtual samples with π_θ and r_ψ,
-                       GAE with the value function, TRPO step, value fit
-    slbo_stage(state, ψ, key):
-        D ← D ∪ {real samples of π_θ + OU noise}; update the normalisers;
-        virtual_training(ninner)
+Luo et al. 2019 (SLBO, arXiv:1807.03858) as AdMRL runs it (Lin et al. 2020,
+arXiv:2006.08875, Algorithms 1 and 2):
+
+    virtual_training(state, ψ, key, n)          (one `lax.scan`)
+        n × [fit the model on minibatches of D for nmodel steps;
+             npolicy × policy_step: ntrpo virtual samples of π_θ under r_ψ,
+                       GAE with V_φ, a TRPO step, a value fit]
+    collect_real(state, ψ, key)
+        D ← D ∪ {real samples of π_θ + OU noise}; update the normalisers
+    stage = collect_real, then virtual_training(ninner)
+    phase_scan = virtual_training(nzeroshot), then stages (one `lax.scan`)
 
 The state normaliser of the model is shared with the policy and the value
 function (as in the authors' code). Everything is a pure function of a named
-state; ψ and all parameters are traced, so a new task never recompiles, and each
-phase (zero-shot with nzeroshot, SLBO with ninner) is one compiled program.
+state; ψ and all parameters are traced, so a new task never recompiles, and
+each phase (zero-shot with nzeroshot, SLBO with ninner) is one compiled
+program.
 """
 from __future__ import annotations
 
@@ -120,7 +125,17 @@ class VirtualMetrics:
   value_loss: jax.Array
 
 
-def agent_init(key, family: TaskFamily, config: SLBOConfig) -> AgentState:
+def agent_init(key: jax.Array, family: TaskFamily,
+               config: SLBOConfig) -> AgentState:
+  """A fresh policy π_θ, value function V_φ and its Adam state for one task.
+
+  Args:
+    key: PRNG key (split into the policy's and the value's).
+    family: sets the sizes (obs_size, action_size).
+    config: `config.policy` and `config.value` set the networks (policy
+      [32, 32] tanh with log-std 0, value [64, 64] tanh, the authors'
+      code's), `config.trpo` the value optimiser.
+  """
   key_policy, key_value = jax.random.split(key)
   value = gm.value_init(key_value, family.obs_size, config.value)
   return AgentState(
@@ -129,7 +144,21 @@ def agent_init(key, family: TaskFamily, config: SLBOConfig) -> AgentState:
       value=value, value_opt=trpo.value_optimizer(config.trpo).init(value))
 
 
-def init(key, family: TaskFamily, config: SLBOConfig) -> SLBOState:
+def init(key: jax.Array, family: TaskFamily,
+         config: SLBOConfig) -> SLBOState:
+  """The state SLBO starts from: a fresh dynamics model with its
+  normalisers and Adam state (`dynamics.fit_init`), a fresh agent
+  (`agent_init`) and an empty real dataset of `config.dataset_capacity`
+  transitions (Luo et al. 2019, arXiv:1807.03858, Algorithm 2's D = ∅).
+
+  Args:
+    key: PRNG key (split into the model's and the agent's).
+    family: sets obs_size and action_size.
+    config: the networks' sizes and the dataset's capacity.
+  Returns:
+    An `SLBOState` whose leaves are unbatched; `jax.vmap(init)` over keys
+    gives a batch of independent runs.
+  """
   key_model, key_agent = jax.random.split(key)
   model = dynamics.fit_init(key_model, family.obs_size, family.action_size,
                             config.model)
@@ -165,40 +194,106 @@ def mean_policy_fn(params, obs, key):
   return gm.policy_apply(policy, normalizer.normalize(norm, obs))[0]
 
 
-class SLBO:
-  """The compiled phases of SLBO for one family and config.
+def batch_value(value_params, norm: normalizer.Normalizer,
+                obs: jax.Array) -> jax.Array:
+  """V_φ of raw observations with two leading axes, (T, n, obs_size) →
+  (T, n): the value function sees observations normalised by the model's
+  state normaliser `norm`, like the policy (`policy_fn`)."""
+  value = jax.vmap(jax.vmap(gm.value_apply, (None, 0)), (None, 0))
+  return value(value_params, normalizer.normalize(norm, obs))
 
-  Attributes (all jitted, pure):
-    virtual_training(state, psi, key) -> (state, VirtualMetrics): n_inner
-      iterations; `zero_shot` the same with n_zeroshot.
-    stage(state, psi, key) -> (state, VirtualMetrics): one SLBO stage.
-    evaluate(state, psi, key) -> Rollout: real roll-outs of the mean policy
-      (no exploration), `config.real.n_envs` episodes.
+
+def make_evaluator(family: TaskFamily, episodes: int):
+  """Real roll-outs of the mean policy, without exploration noise.
+
+  Returns `evaluate(state, psi, key) -> Rollout`: `episodes` fresh real
+  episodes of the horizon's length of the mean action of π_θ
+  (`mean_policy_fn`) on task ψ (k,), from `state.agent.policy` and the
+  model's state normaliser; `Rollout.first_return` (episodes,) holds
+  their returns. Pure and jitted (it may be traced inside a caller's jit);
+  ψ is taken as float32.
+  """
+  collect = rollout.make_collector(
+      family, mean_policy_fn,
+      RolloutConfig(n_envs=episodes, n_steps=family.horizon))
+
+  def evaluate(state: SLBOState, psi, key) -> rollout.Rollout:
+    params = (state.agent.policy, state.model.norms.state)
+    return collect(params, psi, key, 0.0)
+
+  return evaluate
+
+
+@struct.dataclass
+class PhaseInfo:
+  """What `SLBO.phase_scan`'s `observe` receives about the phase just run.
+
+  Attributes:
+    index: 0 for the zero-shot phase, i ≥ 1 for SLBO stage i (int32).
+    active: whether the phase ran (bool; a skipped phase left the state
+      unchanged and has NaN metrics).
+    n_active: VirtualTraining iterations the phase ran (if active).
+    key: a PRNG key of the phase for the observer's own use.
+  """
+  index: jax.Array
+  active: jax.Array
+  n_active: jax.Array
+  key: jax.Array
+
+
+class SLBO:
+  """SLBO (Luo et al. 2019, arXiv:1807.03858) for one family and config,
+  as pure functions of an `SLBOState` and a task ψ.
+
+  Pure methods (trace them inside your own `jax.jit`/`vmap`):
+    collect_real(state, psi, key) -> state: real samples into D.
+    virtual_training(state, psi, key, n_iterations, n_active=None) ->
+      (state, VirtualMetrics): Algorithm 2 of Lin et al. 2020.
+    policy_step(state, psi, key): one TRPO step on virtual samples.
+    phase_scan(state, psi, key, n_phases, ...): zero-shot then SLBO stages.
+    evaluate(state, psi, key) -> Rollout: the mean policy on the real env.
+    new_task(state, key) -> state: a fresh agent.
+  Jitted conveniences:
+    zero_shot(state, psi, key) -> (state, VirtualMetrics):
+      VirtualTraining(n_zeroshot).
+    stage(state, psi, key) -> (state, VirtualMetrics): one SLBO stage,
+      collect_real then VirtualTraining(n_inner).
+  Attributes:
+    family, config: as given.
+    dynamics_fn: the learned model's step, `dynamics.make_dynamics_fn`
+      (what `rl.virtual.make_virtual_rollout` takes).
   """
 
   def __init__(self, family: TaskFamily, config: SLBOConfig = SLBOConfig()):
     self.family = family
     self.config = config
-    self._dynamics_fn = dynamics.make_dynamics_fn(config.model)
+    self.dynamics_fn = dynamics.make_dynamics_fn(config.model)
     self._fit = dynamics.make_fit(config.model, stride=config.real.n_envs)
     self._virtual_rollout = virtual.make_virtual_rollout(
-        family, policy_fn, self._dynamics_fn, config.n_rollouts,
+        family, policy_fn, self.dynamics_fn, config.n_rollouts,
         config.rollout_steps)
     self._collect = rollout.make_collector(family, policy_fn, config.real)
-    self._evaluate = rollout.make_collector(
-        family, mean_policy_fn,
-        dataclasses.replace(config.real, n_steps=family.horizon))
-    self.virtual_training = jax.jit(
-        lambda s, psi, key: self._virtual_training(s, psi, key,
-                                                   config.n_inner))
+    self._evaluate = make_evaluator(family, config.real.n_envs)
     self.zero_shot = jax.jit(
-        lambda s, psi, key: self._virtual_training(s, psi, key,
-                                                   config.n_zeroshot))
+        lambda s, psi, key: self.virtual_training(s, psi, key,
+                                                  config.n_zeroshot))
     self.stage = jax.jit(self._stage)
 
   # ---------------------------------------------------------- pieces
-  def _policy_step(self, state: SLBOState, psi, key):
-    """Virtual samples → GAE → TRPO step → value fit."""
+  def policy_step(self, state: SLBOState, psi, key):
+    """Virtual samples → GAE → TRPO step → value fit (one of the npolicy
+    steps of a VirtualTraining iteration; Lin et al. 2020, Algorithm 2).
+
+    `config.n_rollouts` model roll-outs of π_θ under r_ψ (from real reset
+    states, or states of D with `virtual_start='data'`), GAE(γ, λ)
+    (Schulman et al. 2016, arXiv:1506.02438) with V_φ, one TRPO step
+    (Schulman et al. 2015, arXiv:1502.05477) and the value fit.
+
+    Returns:
+      (state with the new agent, (virtual_return, accepted, kl,
+      value_loss)), scalars: the virtual batch's mean episode return, the
+      TRPO step's acceptance, its KL and the value loss.
+    """
     config, family = self.config, self.family
     key_start, key_roll, key_value = jax.random.split(key, 3)
     norm = state.model.norms.state
@@ -211,11 +306,10 @@ class SLBO:
     agent = state.agent
     tr = self._virtual_rollout((agent.policy, norm), state.model, psi,
                                start_obs, key_roll)
-    value = jax.vmap(jax.vmap(gm.value_apply, (None, 0)), (None, 0))
     obs_n = normalizer.normalize(norm, tr.obs)
-    next_n = normalizer.normalize(norm, tr.next_obs)
     adv, ret = returns.batched_gae(
-        tr.reward, value(agent.value, obs_n), value(agent.value, next_n),
+        tr.reward, batch_value(agent.value, norm, tr.obs),
+        batch_value(agent.value, norm, tr.next_obs),
         tr.done, tr.timeout, config.gamma, config.lam)
     flat = lambda x: x.reshape((-1,) + x.shape[2:])
     batch = trpo.TRPOBatch(obs=flat(obs_n), actions=flat(tr.raw_action),
@@ -230,20 +324,28 @@ class SLBO:
     return state.replace(agent=agent), (virtual_return, info.accepted,
                                         info.kl, value_loss)
 
-  def _virtual_training(self, state: SLBOState, psi, key, n: int,
-                        n_active=None):
-    """Algorithm 2: n × [nmodel model steps; npolicy TRPO steps].
+  def virtual_training(self, state: SLBOState, psi, key, n_iterations: int,
+                       n_active=None):
+    """VirtualTraining (Lin et al. 2020, arXiv:2006.08875, Algorithm 2):
+    n_iterations × [nmodel model fit steps on D; npolicy `policy_step`s],
+    one `lax.scan`.
 
-    With `n_active` (a traced int ≤ n) only the first n_active iterations
-    run and the rest are skipped (their metrics are NaN): one compiled
-    program then serves phases of different lengths.
+    Args:
+      state, psi, key: the SLBO state, the task ψ (k,), a PRNG key.
+      n_iterations: iterations (static; sets the compiled program).
+      n_active: optional traced int ≤ n_iterations: only the first
+        n_active iterations run and the rest are skipped (their metrics
+        NaN), so that one compiled program serves phases of different
+        lengths (`phase_scan`). None runs all n_iterations.
+    Returns:
+      (state, VirtualMetrics with leaves (n_iterations,)).
     """
     def iteration(state, key):
       key_fit, key_policy = jax.random.split(key)
       model, fit_metrics = self._fit(state.model, state.data, key_fit)
       state = state.replace(model=model)
       state, (v_ret, accepted, kl, v_loss) = jax.lax.scan(
-          lambda s, k: self._policy_step(s, psi, k), state,
+          lambda s, k: self.policy_step(s, psi, k), state,
           jax.random.split(key_policy, self.config.n_policy))
       return state, VirtualMetrics(
           model_loss=jnp.mean(fit_metrics['loss'][-10:]),
@@ -252,7 +354,8 @@ class SLBO:
           trpo_kl=kl[-1], value_loss=v_loss[-1])
 
     if n_active is None:
-      return jax.lax.scan(iteration, state, jax.random.split(key, n))
+      return jax.lax.scan(iteration, state,
+                          jax.random.split(key, n_iterations))
 
     def masked(state, inputs):
       index, key_i = inputs
@@ -263,12 +366,20 @@ class SLBO:
       return jax.lax.cond(index < n_active,
                           lambda s: iteration(s, key_i), skip, state)
 
-    return jax.lax.scan(masked, state,
-                        (jnp.arange(n), jax.random.split(key, n)))
+    return jax.lax.scan(masked, state, (jnp.arange(n_iterations),
+                                        jax.random.split(key, n_iterations)))
 
-  def _collect_real(self, state: SLBOState, psi, key) -> SLBOState:
-    """Real samples of π_θ with exploration noise into the dataset, and
-    the normalisers updated from them (the first half of a stage)."""
+  # The names benchmarks/virtual_training.py and benchmarks/task_gradient.py
+  # were written against.
+  _virtual_training = virtual_training
+  _policy_step = policy_step
+
+  def collect_real(self, state: SLBOState, psi, key) -> SLBOState:
+    """The first half of an SLBO stage: real samples of π_θ with
+    Ornstein–Uhlenbeck exploration noise (`config.real`: n_envs × n_steps,
+    default the horizon) on task ψ, added to the dataset D (non-finite
+    transitions are dropped, `rl.dataset.add`), and the model's
+    normalisers updated from them."""
     params = (state.agent.policy, state.model.norms.state)
     real = self._collect(params, psi, key)
     return state.replace(
@@ -278,12 +389,84 @@ class SLBO:
   def _stage(self, state: SLBOState, psi, key):
     """Collect real samples with exploration, then VirtualTraining(ninner)."""
     key_collect, key_train = jax.random.split(key)
-    state = self._collect_real(state, psi, key_collect)
-    return self._virtual_training(state, psi, key_train, self.config.n_inner)
+    state = self.collect_real(state, psi, key_collect)
+    return self.virtual_training(state, psi, key_train, self.config.n_inner)
+
+  def phase_scan(self, state: SLBOState, psi, key, n_phases: int, *,
+                 n_zeroshot: Optional[int] = None, run_zero_shot=None,
+                 n_stages=None, observe=None):
+    """The zero-shot phase, then SLBO stages, as one `lax.scan` over phases.
+
+    Phase 0 is VirtualTraining(n_zeroshot) on r_ψ with the data already in
+    D (the zero-shot θ̂ of Lin et al. 2020, Algorithm 1, line 4); phase
+    i ≥ 1 is SLBO stage i: `collect_real`, then VirtualTraining(n_inner)
+    (Algorithm 1, lines 5-7). Every phase is the same code with a masked
+    iteration count, so the compiled program holds one copy of
+    VirtualTraining. Algorithm 1's task iteration (`meta.admrl`) and the
+    test-time adaptation (`evaluation.adaptation`) both run it.
+
+    Args:
+      state: the SLBO state (usually after `new_task`).
+      psi: the task, (k,).
+      key: PRNG key; phase i uses split(key, n_phases)[i], itself split
+        into the collection's, VirtualTraining's and `observe`'s keys.
+      n_phases: 1 + the most stages (static).
+      n_zeroshot: VirtualTraining iterations of phase 0 (static, ≥ 0;
+        None: `config.n_zeroshot`).
+      run_zero_shot: optional traced bool; False skips phase 0.
+      n_stages: optional traced int ≤ n_phases − 1: stages after it are
+        skipped. With run_zero_shot and n_stages both None every phase
+        runs, and no branch is compiled around them.
+      observe: optional `observe(state, metrics, PhaseInfo) -> pytree`,
+        called after every phase (skipped ones included); its outputs are
+        stacked over phases.
+    Returns:
+      (state, metrics, observed): the state after the last phase,
+      VirtualMetrics with leaves (n_phases, max(n_zeroshot, n_inner)),
+      and the stacked outputs of `observe` (None without it).
+    """
+    config = self.config
+    n_zeroshot = config.n_zeroshot if n_zeroshot is None else n_zeroshot
+    n_iterations = max(n_zeroshot, config.n_inner)
+    masked = run_zero_shot is not None or n_stages is not None
+
+    def phase(s, inputs):
+      index, key_phase = inputs
+      # The first two keys equal split(key_phase, 2) (threefry, partitionable).
+      key_collect, key_train, key_observe = jax.random.split(key_phase, 3)
+      n_active = jnp.where(index > 0, config.n_inner, n_zeroshot)
+
+      def run(s):
+        s = jax.lax.cond(index > 0,
+                         lambda s: self.collect_real(s, psi, key_collect),
+                         lambda s: s, s)
+        return self.virtual_training(s, psi, key_train, n_iterations,
+                                     n_active)
+
+      if masked:
+        zero_shot_on = True if run_zero_shot is None else run_zero_shot
+        stage_on = True if n_stages is None else index <= n_stages
+        active = jnp.where(index == 0, zero_shot_on, stage_on)
+        s, metrics = jax.lax.cond(
+            active, run, lambda s: (s, skipped_metrics(run, s)), s)
+      else:
+        active = jnp.ones((), bool)
+        s, metrics = run(s)
+      observed = None if observe is None else observe(
+          s, metrics, PhaseInfo(index=index, active=active,
+                                n_active=n_active, key=key_observe))
+      return s, (metrics, observed)
+
+    state, (metrics, observed) = jax.lax.scan(
+        phase, state, (jnp.arange(n_phases),
+                       jax.random.split(key, n_phases)))
+    return state, metrics, observed
 
   def evaluate(self, state: SLBOState, psi, key) -> rollout.Rollout:
-    params = (state.agent.policy, state.model.norms.state)
-    return self._evaluate(params, psi, key, 0.0)
+    """Real roll-outs of the mean policy (no exploration noise) on task ψ
+    (k,): `config.real.n_envs` episodes of the horizon's length
+    (`make_evaluator`); `first_return` (n_envs,) holds their returns."""
+    return self._evaluate(state, psi, key)
 
   def new_task(self, state: SLBOState, key) -> SLBOState:
     """Fresh policy and value for a new task; model and data persist."""
@@ -291,5 +474,7 @@ class SLBO:
 
 
 def real_samples_per_stage(family: TaskFamily, config: SLBOConfig) -> int:
+  """Real environment steps one SLBO stage collects: n_envs × n_steps (the
+  horizon when n_steps is None)."""
   steps = family.horizon if config.real.n_steps is None else config.real.n_steps
   return config.real.n_envs * steps
