@@ -111,6 +111,8 @@ class TaskFamily(abc.ABC):
     """One control step with an action already clipped to the bound."""
 
   def clip_action(self, action: jax.Array) -> jax.Array:
+    """The action (action_size,) clipped to [−action_bound, action_bound]
+    in every coordinate; unchanged when action_bound is None."""
     if self.action_bound is None:
       return action
     return jnp.clip(action, -self.action_bound, self.action_bound)

@@ -113,6 +113,10 @@ def random_policy_state_stats(family: brax_family.BraxTaskFamily,
 
 
 def halfcheetah_highdim(**overrides) -> CheetahHighDimFamily:
+  """Cheetah-Highdim (Lin et al. 2020, arXiv:2006.08875, Section 5): r_ψ =
+  ψᵀ (s′ − μ)/σ − 0.05‖a‖² on the 18-dimensional state, Ψ = [−1, 1]¹⁸;
+  `overrides` replace any other field (state_mean/state_std: μ, σ of a
+  calibration; None until `calibrate`)."""
   kwargs = dict(name='halfcheetah_highdim', brax_name='halfcheetah',
                 task_low=-np.ones(STATE_SIZE), task_high=np.ones(STATE_SIZE))
   kwargs.update(overrides)

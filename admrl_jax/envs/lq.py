@@ -29,6 +29,7 @@ _B = ((0.5, 0.0), (0.1, 0.4))
 
 @struct.dataclass
 class LQState:
+  """The lq environment's state: s (obs_size,) and a PRNG key."""
   s: jax.Array
   key: jax.Array  # for the process noise
 
@@ -266,6 +267,8 @@ class LQFamily(base.TaskFamily):
 
 
 def lq(**overrides) -> LQFamily:
+  """The linear-quadratic family: ψ ∈ [−1, 1]², unbounded actions;
+  `overrides` replace any other field (ValueError from the field checks)."""
   kwargs = dict(name='lq', task_low=(-1.0, -1.0), task_high=(1.0, 1.0),
                 action_bound=None)
   kwargs.update(overrides)

@@ -66,8 +66,26 @@ def names() -> Tuple[str, ...]:
 def make(name: str, **overrides) -> base.TaskFamily:
   """Builds a task family by name; `overrides` replace its defaults.
 
-  Common overrides: horizon, frame_skip, pipeline (Brax families), and
-  task_low/task_high.
+  Args:
+    name: a registered name (`names()`): hopper2d, walker2d, ant2d, ant3d,
+      ant2d_ood, halfcheetah_highdim (the families of Lin et al. 2020,
+      arXiv:2006.08875, Section 5 and Appendix B), lq, or one added with
+      `register`.
+    **overrides: fields of the family's dataclass. Common ones: horizon
+      (control steps per episode; default 200, the authors' code),
+      frame_skip (simulator steps per control step;
+      Brax families, default the Brax environment's, 1 for the Ant
+      families), pipeline (Brax physics; default 'generalized'),
+      task_low/task_high (the task box Ψ), and Cheetah-Highdim's
+      state_mean/state_std (its calibration).
+  Returns:
+    A frozen `TaskFamily` (hashable by identity; a static argument of the
+    library's jitted functions).
+  Raises:
+    ValueError: an unknown name, an override the constructor does not take
+      or a value it refuses.
+    TypeError: the registered constructor returned something other than a
+      `TaskFamily`.
   """
   if name not in _REGISTRY:
     raise ValueError(f'unknown environment {name!r}; valid names: '

@@ -38,6 +38,8 @@ def has_closed_form(family: TaskFamily) -> bool:
 
 
 def default_method(family: TaskFamily) -> str:
+  """'closed_form' where the family has one (`has_closed_form`), else
+  'slbo'."""
   return 'closed_form' if has_closed_form(family) else 'slbo'
 
 
@@ -85,6 +87,7 @@ class OptimumConfig:
 
   @property
   def n_stages(self) -> int:
+    """SLBO stages of the run: budget // stage_samples."""
     return self.budget // self.stage_samples
 
 

@@ -49,6 +49,7 @@ def tree_axpy(alpha: jax.Array, x: PyTree, y: PyTree) -> PyTree:
 
 
 def tree_norm(x: PyTree) -> jax.Array:
+  """The Euclidean norm of all leaves of x together, a scalar."""
   return jnp.sqrt(tree_vdot(x, x))
 
 

@@ -128,6 +128,8 @@ class Normalizers:
 
 def normalizers_init(obs_size: int, action_size: int,
                      dtype=jnp.float32) -> Normalizers:
+  """Empty running normalisers of the state (obs_size,), the action
+  (action_size,) and the state change (obs_size,) (`init`)."""
   return Normalizers(state=init(obs_size, dtype),
                      action=init(action_size, dtype),
                      diff=init(obs_size, dtype))

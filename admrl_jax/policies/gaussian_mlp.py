@@ -1,5 +1,9 @@
 """Gaussian MLP policy and value MLP (authors' code), as init/apply pairs.
 
+The policy π_θ and value function V_φ that TRPO (Schulman et al. 2015,
+arXiv:1502.05477) trains inside SLBO (Luo et al. 2019, arXiv:1807.03858) and
+AdMRL (Lin et al. 2020, arXiv:2006.08875, Appendix C).
+
 Policy: mean = MLP[obs, 32, 32, action] with tanh hidden layers, a
 state-independent log-std (initialised at 0). Value: MLP[obs, 64, 64, 1] tanh.
 Both take observations already normalised by the caller (the state
@@ -25,6 +29,12 @@ def _check_hidden(owner: str, hidden: Tuple[int, ...]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
+  """The Gaussian policy's network (the authors' code's defaults).
+
+  Attributes:
+    hidden: hidden layer sizes of the mean's tanh MLP, each >= 1.
+    init_log_std: the initial state-independent log-std (finite; 0: σ = 1).
+  """
   hidden: Tuple[int, ...] = (32, 32)
   init_log_std: float = 0.0
 
@@ -37,6 +47,7 @@ class PolicyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ValueConfig:
+  """The value function's network: hidden sizes of its tanh MLP (>= 1)."""
   hidden: Tuple[int, ...] = (64, 64)
 
   def __post_init__(self):
@@ -45,6 +56,8 @@ class ValueConfig:
 
 @struct.dataclass
 class PolicyParams:
+  """Parameters θ of the Gaussian policy: the mean's MLP layers
+  (`mlp_init`) and the state-independent log-std, (action_size,)."""
   mlp: Tuple[dict, ...]
   log_std: jax.Array  # (action_size,)
 
@@ -67,6 +80,8 @@ def mlp_init(key: jax.Array, sizes: Sequence[int], out_scale: float = 1.0):
 
 
 def mlp_apply(layers, x: jax.Array, activation=jnp.tanh) -> jax.Array:
+  """The MLP `layers` at x (n_in,) → (n_out,): `activation` on the hidden
+  layers, the last layer linear. Broadcasts over leading axes of x."""
   for layer in layers[:-1]:
     x = activation(x @ layer['w'] + layer['b'])
   return x @ layers[-1]['w'] + layers[-1]['b']
@@ -75,6 +90,18 @@ def mlp_apply(layers, x: jax.Array, activation=jnp.tanh) -> jax.Array:
 # ---------------------------------------------------------------- policy
 def policy_init(key: jax.Array, obs_size: int, action_size: int,
                 config: PolicyConfig = PolicyConfig()) -> PolicyParams:
+  """A fresh Gaussian policy π_θ(a|s) = N(μ_θ(s), diag σ²).
+
+  Args:
+    key: PRNG key of the mean's weights.
+    obs_size, action_size: the family's sizes.
+    config: hidden sizes (default (32, 32), tanh) and the initial log-std
+      (default 0).
+  Returns:
+    `PolicyParams`: LeCun-normal weights with the last layer scaled by
+    0.01 (near-zero initial means), zero biases, log_std (action_size,) =
+    `config.init_log_std` in the default float dtype.
+  """
   sizes = (obs_size,) + tuple(config.hidden) + (action_size,)
   return PolicyParams(mlp=mlp_init(key, sizes, out_scale=0.01),
                       # dtype=float: the default float (f32, or f64 under
@@ -90,12 +117,16 @@ def policy_apply(params: PolicyParams, obs: jax.Array):
 
 def policy_sample(params: PolicyParams, obs: jax.Array,
                   key: jax.Array) -> jax.Array:
+  """a ~ π_θ(·|obs) for one (normalised) observation: (action_size,), not
+  clipped (the family clips to its action bound)."""
   mean, log_std = policy_apply(params, obs)
   return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape,
                                                      mean.dtype)
 
 
 def gaussian_log_prob(mean, log_std, action) -> jax.Array:
+  """log N(action; mean, diag exp(2 log_std)), summed over the action's
+  dimensions: a scalar for (action_size,) arguments."""
   z = (action - mean) * jnp.exp(-log_std)
   return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi))
 
@@ -126,6 +157,8 @@ def kl(params_p: PolicyParams, params_q: PolicyParams, obs) -> jax.Array:
 # ----------------------------------------------------------------- value
 def value_init(key: jax.Array, obs_size: int,
                config: ValueConfig = ValueConfig()):
+  """A fresh value function V_φ: MLP layers [obs_size, *config.hidden, 1]
+  (default hidden (64, 64), tanh), LeCun-normal weights, zero biases."""
   return mlp_init(key, (obs_size,) + tuple(config.hidden) + (1,))
 
 
