@@ -17,47 +17,48 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
 import sys
 import time
 
+from absl import app
+from absl import flags
+
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results', 'markov_state.json')
 
 
-def _parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--quick', action='store_true',
-                 help='hopper2d with the generalized and spring pipelines')
-  p.add_argument('--families', default=None,
-                 help='comma list (default hopper2d,ant2d; hopper2d with '
-                 '--quick)')
-  p.add_argument('--pipelines', default=None,
-                 help='comma list (default: all four; generalized,spring '
-                 'with --quick)')
-  p.add_argument('--n_envs', type=int, default=8)
-  p.add_argument('--n_steps', type=int, default=100)
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--out', default=DEFAULT_OUT)
-  return p.parse_args(argv)
+_QUICK = flags.DEFINE_bool(
+    'quick', False, 'hopper2d with the generalized and spring pipelines.')
+_FAMILIES = flags.DEFINE_string(
+    'families', None, 'Comma list (default hopper2d,ant2d; hopper2d with '
+    '--quick).')
+_PIPELINES = flags.DEFINE_string(
+    'pipelines', None, 'Comma list (default: all four; generalized,spring '
+    'with --quick).')
+_N_ENVS = flags.DEFINE_integer('n_envs', 8, 'Parallel environments.')
+_N_STEPS = flags.DEFINE_integer('n_steps', 100, 'Steps per environment.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_OUT = flags.DEFINE_string('out', DEFAULT_OUT, 'Where to write the JSON '
+                           'results.')
 
 
-def main(argv=None):
-  args = _parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   from admrl_jax.envs import brax_family  # pylint: disable=g-import-not-at-top
 
-  families = (args.families.split(',') if args.families else
-              ['hopper2d'] if args.quick else ['hopper2d', 'ant2d'])
-  pipelines = (args.pipelines.split(',') if args.pipelines else
-               ['generalized', 'spring'] if args.quick else
+  families = (_FAMILIES.value.split(',') if _FAMILIES.value else
+              ['hopper2d'] if _QUICK.value else ['hopper2d', 'ant2d'])
+  pipelines = (_PIPELINES.value.split(',') if _PIPELINES.value else
+               ['generalized', 'spring'] if _QUICK.value else
                list(envs.PIPELINES))
-  if args.n_envs < 1 or args.n_steps < 2:
+  if _N_ENVS.value < 1 or _N_STEPS.value < 2:
     sys.exit('error: need --n_envs >= 1 and --n_steps >= 2')
   # Built up front, so that a bad name fails (with the registry's message
   # listing the valid ones) before anything compiles.
@@ -71,7 +72,7 @@ def main(argv=None):
   for name, pipeline, family in grid:
     t0 = time.perf_counter()
     err = np.asarray(brax_family.markov_error(
-        family, jax.random.key(args.seed), args.n_envs, args.n_steps))
+        family, jax.random.key(_SEED.value), _N_ENVS.value, _N_STEPS.value))
     row = dict(family=name, pipeline=pipeline,
                default=pipeline == envs.DEFAULT_PIPELINE,
                frame_skip=family.frame_skip, dt=family.dt,
@@ -84,15 +85,15 @@ def main(argv=None):
   result = dict(
       meta=dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec='seconds'), jax_version=jax.__version__,
-                n_envs=args.n_envs, n_steps=args.n_steps, seed=args.seed,
+                n_envs=_N_ENVS.value, n_steps=_N_STEPS.value, seed=_SEED.value,
                 units='RMS next-observation gap / std of the state change, '
                 'per dimension'),
       rows=rows)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, 'w') as f:
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value, 'w') as f:
     json.dump(result, f, indent=2)
-  print(f'wrote {args.out}')
+  print(f'wrote {_OUT.value}')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -26,7 +26,6 @@ Usage:
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import json
@@ -38,6 +37,8 @@ import traceback
 import warnings
 
 import numpy as np
+from absl import app
+from absl import flags
 
 FULL_FAMILIES = ('hopper2d', 'walker2d', 'ant2d', 'halfcheetah_highdim')
 QUICK_FAMILIES = ('hopper2d',)
@@ -45,31 +46,29 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results', 'real_rollout.json')
 
 
-def _parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--quick', action='store_true',
-                 help='hopper2d with the default pipeline only (< 60 s)')
-  p.add_argument('--families', default=None,
-                 help='comma list of families (default: full set, or hopper2d '
-                 'with --quick)')
-  p.add_argument('--pipelines', default=None,
-                 help='comma list of pipelines (default: all, or the default '
-                 'pipeline with --quick)')
-  p.add_argument('--n_envs', type=int, default=16)
-  p.add_argument('--horizon', type=int, default=200)
-  p.add_argument('--repeats', type=int, default=None,
-                 help='timed collector calls, best taken (default 5, 2 with '
-                 '--quick)')
-  p.add_argument('--native_repeats', type=int, default=None,
-                 help='timed mujoco.rollout calls, best taken (default 10, 3 '
-                 'with --quick); they are short and this 2-core machine is '
-                 'noisy, so more of them')
-  p.add_argument('--native_threads', type=int, default=1,
-                 help='threads for mujoco.rollout (one MjData per thread)')
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--out', default=DEFAULT_OUT,
-                 help='where to write the JSON results')
-  return p.parse_args(argv)
+_QUICK = flags.DEFINE_bool(
+    'quick', False, 'hopper2d with the default pipeline only (< 60 s).')
+_FAMILIES = flags.DEFINE_string(
+    'families', None, 'Comma list of families (default: full set, or '
+    'hopper2d with --quick).')
+_PIPELINES = flags.DEFINE_string(
+    'pipelines', None, 'Comma list of pipelines (default: all, or the '
+    'default pipeline with --quick).')
+_N_ENVS = flags.DEFINE_integer('n_envs', 16, 'Parallel environments.')
+_HORIZON = flags.DEFINE_integer('horizon', 200, 'Control steps per call.')
+_REPEATS = flags.DEFINE_integer(
+    'repeats', None, 'Timed collector calls, best taken (default 5, 2 with '
+    '--quick).')
+_NATIVE_REPEATS = flags.DEFINE_integer(
+    'native_repeats', None, 'Timed mujoco.rollout calls, best taken (default '
+    '10, 3 with --quick); they are short and this 2-core machine is noisy, '
+    'so more of them.')
+_NATIVE_THREADS = flags.DEFINE_integer(
+    'native_threads', 1, 'Threads for mujoco.rollout (one MjData per '
+    'thread).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_OUT = flags.DEFINE_string('out', DEFAULT_OUT,
+                           'Where to write the JSON results.')
 
 
 def _busy_cpu_s():
@@ -187,7 +186,7 @@ def _native_measure(family, n_envs, repeats, seed, n_threads):
   return n_envs * family.horizon / seconds, seconds, finite, nstep, other
 
 
-def _row(name, pipeline, args, repeats, native_repeats):
+def _row(name, pipeline, repeats, native_repeats):
   import jax  # pylint: disable=g-import-not-at-top
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
 
@@ -197,7 +196,7 @@ def _row(name, pipeline, args, repeats, native_repeats):
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')
-      family = envs.make(name, pipeline=pipeline, horizon=args.horizon)
+      family = envs.make(name, pipeline=pipeline, horizon=_HORIZON.value)
     row['frame_skip'] = int(family.frame_skip)
     row['physics_timestep'] = float(family.brax_env.sys.opt.timestep)
     row['dt'] = float(family.dt)
@@ -205,11 +204,12 @@ def _row(name, pipeline, args, repeats, native_repeats):
                                                     True):
       stage = 'calibrate'
       t0 = time.perf_counter()
-      family = family.calibrate(jax.random.key(args.seed))
+      family = family.calibrate(jax.random.key(_SEED.value))
       row['calibrate_s'] = time.perf_counter() - t0  # excluded from timings
     stage = 'native'
     native, native_s, native_finite, nstep, native_other = _native_measure(
-        family, args.n_envs, native_repeats, args.seed, args.native_threads)
+        family, _N_ENVS.value, native_repeats, _SEED.value,
+        _NATIVE_THREADS.value)
     row['native_steps_per_s'] = native
     row['native_call_s'] = native_s
     row['native_physics_steps_per_env'] = nstep
@@ -217,7 +217,7 @@ def _row(name, pipeline, args, repeats, native_repeats):
     row['native_other_cpu_frac'] = native_other
     stage = 'brax'
     compile_s, brax, brax_s, brax_finite, brax_other = _brax_measure(
-        family, args.n_envs, repeats, args.seed)
+        family, _N_ENVS.value, repeats, _SEED.value)
     row['compile_s'] = compile_s
     row['brax_steps_per_s'] = brax
     row['brax_call_s'] = brax_s
@@ -252,8 +252,9 @@ def markdown_table(rows):
   return '\n'.join(lines)
 
 
-def main(argv=None):
-  args = _parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
   t_start = time.perf_counter()
   import jax  # pylint: disable=g-import-not-at-top
   # Compile once: a rerun loads its programs (compile times are then cache
@@ -263,23 +264,23 @@ def main(argv=None):
   import mujoco  # pylint: disable=g-import-not-at-top
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
 
-  if args.families:
-    families = tuple(f.strip() for f in args.families.split(',') if f.strip())
+  if _FAMILIES.value:
+    families = tuple(f.strip() for f in _FAMILIES.value.split(',') if f.strip())
   else:
-    families = QUICK_FAMILIES if args.quick else FULL_FAMILIES
-  if args.pipelines:
-    pipelines = tuple(p.strip() for p in args.pipelines.split(',')
+    families = QUICK_FAMILIES if _QUICK.value else FULL_FAMILIES
+  if _PIPELINES.value:
+    pipelines = tuple(p.strip() for p in _PIPELINES.value.split(',')
                       if p.strip())
   else:
-    pipelines = (envs.DEFAULT_PIPELINE,) if args.quick else envs.PIPELINES
-  repeats = args.repeats or (2 if args.quick else 5)
-  native_repeats = args.native_repeats or (3 if args.quick else 10)
+    pipelines = (envs.DEFAULT_PIPELINE,) if _QUICK.value else envs.PIPELINES
+  repeats = _REPEATS.value or (2 if _QUICK.value else 5)
+  native_repeats = _NATIVE_REPEATS.value or (3 if _QUICK.value else 10)
 
   rows = []
   for name in families:
     for pipeline in pipelines:
       print(f'[real_rollout] {name} / {pipeline} ...', flush=True)
-      row = _row(name, pipeline, args, repeats, native_repeats)
+      row = _row(name, pipeline, repeats, native_repeats)
       rows.append(row)
       print(f'[real_rollout] {json.dumps(row)}', flush=True)
 
@@ -300,14 +301,14 @@ def main(argv=None):
       'device': f'{dev.platform}: {getattr(dev, "device_kind", str(dev))}',
       'cpu_count': os.cpu_count(),
       'machine': platform.machine(),
-      'n_envs': args.n_envs,
-      'horizon': args.horizon,
-      'steps_per_call': args.n_envs * args.horizon,
+      'n_envs': _N_ENVS.value,
+      'horizon': _HORIZON.value,
+      'steps_per_call': _N_ENVS.value * _HORIZON.value,
       'repeats': repeats,
       'native_repeats': native_repeats,
-      'native_threads': args.native_threads,
+      'native_threads': _NATIVE_THREADS.value,
       'policy': 'uniform random actions (brax: + OU noise as in training)',
-      'quick': bool(args.quick),
+      'quick': bool(_QUICK.value),
       'families': list(families),
       'pipelines': list(pipelines),
       'default_pipeline': envs.DEFAULT_PIPELINE,
@@ -318,13 +319,13 @@ def main(argv=None):
                'busy machine understate throughput'),
   }
   meta['wall_s'] = time.perf_counter() - t_start
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, 'w') as f:
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value, 'w') as f:
     json.dump({'meta': meta, 'rows': rows}, f, indent=2)
     f.write('\n')
   print(markdown_table(rows))
-  print(f'[real_rollout] wrote {args.out} in {meta["wall_s"]:.1f} s')
+  print(f'[real_rollout] wrote {_OUT.value} in {meta["wall_s"]:.1f} s')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)
