@@ -223,3 +223,37 @@ def test_value_fit_skips_steps_with_a_nonfinite_return():
   assert trpo.value_loss(new, obs[finite], returns[finite]) < before
   # One NaN minibatch per epoch: vf_epochs steps skipped, and counted.
   assert int(new_opt.total_notfinite) == CONFIG.vf_epochs
+
+
+def test_value_fit_is_per_minibatch_adam_on_the_layers():
+  """The fit (flat parameters inside its loop) takes the same steps as
+  Adam on the layers themselves, one shuffled minibatch at a time: each
+  epoch's permutation, minibatches of vf_minibatch, the remainder skipped
+  (float64, so only rounding may differ)."""
+  config = dataclasses.replace(CONFIG, vf_epochs=2, vf_minibatch=48)
+  with jax.enable_x64(True):
+    n = 200  # 4 minibatches of 48 per epoch, 8 samples left over
+    obs = jax.random.normal(jax.random.key(30), (n, OBS))
+    returns = jnp.sin(obs[:, 0]) + obs[:, 1]
+    value = gm.value_init(jax.random.key(31), OBS, gm.ValueConfig((16, 16)))
+    optimizer = trpo.value_optimizer(config)
+    opt_state = optimizer.init(value)
+    key = jax.random.key(32)
+    params, state, losses = value, opt_state, []
+    for key_e in jax.random.split(key, config.vf_epochs):
+      perm = jax.random.permutation(key_e, n)[:4 * 48].reshape(4, 48)
+      losses = []
+      for index in perm:
+        loss, grads = jax.value_and_grad(trpo.value_loss)(
+            params, obs[index], returns[index])
+        updates, state = optimizer.update(grads, state, params)
+        params = jax.tree.map(jnp.add, params, updates)
+        losses.append(loss)
+    fitted, fitted_state, fitted_loss = jax.jit(
+        trpo.value_fit, static_argnames='config')(value, opt_state, obs,
+                                                   returns, key, config)
+    assert jax.tree.structure(fitted_state) == jax.tree.structure(state)
+    for got, want in zip(jax.tree.leaves((fitted, fitted_state)),
+                         jax.tree.leaves((params, state))):
+      np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fitted_loss, np.mean(losses), rtol=1e-10)

@@ -12,7 +12,8 @@ One TRPO step on a batch collected by π_old (Schulman et al. 2015):
 then a backtracking line search over θ_old + ratioʲ·Δθ, j = 0 … max_backtracks−1,
 accepting the first candidate with KL̄ ≤ kl_accept_factor·max_kl and L strictly
 above L(θ_old); if none passes, θ_old is kept. F is used only through
-Fisher-vector products (jax.jvp of jax.grad of KL̄), never formed.
+Fisher-vector products (its exact Gauss–Newton form around the policy's
+linearisation at θ_old, `make_fisher_vector_product`), never formed.
 
 Defaults are the authors' (github.com/LinZichuan/AdMRL). The functions are pure;
 jit them with the config static, e.g.
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax.flatten_util import ravel_pytree
 
 from admrl_jax import linalg
 from admrl_jax.policies import gaussian_mlp as gm
@@ -162,12 +164,43 @@ def fisher_vector_product(params_old: gm.PolicyParams, obs: jax.Array,
                           damping: float = 0.0) -> gm.PolicyParams:
   """(F + damping·I) v with F = ∇²_θ KL̄(θ_old ‖ θ) at θ = θ_old.
 
-  Forward-over-reverse (jvp of grad); π_old is held fixed, so only the
-  second argument of the KL is differentiated. obs (N, obs_size); v is
-  structured like the params.
+  π_old is held fixed, so only the second argument of the KL is
+  differentiated. obs (N, obs_size); v is structured like the params. See
+  `make_fisher_vector_product` (the same product, for many v).
   """
-  fv = linalg.hvp(lambda p: mean_kl(params_old, p, obs), params_old, v)
-  return jax.tree.map(lambda f, x: f + damping * x, fv, v)
+  return make_fisher_vector_product(params_old, obs, damping)(v)
+
+
+def make_fisher_vector_product(params_old: gm.PolicyParams, obs: jax.Array,
+                               damping: float = 0.0):
+  """v ↦ (F + damping·I) v, F = ∇²_θ KL̄(θ_old ‖ θ) at θ = θ_old.
+
+  For diagonal Gaussians the KL's gradient in the distribution's
+  parameters (μ, log σ) vanishes at θ = θ_old, so its Hessian in θ is
+  exactly the Gauss–Newton form F = (1/N) Σ_i J_iᵀ M_i J_i, J_i the Jacobian
+  of (μ(s_i), log σ) in θ and M_i = diag(σ⁻², 2) the KL's Hessian in
+  (μ, log σ). Each product is one J v and one Jᵀu (about three forward
+  passes) around the policy's linearisation at θ_old, computed once here;
+  a Hessian-vector product of KL̄ (jvp of grad) would redo the forward pass
+  and differentiate twice for every v. obs (N, obs_size).
+  """
+  def outputs(params):
+    mean, log_std = jax.vmap(gm.policy_apply, (None, 0))(params, obs)
+    return mean, jnp.broadcast_to(log_std, mean.shape)
+
+  (_, log_std), jvp = jax.linearize(outputs, params_old)
+  jvp_transpose = jax.linear_transpose(jvp, params_old)
+  n = obs.shape[0]
+  mean_weight = jnp.exp(-2.0 * log_std) / n
+  log_std_weight = 2.0 / n
+
+  def fvp(v: gm.PolicyParams) -> gm.PolicyParams:
+    d_mean, d_log_std = jvp(v)
+    (fv,) = jvp_transpose((mean_weight * d_mean,
+                           log_std_weight * d_log_std))
+    return jax.tree.map(lambda f, x: f + damping * x, fv, v)
+
+  return fvp
 
 
 def standardize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
@@ -217,8 +250,7 @@ def trpo_step(policy_params: gm.PolicyParams, batch: TRPOBatch,
 
   surr_old, grad = jax.value_and_grad(surr)(old)
 
-  def fvp(v):
-    return fisher_vector_product(old, obs, v, config.cg_damping)
+  fvp = make_fisher_vector_product(old, obs, config.cg_damping)
 
   direction, cg_info = linalg.conjugate_gradient(fvp, grad, config.cg_iters)
   # sᵀ(F + λI)s: the damped curvature, as in the authors' (baselines') code.
@@ -239,11 +271,18 @@ def trpo_step(policy_params: gm.PolicyParams, batch: TRPOBatch,
   def cond(s: _SearchState):
     return (s.j < config.max_backtracks) & ~s.accepted
 
+  # π_old's outputs once; a candidate's one forward pass serves both its
+  # KL̄ and its surrogate (the same sums as `mean_kl` and `surrogate`).
+  old_out = jax.vmap(gm.policy_apply, (None, 0))(old, obs)
+
   def body(s: _SearchState) -> _SearchState:
     coef = jnp.asarray(config.backtrack_ratio, surr_old.dtype)**s.j
     cand = jax.tree.map(lambda p, d: p + coef * d, old, full_step)
-    kl_c = mean_kl(old, cand, obs)
-    improve_c = surr(cand) - surr_old
+    cand_out = jax.vmap(gm.policy_apply, (None, 0))(cand, obs)
+    kl_c = jnp.mean(jax.vmap(gm.gaussian_kl)(*old_out, *cand_out))
+    log_prob_c = jax.vmap(gm.gaussian_log_prob)(*cand_out, actions)
+    improve_c = (jnp.mean(jnp.exp(log_prob_c - old_log_prob) * adv)
+                 + config.ent_coef * gm.entropy(cand)) - surr_old
     # NaN comparisons are False: a non-finite candidate is just a failed try.
     ok = (kl_c <= kl_limit) & (improve_c > 0)
     return _SearchState(
@@ -323,21 +362,51 @@ def value_fit(value_params, opt_state: optax.OptState, obs: jax.Array,
   size = min(config.vf_minibatch, n)
   n_batches = n // size
   optimizer = value_optimizer(config)
-  loss_and_grad = jax.value_and_grad(value_loss)
+  # The vf_epochs × N/vf_minibatch steps run one after another, each a few
+  # tiny matmuls, so every operation per step counts. The parameters (and
+  # Adam's moments, shaped like them) are one flat vector inside the loop:
+  # a step's optimiser update is then a few array operations instead of a
+  # few per layer (Adam is elementwise: the same arithmetic).
+  flat_params, unravel = ravel_pytree(value_params)
+  is_params = _is_shaped_like(value_params)
+  flat_state = jax.tree.map(
+      lambda t: ravel_pytree(t)[0] if is_params(t) else t, opt_state,
+      is_leaf=is_params)
+  loss_and_grad = jax.value_and_grad(
+      lambda x, o, r: value_loss(unravel(x), o, r))
 
-  def update(carry, index):
+  def update(carry, minibatch):
     params, state = carry
-    loss, grads = loss_and_grad(params, obs[index], returns[index])
+    loss, grads = loss_and_grad(params, *minibatch)
     updates, state = optimizer.update(grads, state, params)
     return (optax.apply_updates(params, updates), state), loss
 
   def epoch(carry, key_e):
     perm = jax.random.permutation(key_e, n)[:n_batches * size]
-    carry, losses = jax.lax.scan(update, carry,
-                                 perm.reshape(n_batches, size))
+    # One gather per epoch; the steps then slice their minibatch.
+    minibatches = (obs[perm].reshape(n_batches, size, obs.shape[1]),
+                   returns[perm].reshape(n_batches, size))
+    carry, losses = jax.lax.scan(update, carry, minibatches)
     return carry, jnp.mean(losses)
 
-  (value_params, opt_state), epoch_losses = jax.lax.scan(
-      epoch, (value_params, opt_state),
+  (flat_params, flat_state), epoch_losses = jax.lax.scan(
+      epoch, (flat_params, flat_state),
       jax.random.split(key, config.vf_epochs))
-  return value_params, opt_state, epoch_losses[-1]
+  opt_state = jax.tree.map(lambda t, x: unravel(x) if is_params(t) else x,
+                           opt_state, flat_state, is_leaf=is_params)
+  return unravel(flat_params), opt_state, epoch_losses[-1]
+
+
+def _is_shaped_like(params: PyTree):
+  """A predicate: is a subtree structured and shaped like `params` (e.g.
+  Adam's moments inside an optimiser state)?"""
+  structure = jax.tree.structure(params)
+  shapes = [(jnp.shape(x), jnp.result_type(x))
+            for x in jax.tree.leaves(params)]
+
+  def is_params(tree) -> bool:
+    return (jax.tree.structure(tree) == structure
+            and [(jnp.shape(x), jnp.result_type(x))
+                 for x in jax.tree.leaves(tree)] == shapes)
+
+  return is_params
