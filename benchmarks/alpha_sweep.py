@@ -55,7 +55,8 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
-  from admrl_jax.meta import admrl, presets  # pylint: disable=g-import-not-at-top
+  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
+  from experiments import presets  # pylint: disable=g-import-not-at-top
 
   wall = time.time()
   repeats = 1 if _QUICK.value else 3

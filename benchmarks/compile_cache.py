@@ -46,7 +46,8 @@ def compile_task_iteration() -> float:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
-  from admrl_jax.meta import admrl, presets  # pylint: disable=g-import-not-at-top
+  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
+  from experiments import presets  # pylint: disable=g-import-not-at-top
   config, family_overrides, alpha = presets.preset('lq', 'smoke')
   family = envs.make('lq', **family_overrides)
   algorithm = admrl.AdMRL(family, config)

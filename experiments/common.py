@@ -38,6 +38,17 @@ def run_main(argv, run: Callable[[], object]) -> None:
     os._exit(130)  # pylint: disable=protected-access
 
 
+def timed_log(start: float) -> Callable[[str], None]:
+  """`log(message)`: prints `[  12.3s] message` (seconds since `start`, a
+  `time.time()`), flushed at once."""
+  import time  # pylint: disable=g-import-not-at-top
+
+  def log(message: str) -> None:
+    print(f'[{time.time() - start:7.1f}s] {message}', flush=True)
+
+  return log
+
+
 def parse_sets(items) -> dict[str, str]:
   """--set=field=value items → {dotted field: text}; UsageError if malformed."""
   overrides = {}
@@ -69,15 +80,32 @@ def parse_seeds(text: str) -> list[int]:
   return [int(v) for v in values]
 
 
-def physics_overrides(record) -> dict:
-  """`make` overrides of a run record: the physics it names (pipeline,
-  frame skip) and the family fields set with --family_set; records written
-  before a key existed simply lack it."""
+def family_from_record(record, env=None):
+  """The task family of a run record (config.json): `envs.make` of its
+  family with its horizon, physics (pipeline, frame skip), --family_set
+  fields and, for the run's own family, its calibration (Cheetah-Highdim's
+  μ, σ); records written before a key existed simply lack it.
+
+  Args:
+    record: the run record (a dict, as `training.resolve` writes it).
+    env: another registered family to build with the run's horizon and
+      physics (an evaluation family such as ant2d_ood); None: the run's.
+  Raises:
+    ValueError, TypeError: `envs.make` refuses the name or a field.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   overrides = {name: record[name] for name in ('pipeline', 'frame_skip')
                if record.get(name) is not None}
   overrides.update({name: _tuples(value) for name, value in
                     record.get('family_set', {}).items()})
-  return overrides
+  calibration = record.get('calibration') if env is None else None
+  if calibration:
+    overrides['state_mean'] = np.asarray(calibration['state_mean'],
+                                         np.float32)
+    overrides['state_std'] = np.asarray(calibration['state_std'], np.float32)
+  return envs.make(record['env'] if env is None else env,
+                   horizon=record['horizon'], **overrides)
 
 
 def _tuples(value):
@@ -132,6 +160,7 @@ def parse_family_sets(env_name: str, items) -> dict:
   import dataclasses  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   texts = {}
   for item in items:
     if '=' not in item:
@@ -172,14 +201,8 @@ def parse_family_sets(env_name: str, items) -> dict:
       kind = type(default).__name__
       raise UsageError(f'--family_set: cannot parse {name}={text!r} as '
                        f'{kind} ({e})') from None
-    values[name] = _lists(value)
+    values[name] = metrics.to_jsonable(value)
   return values
-
-
-def _lists(value):
-  if isinstance(value, (tuple, list)):
-    return [_lists(v) for v in value]
-  return value
 
 
 def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None,
@@ -395,3 +418,15 @@ def write_json(path: str, value) -> None:
   with open(tmp, 'w') as f:
     json.dump(value, f, indent=1, allow_nan=False)
   os.replace(tmp, path)
+
+
+def json_array(x, k=None):
+  """A float64 array from its JSON form (None → NaN;
+  `evaluation.metrics.from_jsonable`); `k` reshapes to (-1, k)."""
+  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  return metrics.from_jsonable(x, k)
+
+
+def json_number(x) -> float:
+  """A float from its JSON form (None or 'nan' → NaN)."""
+  return float('nan') if x is None else float(x)

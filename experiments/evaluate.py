@@ -53,8 +53,9 @@ common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 from experiments.astar import astar_values
 from experiments.common import write_json
 # pylint: enable=g-import-not-at-top,wrong-import-position
-from experiments.common import (CheckpointError, UsageError, parse_floats,
-                                physics_overrides, run_main)
+from experiments.common import (CheckpointError, UsageError,
+                                family_from_record, json_array, json_number,
+                                parse_floats, run_main)
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
@@ -142,10 +143,8 @@ def eval_family(family, record, eval_env):
   if eval_env not in envs.names():
     raise UsageError(f'--eval_env: unknown environment {eval_env!r}; valid: '
                      f'{", ".join(envs.names())}')
-  kwargs = dict(horizon=family.horizon)
-  kwargs.update(physics_overrides(record))
   try:
-    other = envs.make(eval_env, **kwargs)
+    other = family_from_record(record, env=eval_env)
   except ValueError as e:
     raise UsageError(f'--eval_env: {e}') from None
   if (other.obs_size, other.action_size) != (family.obs_size,
@@ -162,12 +161,31 @@ def eval_family(family, record, eval_env):
 
 # ---------------------------------------------------------------- run
 def run():
+  """Flags → eval.json and the figures, in the steps below."""
   start = time.time()
-
-  def log(message):
-    print(f'[{time.time() - start:7.1f}s] {message}', flush=True)
+  log = common.timed_log(start)
 
   common.import_family_modules(_FAMILY_MODULE.value)
+  options = read_flags()
+  # A rerun (after Ctrl-C) loads the adaptation program instead of
+  # compiling it again.
+  common.enable_compilation_cache()
+  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  family, config, record = workdir_lib.load_config(options['workdir'])
+  target = eval_family(family, record, _EVAL_ENV.value)
+  plan = plan_evaluation(target, config, options)
+  state, step = restore(options['workdir'], family, config, record)
+  all_tasks, index = select_tasks(target, options['max_tasks'])
+  report = evaluate(family, target, config, record, plan, state, step,
+                    all_tasks, index, log)
+  report['wall_time_s'] = time.time() - start
+  save(report, outputs(options['workdir'], record, _EVAL_ENV.value), log)
+
+
+def read_flags() -> dict:
+  """The evaluation's flags, checked: workdir, budgets, stage_samples
+  (default the gcd of the budgets), max_tasks, seed; UsageError naming the
+  flag on bad input (nothing is read or written before)."""
   workdir = _WORKDIR.value
   if not workdir:
     raise UsageError('--workdir is required')
@@ -190,14 +208,14 @@ def run():
     raise UsageError(f'--n_zeroshot must be >= 0, got {_N_ZEROSHOT.value}')
   if _SEED.value < 0:
     raise UsageError(f'--seed must be >= 0, got {_SEED.value}')
+  return dict(workdir=workdir, budgets=budgets, stage_samples=stage_samples,
+              max_tasks=max_tasks, seed=_SEED.value)
 
-  # A rerun (after Ctrl-C) loads the adaptation program instead of
-  # compiling it again.
-  common.enable_compilation_cache()
-  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  family, config, record = workdir_lib.load_config(workdir)
-  target = eval_family(family, record, _EVAL_ENV.value)
 
+def plan_evaluation(target, config, options) -> dict:
+  """How A* and the A_n are measured: the A* method ('closed_form' or
+  'slbo'), its real-sample budget (None for the closed form) and the
+  `AdaptationConfig`; UsageError if the family or the sizes refuse them."""
   from admrl_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import optimum  # pylint: disable=g-import-not-at-top
   method = (optimum.default_method(target) if _ASTAR_METHOD.value == 'auto'
@@ -206,24 +224,34 @@ def run():
     raise UsageError(f'--astar_method=closed_form: {target.name} has no '
                      'closed-form optimum; use slbo')
   astar_budget = None if method == 'closed_form' else _ASTAR_BUDGET.value
+  stage_samples = options['stage_samples']
   try:
     adapt_config = adaptation.AdaptationConfig.from_budgets(
-        budgets, stage_samples, n_zeroshot=_N_ZEROSHOT.value,
+        options['budgets'], stage_samples, n_zeroshot=_N_ZEROSHOT.value,
         n_inner=_N_INNER.value, eval_episodes=_EVAL_EPISODES.value)
     adaptation.stage_slbo_config(target, config.slbo, stage_samples)
     if astar_budget is not None:
       optimum.OptimumConfig(budget=astar_budget, stage_samples=stage_samples)
   except ValueError as e:
     raise UsageError(str(e)) from None
+  return dict(method=method, astar_budget=astar_budget,
+              adapt_config=adapt_config, budgets=options['budgets'],
+              stage_samples=stage_samples, seed=options['seed'])
 
+
+def restore(workdir, family, config, record):
+  """(batched AdMRLState, step) of --step's checkpoint (default the
+  latest); UsageError for a missing one, CheckpointError for one that does
+  not restore."""
+  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if _STEP.value is not None:
     _positive(_STEP, 'step')
     if not os.path.isdir(os.path.join(workdir, 'checkpoints',
                                       str(_STEP.value))):
       raise UsageError(f'--step: {workdir} has no checkpoint {_STEP.value}')
   try:
-    state, step = workdir_lib.load_state(workdir, family, config, record,
-                                         _STEP.value)
+    return workdir_lib.load_state(workdir, family, config, record,
+                                  _STEP.value)
   except UsageError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -232,26 +260,44 @@ def run():
     raise CheckpointError(f'{workdir}: cannot restore {what} '
                           f'({type(e).__name__}: {str(e)[:200]})') from None
 
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
+def select_tasks(target, max_tasks):
+  """(the whole evaluation set (t, k) float32, the indices evaluated):
+  every task, or `max_tasks` spread over the set. The indices into the
+  whole set key the pieces and the roll-outs, so a task's result is the
+  same whatever --max_tasks chose."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   all_tasks = np.asarray(target.eval_tasks(), np.float32)
-  # Indices into the whole set: they key the pieces and the roll-outs, so a
-  # task's result is the same whatever --max_tasks chose.
   index = (np.arange(len(all_tasks)) if max_tasks is None
            else metrics.spread_subset(all_tasks, max_tasks))
+  return all_tasks, index
+
+
+def evaluate(family, target, config, record, plan, state, step, all_tasks,
+             index, log) -> dict:
+  """A*, then A0 and A_n of every member on tasks all_tasks[index], and
+  the report (the content of eval.json, before `to_jsonable`)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir = _WORKDIR.value
+  budgets, stage_samples = plan['budgets'], plan['stage_samples']
+  method, astar_budget = plan['method'], plan['astar_budget']
   tasks = all_tasks[index]
   members = workdir_lib.members(record)
   paths = outputs(workdir, record, _EVAL_ENV.value)
-  adapter = adaptation.Adaptation(target, config.slbo, adapt_config)
+  adapter = adaptation.Adaptation(target, config.slbo, plan['adapt_config'])
   log(f'{workdir}: {record["env"]} {config.algo}, checkpoint {step}: '
       f'{len(members)} member(s) x {len(tasks)} {target.name} task(s)'
       + (f' (spread over the {len(all_tasks)} of the set)'
          if len(tasks) < len(all_tasks) else '')
       + f' = {len(members) * len(tasks)} adaptation(s), each zero-shot '
       f'({adapter.n_zeroshot} VirtualTraining iterations) then '
-      f'{adapt_config.n_stages} stage(s) of {stage_samples} real samples and '
-      f'{adapter.n_inner} iterations; A_n at n = {budgets}; A* {method}'
+      f'{plan["adapt_config"].n_stages} stage(s) of {stage_samples} real '
+      f'samples and {adapter.n_inner} iterations; A_n at n = {budgets}; '
+      f'A* {method}'
       + (f' ({astar_budget} real samples per task, cached)' if astar_budget
          else ''))
 
@@ -259,7 +305,7 @@ def run():
       os.path.dirname(os.path.abspath(workdir)), 'astar_cache.json')
   astar, computed = astar_values(target, config.slbo, tasks, method,
                                  astar_budget, stage_samples, cache_path,
-                                 _SEED.value, log,
+                                 plan['seed'], log,
                                  tag=family_set_tag(record))
   log(f'A* of {len(tasks)} task(s) ({computed} computed, '
       f'{len(tasks) - computed} cached) in {cache_path}')
@@ -268,7 +314,7 @@ def run():
                   stage_samples=stage_samples,
                   eval_episodes=adapter.eval_episodes,
                   n_zeroshot=adapter.n_zeroshot, n_inner=adapter.n_inner,
-                  seed=_SEED.value,
+                  seed=plan['seed'],
                   members=[dict(seed=s, alpha=a) for s, a in members])
   a0, an = adapt_pieces(adapter, state.slbo, members, all_tasks, index,
                         settings, paths['pieces'], log, _THROTTLE.value)
@@ -277,7 +323,7 @@ def run():
   visited = np.asarray(family.from_u(np.asarray(state.visited_u)))
   iterations = np.asarray(state.iteration)
   visited = [v[:int(n)] for v, n in zip(visited, iterations)]
-  report = dict(
+  return dict(
       workdir=os.path.abspath(workdir), env=record['env'],
       eval_env=target.name, algo=config.algo, preset=record.get('preset'),
       step=int(step), members=[dict(seed=s, alpha=a) for s, a in members],
@@ -293,15 +339,19 @@ def run():
       Gmax_n=result.metrics.gmax, average_An=result.metrics.average_an,
       average_A0=result.metrics.average_a0,
       worst_task=result.metrics.worst_task,
-      summary=result.summary(), visited_tasks=visited,
-      wall_time_s=time.time() - start)
+      summary=result.summary(), visited_tasks=visited)
+
+
+def save(report, paths, log) -> None:
+  """eval.json and the four figures, with a line on Gmax_n."""
+  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   write_json(paths['json'], metrics.to_jsonable(report))
-  summary = result.summary()
+  summary = report['summary']
   log('Gmax_n ' + ', '.join(
       f'n={b}: {m:.3f}±{s:.3f}' for b, m, s in zip(
-          budgets, summary['Gmax_n_mean'], summary['Gmax_n_std']))
-      + (' (A* closed form)' if astar_budget is None
-         else f' (A* from {astar_budget} samples)'))
+          report['budgets'], summary['Gmax_n_mean'], summary['Gmax_n_std']))
+      + (' (A* closed form)' if report['astar_budget'] is None
+         else f' (A* from {report["astar_budget"]} samples)'))
   draw(report_for_plots(report), paths)
   log(f'wrote {paths["json"]} and '
       f'{", ".join(os.path.basename(paths[n]) for n in FIGURES)}')
@@ -401,9 +451,9 @@ def adapt_pieces(adapter, slbo_state, members, all_tasks, index, settings,
         + ', '.join(f'{v:.3f}' for v in an) + f' ({times[-1]:.1f}s{eta})')
     if throttle_s > 0:
       time.sleep(throttle_s)
-  a0 = np.asarray([[_num(pieces[name(m, i)]['a0']) for i in index]
+  a0 = np.asarray([[json_number(pieces[name(m, i)]['a0']) for i in index]
                    for m in range(len(members))], np.float64)
-  an = np.asarray([[[_num(v) for v in pieces[name(m, i)]['an']]
+  an = np.asarray([[[json_number(v) for v in pieces[name(m, i)]['an']]
                     for i in index] for m in range(len(members))],
                   np.float64)
   for m, (seed, alpha) in enumerate(members):
@@ -445,42 +495,33 @@ def draw(report, paths) -> None:
   summary = report['summary']
   budgets = report['budgets']
   names = report['task_names']
-  fig = plots.gap_heatmaps([(label, _arr(summary['Gn_mean']))],
-                           _arr(report['tasks']), budgets, names,
+  fig = plots.gap_heatmaps([(label, json_array(summary['Gn_mean']))],
+                           json_array(report['tasks']), budgets, names,
                            title=f'{report["eval_env"]}: G_n, mean over '
                            f'{summary["members"]} member(s); '
                            f'{astar_note(report)}')
   fig.savefig(paths['gap_heatmap'], dpi=110)
-  fig = plots.curves(budgets, [(label, _arr(summary['Gmax_n_mean']),
-                                _arr(summary['Gmax_n_std']))],
+  fig = plots.curves(budgets, [(label, json_array(summary['Gmax_n_mean']),
+                                json_array(summary['Gmax_n_std']))],
                      'Gmax_n = max_ψ (A* − A_n)',
                      f'{report["eval_env"]}; {astar_note(report)}')
   fig.savefig(paths['gmax'], dpi=110)
   fig = plots.curves(
       [0] + budgets,
-      [(label, np.concatenate([[_num(summary['average_A0_mean'])],
-                               _arr(summary['average_An_mean'])]),
-        np.concatenate([[_num(summary['average_A0_std'])],
-                        _arr(summary['average_An_std'])]))],
+      [(label, np.concatenate([[json_number(summary['average_A0_mean'])],
+                               json_array(summary['average_An_mean'])]),
+        np.concatenate([[json_number(summary['average_A0_std'])],
+                        json_array(summary['average_An_std'])]))],
       'average A_n (n = 0: A0)', report['eval_env'])
   fig.savefig(paths['average_return'], dpi=110)
   runs = [(f'{report["algo"]}, seed {m["seed"]}, α {m["alpha"]:g}',
-           _arr(v, len(names))) for m, v in zip(report['members'],
+           json_array(v, len(names))) for m, v in zip(report['members'],
                                                 report['visited_tasks'])]
   fig = plots.visited_tasks(runs, report['train_task_low'],
                             report['train_task_high'], names,
-                            eval_tasks=_arr(report['tasks']),
+                            eval_tasks=json_array(report['tasks']),
                             title=f'{report["env"]}: training tasks visited')
   fig.savefig(paths['visited_tasks'], dpi=110)
-
-
-def _arr(x, k=None):
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-  return metrics.from_jsonable(x, k)
-
-
-def _num(x):
-  return float('nan') if x is None else float(x)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,8 @@ from experiments import common
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments.common import UsageError, run_main, write_json
+from experiments.common import (UsageError, json_array, json_number,
+                                run_main, write_json)
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKDIRS = flags.DEFINE_string('workdirs', None,
@@ -97,15 +98,6 @@ def run():
   print(f'wrote {", ".join(sorted(paths.values()))}')
 
 
-def _arr(x, k=None):
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-  return metrics.from_jsonable(x, k)
-
-
-def _num(x):
-  return float('nan') if x is None else float(x)
-
-
 def _astar_note(reports) -> str:
   notes = sorted({'A* closed form' if r['astar_budget'] is None
                   else f'A* from {r["astar_budget"]} samples'
@@ -123,7 +115,7 @@ def draw(reports, out: str) -> dict:
 
   env = reports[0]['eval_env']
   note = _astar_note(reports)
-  astars = [_arr(r['Astar']) for r in reports]
+  astars = [json_array(r['Astar']) for r in reports]
   if any(a.shape != astars[0].shape or not np.allclose(
       a, astars[0], equal_nan=True) for a in astars[1:]):
     print('warning: the runs use different A* (different caches or task '
@@ -132,7 +124,8 @@ def draw(reports, out: str) -> dict:
            for name in FIGURES}
 
   def summary(r, name):
-    return _arr(r['summary'][f'{name}_mean']), _arr(r['summary'][f'{name}_std'])
+    return (json_array(r['summary'][f'{name}_mean']),
+            json_array(r['summary'][f'{name}_std']))
 
   fig = plots.curves(
       reports[0]['budgets'],
@@ -150,16 +143,15 @@ def draw(reports, out: str) -> dict:
     if r['budgets'] != reports[0]['budgets']:
       continue
     mean_n, std_n = summary(r, 'average_An')
-    lines.append((r['label'],
-                  np.concatenate([[_num(r['summary']['average_A0_mean'])],
-                                  mean_n]),
-                  np.concatenate([[_num(r['summary']['average_A0_std'])],
-                                  std_n])))
+    a0_mean = json_number(r['summary']['average_A0_mean'])
+    a0_std = json_number(r['summary']['average_A0_std'])
+    lines.append((r['label'], np.concatenate([[a0_mean], mean_n]),
+                  np.concatenate([[a0_std], std_n])))
   fig = plots.curves([0] + reports[0]['budgets'], lines,
                      'average A_n (n = 0: A0)', env)
   fig.savefig(paths['average_return'], dpi=110)
 
-  tasks = [_arr(r['tasks']) for r in reports]
+  tasks = [json_array(r['tasks']) for r in reports]
   same_grid = all(t.shape == tasks[0].shape and np.allclose(t, tasks[0])
                   for t in tasks[1:]) and all(
                       r['budgets'] == reports[0]['budgets'] for r in reports)
@@ -176,7 +168,7 @@ def draw(reports, out: str) -> dict:
     del paths['gap_heatmap']
 
   k = len(reports[0]['task_names'])
-  runs = [(r['label'], _arr(r['visited_tasks'][0], k)) for r in reports]
+  runs = [(r['label'], json_array(r['visited_tasks'][0], k)) for r in reports]
   fig = plots.visited_tasks(runs, reports[0]['train_task_low'],
                             reports[0]['train_task_high'],
                             reports[0]['task_names'],

@@ -144,28 +144,37 @@ def resolve_settings():
 
 # --------------------------------------------------------------- run
 def run():
+  """Flags → a trained (or resumed) run in --workdir: JAX set up, settings
+  resolved and checked (nothing written on bad input), then `train`."""
   start = time.time()
+  log = common.timed_log(start)
+
+  configure_jax()
+  family, config, alphas, seeds, record = resolve_settings()
+  # Refused (exit 2) before anything is written.
+  sharding, shard_note = member_sharding(_SHARD.value, len(seeds) * len(alphas),
+                                         record['sweep'])
+  if shard_note:
+    log(shard_note)
+  train(family, config, alphas, seeds, record, workdir_of(family, config),
+        log, stop_after=_STOP_AFTER.value, throttle_s=_THROTTLE.value,
+        phase_progress=_PHASE_PROGRESS.value, sharding=sharding)
+
+
+def configure_jax() -> None:
+  """--distributed, --x64 and the compilation cache, before any array."""
   import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value:
     jax.distributed.initialize()  # before any other JAX call
   if _X64.value:
     jax.config.update('jax_enable_x64', True)  # before any array exists
   common.enable_compilation_cache(_COMPILATION_CACHE.value)
-  family, config, alphas, seeds, record = resolve_settings()
-  # Refused (exit 2) before anything is written.
-  sharding, shard_note = member_sharding(_SHARD.value, len(seeds) * len(alphas),
-                                         record['sweep'])
-  workdir = _WORKDIR.value or os.path.join(
+
+
+def workdir_of(family, config) -> str:
+  """--workdir, default runs/<env>-<algo>-<preset>."""
+  return _WORKDIR.value or os.path.join(
       'runs', f'{family.name}-{config.algo}-{_PRESET.value}')
-
-  def log(message):
-    print(f'[{time.time() - start:7.1f}s] {message}', flush=True)
-
-  if shard_note:
-    log(shard_note)
-  train(family, config, alphas, seeds, record, workdir, log,
-        stop_after=_STOP_AFTER.value, throttle_s=_THROTTLE.value,
-        phase_progress=_PHASE_PROGRESS.value, sharding=sharding)
 
 
 if __name__ == '__main__':

@@ -59,7 +59,7 @@ def main(argv):
 
   from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
   from admrl_jax.models.dynamics import ModelConfig  # pylint: disable=g-import-not-at-top
-  from admrl_jax.meta import presets  # pylint: disable=g-import-not-at-top
+  from experiments import presets  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import slbo  # pylint: disable=g-import-not-at-top
   from experiments.common import UsageError, build_family, parse_floats, parse_seeds, parse_sets, resolve_psi  # pylint: disable=g-import-not-at-top
 

@@ -53,8 +53,9 @@ from experiments import common
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments.common import (UsageError, parse_floats, parse_seeds,
-                                read_json, run_main, wait, write_json)
+from experiments.common import (UsageError, json_number, parse_floats,
+                                parse_seeds, read_json, run_main, wait,
+                                write_json)
 from experiments.progress import format_seconds
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -168,7 +169,7 @@ def study_settings():
     raise UsageError(f'--alpha: step sizes must be > 0, got {_ALPHA.value!r}')
   if alphas is None:
     from admrl_jax import envs  # pylint: disable=g-import-not-at-top
-    from admrl_jax.meta import presets  # pylint: disable=g-import-not-at-top
+    from experiments import presets  # pylint: disable=g-import-not-at-top
     if _ENV.value not in envs.names():
       raise UsageError(f'--env: unknown environment {_ENV.value!r}; valid: '
                        f'{", ".join(envs.names())}')
@@ -266,9 +267,7 @@ def eval_tasks(family, scale):
 # --------------------------------------------------------------------- run
 def run():
   start = time.time()
-
-  def log(message):
-    print(f'[{time.time() - start:7.1f}s] {message}', flush=True)
+  log = common.timed_log(start)
 
   common.import_family_modules(_FAMILY_MODULE.value)
   settings = study_settings()
@@ -457,10 +456,6 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
 
 
 # ---------------------------------------------------------------- summary
-def _num(x):
-  return float('nan') if x in (None, 'nan') else float(x)
-
-
 def summarize(settings, runs, members, tasks, adapt_config, astar, method,
               astar_budget, evaluations, workdir):
   """Every measure of the study as a JSON-able dict (no wall times: a
@@ -473,8 +468,8 @@ def summarize(settings, runs, members, tasks, adapt_config, astar, method,
   astar_v = np.asarray(astar['values'], np.float64)
   methods = {}   # label -> per-seed arrays
   for algo, result in evaluations.items():
-    a0 = np.asarray([[_num(v) for v in row] for row in result['a0']])
-    an = np.asarray([[[_num(v) for v in cell] for cell in row]
+    a0 = np.asarray([[json_number(v) for v in row] for row in result['a0']])
+    an = np.asarray([[[json_number(v) for v in cell] for cell in row]
                      for row in result['an']])
     returns = np.concatenate([a0[:, :, None], an], axis=-1)  # (m, t, 1 + b)
     alphas = sorted({a for _, a in members[algo]})
@@ -564,7 +559,7 @@ def diagnostics(workdir, runs):
       for r in seq:
         if r['gap'] is None or r['grad_u'] is None:
           continue
-        g = np.asarray([_num(v) for v in r['grad_u']])
+        g = np.asarray([json_number(v) for v in r['grad_u']])
         if not r['grad_accepted']:
           continue
         norms.append(float(np.linalg.norm(g)))
@@ -572,7 +567,7 @@ def diagnostics(workdir, runs):
         raw = np.asarray(r['u']) + alpha * g
         clipped += int(np.any(np.abs(raw) > 1.0))
         if r.get('grad_u_repeat') is not None:
-          rep = np.asarray([_num(v) for v in r['grad_u_repeat']])
+          rep = np.asarray([json_number(v) for v in r['grad_u_repeat']])
           cosines.append(float(stats.cosine(g, rep)))
     out[f'{alpha:g}'] = dict(
         steps=len(steps),

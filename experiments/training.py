@@ -9,7 +9,7 @@ import os
 import time
 
 from experiments.common import (CheckpointError, UsageError, build_family,
-                                parse_family_sets, physics_overrides, wait)
+                                family_from_record, parse_family_sets, wait)
 from experiments.progress import Progress, format_seconds, plan
 
 
@@ -25,7 +25,9 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
   field=value items). `record` is what config.json holds. Raises
   UsageError naming the flag on bad input.
   """
-  from admrl_jax.meta import admrl, presets  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
+  from experiments import presets  # pylint: disable=g-import-not-at-top
 
   if algo not in admrl.ALGOS:
     raise UsageError(f'--algo: unknown algorithm {algo!r}; valid: '
@@ -67,7 +69,7 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
                 frame_skip=getattr(family, 'frame_skip', None),
                 horizon=family.horizon, alphas=alphas, seeds=seeds,
                 sweep=sweep,
-                config=_jsonable(dataclasses.asdict(config)))
+                config=metrics.to_jsonable(dataclasses.asdict(config)))
   # Absent (not False, not empty) keeps older workdirs valid.
   if x64:
     record['x64'] = True
@@ -76,17 +78,6 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
   if fields:
     record['family_set'] = fields
   return family, config, alphas, seeds, record
-
-
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {k: _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if x is None or isinstance(x, (bool, int, float, str)):
-    return x
-  # e.g. an activation function: record its name.
-  return getattr(x, '__name__', None) or repr(x)
 
 
 def _differences(saved, current, prefix=''):
@@ -215,17 +206,13 @@ def train(family, config, alphas, seeds, record, workdir, log,
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
   from experiments import checkpoints, logs  # pylint: disable=g-import-not-at-top
 
   # Calibration (Cheetah-Highdim's μ, σ) is part of the run: reuse it.
   if saved is not None and saved.get('calibration'):
-    cal = saved['calibration']
-    family = envs.make(family.name, horizon=family.horizon,
-                       **physics_overrides(record),
-                       state_mean=np.asarray(cal['state_mean'], np.float32),
-                       state_std=np.asarray(cal['state_std'], np.float32))
+    family = family_from_record(dict(record,
+                                     calibration=saved['calibration']))
   else:
     family = family.calibrate(jax.random.key(10_000 + seeds[0]))
   if getattr(family, 'state_mean', None) is not None:

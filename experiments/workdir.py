@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-from experiments.common import (UsageError, import_family_modules,
-                                physics_overrides)
+from experiments.common import (UsageError, family_from_record,
+                                import_family_modules)
 
 
 def load_config(workdir: str):
@@ -16,10 +16,7 @@ def load_config(workdir: str):
     UsageError: no run there, or its family cannot be built (a module not
       importable, an unregistered name, a bad field).
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
-  from admrl_jax.meta import presets  # pylint: disable=g-import-not-at-top
+  from experiments import presets  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
@@ -30,17 +27,10 @@ def load_config(workdir: str):
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_enable_x64', True)  # the run's dtypes
   config = presets.config_from_dict(record['config'])
-  kwargs = dict(horizon=record['horizon'])
-  kwargs.update(physics_overrides(record))
-  if record.get('calibration'):
-    kwargs['state_mean'] = np.asarray(record['calibration']['state_mean'],
-                                      np.float32)
-    kwargs['state_std'] = np.asarray(record['calibration']['state_std'],
-                                     np.float32)
   import_family_modules(record.get('family_module'),
                         f'{path} (family_module)')
   try:
-    family = envs.make(record['env'], **kwargs)
+    family = family_from_record(record)
   except (ValueError, TypeError) as e:
     raise UsageError(f'{workdir}: cannot build its family {record["env"]!r} '
                      f'({e}); a family registered by a module needs '

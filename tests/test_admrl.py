@@ -11,10 +11,10 @@ import pytest
 from admrl_jax import envs
 from admrl_jax.envs import lq
 from admrl_jax.meta import admrl
-from admrl_jax.meta import presets
 from admrl_jax.meta import task_gradient as tg
 from admrl_jax.models import dynamics
 from experiments import logs
+from experiments import presets
 
 
 @pytest.fixture(scope='module')

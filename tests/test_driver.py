@@ -292,8 +292,8 @@ def test_every_config_field_refuses_bad_values_before_running():
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
 
-  from admrl_jax.meta import presets  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import presets  # pylint: disable=g-import-not-at-top
   from experiments import run as driver  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()

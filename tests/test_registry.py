@@ -9,7 +9,7 @@ import pytest
 
 from admrl_jax import envs
 from admrl_jax.envs import base
-from admrl_jax.meta import presets
+from experiments import presets
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

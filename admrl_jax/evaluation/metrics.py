@@ -145,7 +145,9 @@ def evaluation(a0, an, astar, tasks, budgets: Sequence[int],
 
 
 def to_jsonable(x):
-  """Arrays → nested lists with NaN/inf → None; dicts and tuples recurse."""
+  """A value for `json.dump`: arrays → nested lists, NaN/inf → None, dicts,
+  lists and tuples recurse, a function (a config's activation) → its name;
+  None, bools, ints and strings stay. `from_jsonable` reads arrays back."""
   if isinstance(x, dict):
     return {k: to_jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
@@ -158,6 +160,8 @@ def to_jsonable(x):
         to_jsonable(float(x)))
   if isinstance(x, float):
     return x if np.isfinite(x) else None
+  if callable(x):
+    return getattr(x, '__name__', None) or repr(x)
   return x
 
 

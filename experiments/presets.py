@@ -1,7 +1,13 @@
-"""Named sizes of a run: `paper` (the paper values), `quick`, `smoke`.
+"""Named sizes of a run and the `--set` parser: the driver's side of the
+configuration (the library takes configs as frozen dataclasses and knows no
+names).
 
-`preset(env, name)` returns the `AdMRLConfig`, the family overrides (e.g. a
-shorter horizon) and the task step size α the paper chose for the family.
+`preset(env, name)` returns the `AdMRLConfig` of `paper` (Lin et al. 2020,
+arXiv:2006.08875, Appendix C, and the authors' code), `quick` or `smoke`,
+the family overrides (e.g. a shorter horizon) and the task step size α the
+paper chose for the family. `apply_overrides` sets dotted config fields from
+`--set=field=value` texts; `config_from_dict` rebuilds a config from a run's
+config.json.
 """
 from __future__ import annotations
 
