@@ -36,9 +36,9 @@ def make_virtual_rollout(family: TaskFamily, policy_fn: PolicyFn,
   n_steps = family.horizon if n_steps is None else n_steps
   horizon = family.horizon
 
-  def one_step(policy_params, model, psi, start_obs, carry, key):
+  def one_step(policy_params, model, psi, start_obs, carry, key_policy,
+               restart_index):
     obs, t = carry
-    key_policy, key_start = jax.random.split(key)
     raw_action = policy_fn(policy_params, obs, key_policy)
     action = family.clip_action(raw_action)
     next_obs = dynamics_fn(model, obs, action)
@@ -47,8 +47,7 @@ def make_virtual_rollout(family: TaskFamily, policy_fn: PolicyFn,
     t = t + 1
     timeout = (t >= horizon) & ~done
     end = done | timeout
-    restart = start_obs[jax.random.randint(key_start, (), 0,
-                                           start_obs.shape[0])]
+    restart = start_obs[restart_index]
     carry = (jnp.where(end, restart, next_obs), jnp.where(end, 0, t))
     return carry, types.Transition(
         obs=obs, action=action, raw_action=raw_action, reward=reward,
@@ -56,16 +55,28 @@ def make_virtual_rollout(family: TaskFamily, policy_fn: PolicyFn,
 
   def rollout(policy_params, model, psi, start_obs, key) -> types.Transition:
     key_start, key_steps = jax.random.split(key)
-    index = jax.random.randint(key_start, (n_rollouts,), 0, start_obs.shape[0])
+    n_start = start_obs.shape[0]
+    index = jax.random.randint(key_start, (n_rollouts,), 0, n_start)
     carry = (start_obs[index], jnp.zeros((n_rollouts,), jnp.int32))
-    step = jax.vmap(one_step, in_axes=(None, None, None, None, 0, 0))
+    # Every step's keys and restart states are drawn here, in one batch,
+    # rather than inside the scan: the same draws (step t, roll-out i uses
+    # split(split(key_steps, T)[t], n)[i], split into the policy's key and
+    # the restart's), but on a CPU each draw in the loop is a small
+    # while loop of its own (threefry's rolled rounds), several per step.
+    def step_keys(key_t):
+      return jax.vmap(jax.random.split)(jax.random.split(key_t, n_rollouts))
 
-    def time_step(carry, key_t):
-      return step(policy_params, model, psi, start_obs, carry,
-                  jax.random.split(key_t, n_rollouts))
+    keys = jax.vmap(step_keys)(jax.random.split(key_steps, n_steps))
+    key_policy, key_restart = keys[:, :, 0], keys[:, :, 1]
+    restart_index = jax.vmap(jax.vmap(
+        lambda k: jax.random.randint(k, (), 0, n_start)))(key_restart)
+    step = jax.vmap(one_step, in_axes=(None, None, None, None, 0, 0, 0))
+
+    def time_step(carry, inputs):
+      return step(policy_params, model, psi, start_obs, carry, *inputs)
 
     _, transitions = jax.lax.scan(time_step, carry,
-                                  jax.random.split(key_steps, n_steps))
+                                  (key_policy, restart_index))
     return transitions
 
   return rollout
