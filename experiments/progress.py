@@ -115,32 +115,60 @@ class Progress:
 # ------------------------------------------------------------ estimate
 # Effective FLOP/s of a VirtualTraining iteration on the 2-core CPU where
 # benchmarks/virtual_training.py timed hopper2d at the paper's size
-# (benchmarks/results/virtual_training.json: 11.96 s per iteration, whose
-# FLOPs `virtual_iteration_flops` counts as 5.86e11).
-CPU_FLOPS = 49e9
+# (benchmarks/results/virtual_training.json: 12.2 s per iteration, whose
+# FLOPs `virtual_iteration_flops` counts as 6.39e11; measured while the
+# machine was shared, load average ~10).
+CPU_FLOPS = 52.4e9
 
 
 def _mlp_macs(sizes) -> int:
   return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def virtual_iteration_flops(family, config) -> float:
-  """FLOPs of one VirtualTraining iteration (model fit, then npolicy TRPO
-  steps on virtual roll-outs) of one member, counted from the sizes: the
-  roll-out runs the model and the policy forward per virtual sample, the
-  TRPO step and the value fit about three passes of policy and value; the
-  fit, nmodel Adam steps of forward and backward (×3) on a minibatch."""
-  slbo = config.slbo
+def slbo_iteration_flops(family, slbo) -> Dict[str, float]:
+  """Useful FLOPs of one VirtualTraining iteration of one member, by part,
+  counted from the layer sizes: 2 per multiply-add of a forward pass over
+  one sample, a backward pass twice that (`slbo` is an `SLBOConfig`):
+
+    rollout    npolicy × ntrpo virtual samples, each a model and a policy
+               forward pass;
+    gae        the value function at s and s′ of every virtual sample;
+    trpo       per step, over the batch: the surrogate and its gradient at
+               θ_old (3 policy passes; log π_old is that forward pass),
+               cg_iters + 2 Fisher-vector products (CG, the curvature sᵀFs
+               and CG's residual), each a Jacobian product J v (1) and its
+               transpose Jᵀu (2), and one line-search candidate (1);
+    value_fit  vf_epochs epochs of N // vf_minibatch minibatches, forward
+               and backward (3 value passes per sample);
+    model_fit  nmodel Adam steps on a minibatch, forward and backward (3
+               model passes per sample and step of the loss).
+  Optimiser updates and elementwise work are not counted.
+  """
   obs, act = family.obs_size, family.action_size
   model = _mlp_macs((obs + act, *slbo.model.hidden, obs))
   policy = _mlp_macs((obs, *slbo.policy.hidden, act))
   value = _mlp_macs((obs, *slbo.value.hidden, 1))
   samples = slbo.n_rollouts * (slbo.rollout_steps or family.horizon)
-  policy_step = 2 * samples * (model + 4 * (policy + value))
+  trpo_passes = 3 + 3 * (slbo.trpo.cg_iters + 2) + 1
+  minibatch = min(slbo.trpo.vf_minibatch, samples)
+  fitted = slbo.trpo.vf_epochs * (samples // minibatch) * minibatch
   steps = (slbo.model.multi_step_horizon if slbo.model.loss == 'multi_step'
            else 1)
-  fit = 2 * 3 * slbo.model.n_steps * slbo.model.batch_size * steps * model
-  return float(slbo.n_policy * policy_step + fit)
+  n = slbo.n_policy
+  return dict(
+      rollout=float(n * 2 * samples * (model + policy)),
+      gae=float(n * 2 * samples * 2 * value),
+      trpo=float(n * 2 * samples * trpo_passes * policy),
+      value_fit=float(n * 2 * fitted * 3 * value),
+      model_fit=float(2 * 3 * slbo.model.n_steps * slbo.model.batch_size
+                      * steps * model))
+
+
+def virtual_iteration_flops(family, config) -> float:
+  """FLOPs of one VirtualTraining iteration (model fit, then npolicy TRPO
+  steps on virtual roll-outs) of one member: the sum of
+  `slbo_iteration_flops(family, config.slbo)`."""
+  return float(sum(slbo_iteration_flops(family, config.slbo).values()))
 
 
 def virtual_iterations(config, first_task: int, target: int) -> int:
