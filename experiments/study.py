@@ -78,6 +78,10 @@ _STOP_AFTER = flags.DEFINE_integer(
     'stop_after_pieces', None, 'Stop cleanly after this many pieces (task '
     'iterations, evaluated tasks, A* values); rerun to continue.')
 
+_THROTTLE = flags.DEFINE_float(
+    'throttle_s', 0.0, 'Seconds to sleep after each evaluated task (lets a '
+    'test interrupt the evaluation at a known point; not a study setting).')
+
 ALGOS = ('admrl', 'mb_unif', 'mb_gauss')
 EVAL_SEED = 7_777  # the evaluation's keys: fold_in(seed of the member, task)
 
@@ -323,7 +327,7 @@ def run():
     for algo, (family, config, alphas, seeds, record) in runs.items():
       evaluations[algo] = evaluate(algo, family, config, members[algo],
                                    tasks, adapt_config, workdir, pieces,
-                                   n_vt_adapt, log)
+                                   n_vt_adapt, log, _THROTTLE.value)
   except StopStudy:
     log(f'stopped after {pieces.count} piece(s) (--stop_after_pieces); '
         'rerun the same command to continue')
@@ -405,9 +409,10 @@ def astar_values(family, config, tasks, method, budget, stage_samples, scale,
 
 
 def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
-             pieces, units, log):
+             pieces, units, log, throttle_s=0.0):
   """A0 and A_n of every member on every task, one task at a time; each
-  result is saved as it finishes (eval/<algo>.json)."""
+  result is saved as it finishes (eval/<algo>.json), then `throttle_s`
+  seconds are slept."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
@@ -452,6 +457,8 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
                     f'{len(tasks)}: A0 {a0:.2f}, A_n '
                     + ', '.join(f'{v:.2f}' for v in an)
                     + f' ({time.time() - t0:.1f}s)')
+    if throttle_s > 0:
+      time.sleep(throttle_s)
   return result
 
 

@@ -24,6 +24,21 @@ if 'ADMRL_JAX_CACHE_DIR' not in os.environ:
 common.enable_compilation_cache()
 
 
+# The README's test command spreads the test files over every core
+# (pytest-xdist, --dist=loadfile: a module's fixtures are built once, by the
+# worker that runs the module). The longest files start first, so that the
+# last one to finish is a short one.
+LONGEST_FIRST = ('test_study.py', 'test_driver.py', 'test_driver_resume.py',
+                 'test_evaluation.py', 'test_admrl.py', 'test_sharding.py',
+                 'test_task_gradient.py', 'test_envs.py')
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   if _SESSION_CACHE is not None:

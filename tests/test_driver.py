@@ -5,81 +5,71 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from driver_runs import driver as _driver
+from driver_runs import final_state as _final_state
+from driver_runs import finish as _finish
+from driver_runs import metrics as _metrics
+
 SMOKE = ['--env=lq', '--preset=smoke', '--ntasks=3', '--seed=0']
 
 
-def _driver(args, **kwargs):
-  return subprocess.Popen(
-      [sys.executable, '-m', 'experiments.run', *args], cwd=ROOT,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def _finish(proc, timeout=600):
-  out, err = proc.communicate(timeout=timeout)
-  assert proc.returncode == 0, err[-3000:]
-  return out
-
-
-def _metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _final_state(workdir):
-  sys.path.insert(0, ROOT)
-  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  family, config, record = workdir_lib.load_config(workdir)
-  state, step = workdir_lib.load_state(workdir, family, config, record)
-  return state, step
+def _wait_for_checkpoint(proc, workdir, step=1, timeout=900):
+  """Blocks until `workdir` holds checkpoint `step` (so the run's programs
+  are compiled and, unless they report per phase, in the cache)."""
+  deadline = time.time() + timeout
+  path = os.path.join(workdir, 'checkpoints', str(step))
+  while not os.path.isdir(path):
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() < deadline, f'{path} did not appear'
+    time.sleep(0.5)
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """Six runs at once: a vmapped sweep α = 1, 2, 4; the same sweep killed
-  with SIGKILL after task iteration 1 and then restarted; the sweep with
-  --sweep=map; α = 2 alone with --sweep=map; the vmapped sweep and α = 2
-  alone in float64 (--x64)."""
+  """Seven runs: a vmapped sweep α = 1, 2, 4; the same sweep killed with
+  SIGKILL after task iteration 1 and then restarted; the sweep with
+  --sweep=map; α = 2 alone with --sweep=map; the vmapped and the mapped
+  sweep in float64 (--x64), these two with per-phase progress lines.
+
+  Four programs are compiled: the other runs start once the run that
+  compiles their program has checkpointed, and load it from the
+  persistent cache (programs with per-phase progress are never cached,
+  hence --nophase_progress where the lines are not under test)."""
   base = tmp_path_factory.mktemp('driver')
   dirs = {name: str(base / name)
           for name in ('sweep', 'killed', 'sweep_map', 'single_map',
-                       'sweep_x64', 'single_x64')}
+                       'sweep_x64', 'map_x64')}
+  quiet = ['--nophase_progress']
   procs = {
-      'sweep': _driver(SMOKE + ['--alpha=1,2,4', f'--workdir={dirs["sweep"]}']),
-      'killed': _driver(SMOKE + ['--alpha=1,2,4', f'--workdir={dirs["killed"]}',
-                                 '--throttle_s=600']),
-      'sweep_map': _driver(SMOKE + ['--alpha=1,2,4', '--sweep=map',
-                                    f'--workdir={dirs["sweep_map"]}']),
-      'single_map': _driver(SMOKE + ['--alpha=2', '--sweep=map',
-                                     f'--workdir={dirs["single_map"]}']),
+      'sweep': _driver(SMOKE + quiet + ['--alpha=1,2,4',
+                                        f'--workdir={dirs["sweep"]}']),
+      'sweep_map': _driver(SMOKE + quiet + ['--alpha=1,2,4', '--sweep=map',
+                                            f'--workdir={dirs["sweep_map"]}']),
       'sweep_x64': _driver(SMOKE + ['--alpha=1,2,4', '--x64',
                                     f'--workdir={dirs["sweep_x64"]}']),
-      'single_x64': _driver(SMOKE + ['--alpha=2', '--x64',
-                                     f'--workdir={dirs["single_x64"]}'])}
+      'map_x64': _driver(SMOKE + ['--alpha=1,2,4', '--x64', '--sweep=map',
+                                  f'--workdir={dirs["map_x64"]}'])}
+  _wait_for_checkpoint(procs['sweep_map'], dirs['sweep_map'])
+  procs['single_map'] = _driver(SMOKE + quiet + [
+      '--alpha=2', '--sweep=map', f'--workdir={dirs["single_map"]}'])
+  _wait_for_checkpoint(procs['sweep'], dirs['sweep'])
+  killed = _driver(SMOKE + quiet + ['--alpha=1,2,4', '--throttle_s=600',
+                                    f'--workdir={dirs["killed"]}'])
   # Kill that run once iteration 1 is checkpointed (it then sleeps).
-  deadline = time.time() + 900
-  first_checkpoint = os.path.join(dirs['killed'], 'checkpoints', '1')
-  while not os.path.isdir(first_checkpoint):
-    assert procs['killed'].poll() is None, (
-        procs['killed'].communicate()[1][-3000:])
-    assert time.time() < deadline
-    time.sleep(0.5)
+  _wait_for_checkpoint(killed, dirs['killed'])
   time.sleep(1.0)
-  procs['killed'].send_signal(signal.SIGKILL)
-  procs['killed'].wait()
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
   assert len(_metrics(dirs['killed'])) == 3  # 1 iteration × 3 members
-  resumed = _driver(SMOKE + ['--alpha=1,2,4', f'--workdir={dirs["killed"]}'])
-  outputs = {name: _finish(procs[name])
-             for name in ('sweep', 'sweep_map', 'single_map', 'sweep_x64',
-                          'single_x64')}
+  resumed = _driver(SMOKE + quiet + ['--alpha=1,2,4',
+                                     f'--workdir={dirs["killed"]}'])
+  outputs = {name: _finish(proc) for name, proc in procs.items()}
   out = _finish(resumed)
   assert 'resumed from task iteration 1' in out
   outputs['resumed'] = out
@@ -143,13 +133,14 @@ def test_vmapped_sweep_agrees_with_single_runs_to_rounding(runs):
 
 
 def test_vmapped_sweep_in_float64_tracks_single_runs(runs):
-  """--x64: the vmapped sweep's α = 2 lane and α = 2 alone differ only by
-  rounding, over every task iteration: the ψ trajectory agrees to 1e-6 and
-  the metrics to 1e-4 (the task gradient, from a 20-iteration Krylov solve
-  stopped early, to 1e-2; measured 4e-4 at task 3)."""
+  """--x64: the vmapped sweep's α = 2 lane and α = 2 alone (a member of the
+  --sweep=map run: the single-member program) differ only by rounding, over
+  every task iteration: the ψ trajectory agrees to 1e-6 and the metrics to
+  1e-4 (the task gradient, from a 20-iteration Krylov solve stopped early,
+  to 1e-2; measured 4e-4 at task 3)."""
   runs, _ = runs
   sweep = [r for r in _metrics(runs['sweep_x64']) if r['alpha'] == 2.0]
-  single = _metrics(runs['single_x64'])
+  single = [r for r in _metrics(runs['map_x64']) if r['alpha'] == 2.0]
   assert [r['task_index'] for r in sweep] == [r['task_index']
                                                for r in single] == [0, 1, 2]
   for a, b in zip(sweep, single):
@@ -164,7 +155,7 @@ def test_vmapped_sweep_in_float64_tracks_single_runs(runs):
       np.testing.assert_allclose(_number(a[name]), _number(b[name]),
                                  rtol=1e-2, atol=1e-6, err_msg=name)
   # The run really is float64, and says so in its record.
-  with open(os.path.join(runs['single_x64'], 'config.json')) as f:
+  with open(os.path.join(runs['map_x64'], 'config.json')) as f:
     assert json.load(f)['x64'] is True
 
 
@@ -174,7 +165,7 @@ def _number(value):
 
 def test_progress_has_a_line_per_phase_with_an_eta(runs):
   _, outputs = runs
-  out = outputs['sweep']
+  out = outputs['sweep_x64']
   lines = [line for line in out.splitlines() if '(3 member(s))' in line]
   # Task 1: one stage and the (gradient-free) task update; tasks 2 and 3:
   # zero-shot, one stage, the task update.
@@ -186,9 +177,13 @@ def test_progress_has_a_line_per_phase_with_an_eta(runs):
   # An ETA as soon as work after the first report has been timed.
   assert all('ETA' in line for line in lines[2:]), out
   # --sweep=map: a line per member and phase.
-  mapped = [line for line in outputs['sweep_map'].splitlines()
+  mapped = [line for line in outputs['map_x64'].splitlines()
             if 'task 2/3, stage 1/1 (member' in line]
-  assert len(mapped) == 3, outputs['sweep_map']
+  assert len(mapped) == 3, outputs['map_x64']
+  # --nophase_progress: one line per task iteration, no phase lines.
+  quiet = outputs['sweep'].splitlines()
+  assert not any('stage 1/1' in line for line in quiet), outputs['sweep']
+  assert sum(' done in ' in line for line in quiet) == 3, outputs['sweep']
 
 
 def _tree_digest(path):
@@ -222,12 +217,31 @@ def _tree_digest(path):
     (['--env=lq', '--set=task_gradient.hessian=pathwise'],
      "task_gradient.hessian='pathwise' is not wired into Algorithm 1"),
 ])
-def test_bad_flags_exit_2_with_a_message(args, message, tmp_path):
-  proc = _driver(args + [f'--workdir={tmp_path / "w"}'])
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 2, err
+def test_bad_flags_exit_2_with_a_message(args, message, tmp_path, capsys):
+  """In this process (the command line's parse, then the driver's `main`):
+  exit 2, the message, nothing created. The same path as a subprocess:
+  test_other_configuration_... here and test_sharding.py's
+  test_shard_on_refuses_...."""
+  code, err = _driver_in_process(args + [f'--workdir={tmp_path / "w"}'],
+                                 capsys)
+  assert code == 2, err
   assert message in err
   assert not os.path.exists(tmp_path / 'w')  # nothing was created
+
+
+def _driver_in_process(args, capsys):
+  """`python -m experiments.run ARGS` run by this process: (exit status,
+  stderr). The flags are parsed from ARGS and restored afterwards."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  from experiments import run as driver  # pylint: disable=g-import-not-at-top
+  capsys.readouterr()
+  with flagsaver.flagsaver():
+    flags.FLAGS.unparse_flags()
+    argv = flags.FLAGS(['experiments.run', *args])
+    with pytest.raises(SystemExit) as stopped:
+      driver.main(argv)
+  return stopped.value.code, capsys.readouterr().err
 
 
 def test_other_configuration_and_corrupt_checkpoint_leave_files_alone(
@@ -316,111 +330,3 @@ def test_every_config_field_refuses_bad_values_before_running():
   # The defaults and the presets themselves are valid.
   with flagsaver.flagsaver(env='lq', preset='smoke', set=[]):
     driver.resolve_settings()
-
-
-def test_halfcheetah_highdim_resume_reuses_its_calibration(tmp_path):
-  """The driver's default family at smoke size (horizon 20): a run stopped
-  after task iteration 1 records the calibration (μ, σ of the random-policy
-  states, which its reward needs) and resumes with it: one metrics row per
-  iteration, ψ continuing where it stopped, a finite final state. Its
-  provenance.json is recorded at the start, and a resume under another
-  jax version warns instead of refusing."""
-  workdir = str(tmp_path / 'cheetah')
-  args = ['--env=halfcheetah_highdim', '--preset=smoke', '--ntasks=2',
-          '--horizon=20', '--seed=0', f'--workdir={workdir}']
-  _finish(_driver(args + ['--stop_after=1']))
-  with open(os.path.join(workdir, 'config.json')) as f:
-    calibration = json.load(f)['calibration']
-  std = np.asarray(calibration['state_std'])
-  assert std.shape == np.asarray(calibration['state_mean']).shape
-  assert std.ndim == 1 and np.all(std > 0)
-  assert len(_metrics(workdir)) == 1
-  # Provenance: recorded by the first run; as if it had used another jax.
-  path = os.path.join(workdir, 'provenance.json')
-  with open(path) as f:
-    recorded = json.load(f)
-  assert recorded['versions']['jax'] == jax.__version__
-  with open(path, 'w') as f:
-    json.dump(dict(recorded, versions=dict(recorded['versions'],
-                                           jax='0.0.1')), f)
-  out = _finish(_driver(args))
-  assert 'resumed from task iteration 1' in out
-  # Warned (one line, naming the version change), not refused.
-  assert f'jax: 0.0.1 → {jax.__version__}' in out and 'warning:' in out
-  with open(os.path.join(workdir, 'config.json')) as f:
-    assert json.load(f)['calibration'] == calibration
-  rows = _metrics(workdir)
-  assert [r['task_index'] for r in rows] == [0, 1]
-  np.testing.assert_allclose(rows[1]['u'], rows[0]['u_next'])
-  assert rows[1]['dropped_transitions'] == 0
-  state, step = _final_state(workdir)
-  assert step == 2
-  for leaf in jax.tree.leaves((state.slbo, state.u)):
-    assert np.all(np.isfinite(np.asarray(leaf)))
-
-
-# ------------------------------------------------ sharded sweeps, issue 18
-_SHARDED_RUNS = r'''
-import json, sys
-import jax
-from experiments.training import member_sharding, resolve, train
-base = sys.argv[1]
-out = {}
-for name, shard in (('plain', 'off'), ('sharded', 'on')):
-  family, config, alphas, seeds, record = resolve(
-      'lq', preset='smoke', alphas=[1.0, 2.0], seeds=[0, 1], ntasks=2)
-  sharding, _ = member_sharding(shard, len(seeds) * len(alphas))
-  state = train(family, config, alphas, seeds, record, f'{base}/{name}',
-                lambda message: None, sharding=sharding)
-  leaves = jax.tree.leaves(jax.tree.map(
-      lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(
-          x.dtype, jax.dtypes.prng_key) else x, state))
-  out[name] = [dict(shape=list(x.shape),
-                    devices=len({s.device for s in x.addressable_shards}),
-                    shard_rows=[s.data.shape[0] for s in x.addressable_shards],
-                    axis=(tuple(getattr(x.sharding, 'spec', ())) or [None])[0])
-                for x in leaves]
-print('RESULT ' + json.dumps(out))
-'''
-
-
-def test_sharded_sweep_equals_the_unsharded_one(tmp_path):
-  """--shard: a sweep of 4 members (2 seeds × 2 α) on 4 (forced host) devices
-  has each state array split one member per device, and on its first task
-  iteration agrees with the unsharded sweep to 1e-4 (the tolerance of the
-  vmapped-sweep test: the per-device programs have another batch size)."""
-  env = dict(os.environ,
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  proc = subprocess.run([sys.executable, '-c', _SHARDED_RUNS, str(tmp_path)],
-                        cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  placed = json.loads(proc.stdout.split('RESULT ', 1)[1])
-  for leaf in placed['sharded']:
-    assert leaf['shape'][0] == 4, leaf
-    assert leaf['devices'] == 4 and leaf['shard_rows'] == [1] * 4, leaf
-    assert leaf['axis'] == 'members', leaf
-  assert all(leaf['devices'] == 1 for leaf in placed['plain'])
-  sharded = [r for r in _metrics(tmp_path / 'sharded') if r['task_index'] == 0]
-  plain = [r for r in _metrics(tmp_path / 'plain') if r['task_index'] == 0]
-  assert len(sharded) == len(plain) == 4
-  for a, b in zip(sharded, plain):
-    assert (a['seed'], a['alpha']) == (b['seed'], b['alpha'])
-    for name in ('psi', 'u_next', 'model_loss', 'virtual_return',
-                 'real_samples'):
-      np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-4,
-                                 err_msg=name)
-  assert len(_metrics(tmp_path / 'sharded')) == 8  # 2 iterations × 4
-
-
-def test_shard_on_refuses_members_that_do_not_divide_over_the_devices(
-    tmp_path):
-  env = dict(os.environ,
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  proc = _driver(['--env=lq', '--preset=smoke', '--seed=0,1,2', '--shard=on',
-                  f'--workdir={tmp_path / "w"}'], env=env)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 2, err
-  assert len(err.strip().splitlines()) == 1, err
-  assert '3 member(s)' in err and '4 devices' in err, err
-  assert not os.path.exists(tmp_path / 'w')

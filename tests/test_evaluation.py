@@ -115,10 +115,10 @@ def _read_json(path):
 
 def _interrupt_and_resume(workdir, results):
   """The pipeline's evaluation on a copy of the run, interrupted with
-  SIGINT once a piece is saved (each piece is followed by a 3 s pause
+  SIGINT once a piece is saved (each piece is followed by a 30 s pause
   there), then the same command again."""
   args = (f'--workdir={workdir}', '--budgets=50,100', '--max_tasks=3')
-  proc = _script('experiments.evaluate', *args, '--throttle_s=3')
+  proc = _script('experiments.evaluate', *args, '--throttle_s=30')
   path = os.path.join(workdir, 'eval_pieces.json')
   deadline = time.time() + 600
   while not (os.path.exists(path) and _read_json(path)['pieces']):
