@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from admrl_jax import types
 from admrl_jax.models import dynamics
-from admrl_jax.rl import dataset
+from admrl_jax.models import dataset
 from admrl_jax.rl import slbo
 
 

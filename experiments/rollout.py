@@ -67,7 +67,8 @@ def run() -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
-  from admrl_jax.rl import dataset, rollout  # pylint: disable=g-import-not-at-top
+  from admrl_jax.models import dataset  # pylint: disable=g-import-not-at-top
+  from admrl_jax.rl import rollout  # pylint: disable=g-import-not-at-top
 
   preset = PRESETS[_PRESET.value]
   n_envs = _N_ENVS.value if _N_ENVS.value is not None else preset['n_envs']

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from admrl_jax import types
-from admrl_jax.rl import dataset
+from admrl_jax.models import dataset
 
 
 def _batch(start, shape):

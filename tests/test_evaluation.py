@@ -23,7 +23,7 @@ from admrl_jax.evaluation import optimum
 from admrl_jax.evaluation import plots
 from admrl_jax.models import dynamics
 from admrl_jax.models.dynamics import ModelConfig
-from admrl_jax.rl import dataset as dataset_lib
+from admrl_jax.models import dataset as dataset_lib
 from admrl_jax.rl import rollout
 from admrl_jax.rl import slbo
 

@@ -9,7 +9,7 @@ import pytest
 from admrl_jax import types
 from admrl_jax.models import dynamics as dyn
 from admrl_jax.models import normalizer
-from admrl_jax.rl import dataset
+from admrl_jax.models import dataset
 
 OBS, ACT = 3, 2
 SMALL = dyn.ModelConfig(hidden=(64, 64))

@@ -161,20 +161,23 @@ class Adaptation:
   """
 
   def __init__(self, family: TaskFamily, slbo_config: slbo_lib.SLBOConfig,
-               config: AdaptationConfig = AdaptationConfig()):
+               config: AdaptationConfig = AdaptationConfig(),
+               networks=None):
+    """`networks`: the run's `networks.Networks` (None: the authors')."""
     self.family = family
     self.config = config
     self.slbo_config = stage_slbo_config(
         family, slbo_config, config.stage_samples, config.n_inner,
         config.n_zeroshot)
-    self.engine = slbo_lib.SLBO(family, self.slbo_config)
+    self.engine = slbo_lib.SLBO(family, self.slbo_config, networks)
     self.n_zeroshot = (self.slbo_config.n_zeroshot
                        if config.n_zeroshot is None else config.n_zeroshot)
     self.n_inner = self.slbo_config.n_inner
     self.eval_episodes = (self.slbo_config.real.n_envs
                           if config.eval_episodes is None
                           else config.eval_episodes)
-    self._evaluate = slbo_lib.make_evaluator(family, self.eval_episodes)
+    self._evaluate = slbo_lib.make_evaluator(family, self.eval_episodes,
+                                             self.engine.networks.policy)
     self.evaluate_tasks = jax.jit(self.adapt_tasks)
 
   @property

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from admrl_jax import networks as networks_lib
 from admrl_jax import types
 from admrl_jax.config import RolloutConfig
 from admrl_jax.envs.base import TaskFamily
@@ -45,10 +46,8 @@ from admrl_jax.meta import adversary
 from admrl_jax.meta import estimators
 from admrl_jax.meta import task_gradient as tg
 from admrl_jax.models import normalizer
-from admrl_jax.policies import gaussian_mlp as gm
 from admrl_jax.rl import rollout
 from admrl_jax.rl import slbo as slbo_lib
-from admrl_jax.rl import virtual
 
 ALGOS = ('admrl', 'mb_unif', 'mb_gauss', 'slbo')
 
@@ -169,7 +168,7 @@ class IterationMetrics:
       iteration because the loss or gradient was not finite.
     dropped_transitions: real transitions with a NaN or Inf that this
       iteration's SLBO stages kept out of the dataset and the normalisers
-      (`rl.dataset.add`), summed over the stages.
+      (`models.dataset.add`), summed over the stages.
   """
   task_index: jax.Array
   u: jax.Array
@@ -228,7 +227,8 @@ class AdMRL:
   """
 
   def __init__(self, family: TaskFamily, config: AdMRLConfig = AdMRLConfig(),
-               on_phase: Optional[Callable[[PhaseEvent], None]] = None):
+               on_phase: Optional[Callable[[PhaseEvent], None]] = None,
+               networks: Optional[networks_lib.Networks] = None):
     """Args:
       family, config: the task family and the run's configuration.
       on_phase: optional host function called (through
@@ -237,17 +237,18 @@ class AdMRL:
         Under `vmap` it is called once per lane, under `lax.map` once per
         member, in no guaranteed order between lanes. It does not change
         the computation; leave it None when embedding the pure functions.
+      networks: the model, policy and value networks
+        (`networks.Networks`; None: the authors', from `config.slbo`).
     """
     self.family = family
     self.config = config
     self._on_phase = on_phase
-    self.engine = slbo_lib.SLBO(family, config.slbo)
+    self.engine = slbo_lib.SLBO(family, config.slbo, networks)
+    self.networks = self.engine.networks
     self._collect = rollout.make_collect_fn(
-        family, slbo_lib.policy_fn,
+        family, self.engine.policy_fn,
         RolloutConfig(n_envs=config.gradient_envs))
-    self._virtual = virtual.make_virtual_rollout(
-        family, slbo_lib.policy_fn, self.engine.dynamics_fn,
-        config.gradient_envs)
+    self._virtual = self.engine.make_virtual_rollout(config.gradient_envs)
     self.jitted = jax.jit(self.task_iteration)
 
   # ------------------------------------------------------------ state
@@ -272,7 +273,8 @@ class AdMRL:
     k, n = self.family.task_dim, self.config.n_tasks
     key_slbo, key_run = jax.random.split(key)
     return AdMRLState(
-        slbo=slbo_lib.init(key_slbo, self.family, self.config.slbo),
+        slbo=slbo_lib.init(key_slbo, self.family, self.config.slbo,
+                           self.networks),
         u=jnp.full((k,), self.config.first_u, types.float_dtype()),
         alpha=jnp.asarray(alpha, types.float_dtype()), key=key_run,
         iteration=jnp.zeros((), jnp.int32),
@@ -361,13 +363,16 @@ class AdMRL:
     virtual_hat = self._virtual((policy_hat, norm_hat), s.model, psi,
                                 start_obs, key_virtual)
 
+    value_net, policy_net = self.networks.value, self.networks.policy
+
     def valued(tr):
       return estimators.ValuedBatch(
-          tr, slbo_lib.batch_value(value_hat, norm_hat, tr.obs),
-          slbo_lib.batch_value(value_hat, norm_hat, tr.next_obs))
+          tr, slbo_lib.batch_value(value_hat, norm_hat, tr.obs, value_net),
+          slbo_lib.batch_value(value_hat, norm_hat, tr.next_obs, value_net))
 
     def log_prob(theta, obs, action):
-      return gm.log_prob(theta, normalizer.normalize(norm_hat, obs), action)
+      return policy_net.log_prob(theta, normalizer.normalize(norm_hat, obs),
+                                 action)
 
     grad = tg.from_samples(
         self.config.task_gradient, self.family, log_prob, psi=psi,

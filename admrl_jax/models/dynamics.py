@@ -30,9 +30,9 @@ import optax
 from flax import struct
 
 from admrl_jax import types
+from admrl_jax.mlp import mlp_apply, mlp_init
 from admrl_jax.models import normalizer
-from admrl_jax.policies.gaussian_mlp import mlp_apply, mlp_init
-from admrl_jax.rl import dataset as dataset_lib
+from admrl_jax.models import dataset as dataset_lib
 
 LOSSES = ('one_step', 'multi_step')
 

@@ -144,7 +144,7 @@ def update_from_transitions(norms: Normalizers,
   episode ends, so every transition gives a valid state change. Call this
   with every new real batch, before fitting the model on it. Transitions
   with a non-finite field are left out of all three
-  (`types.finite_transitions`), as `rl.dataset.add` leaves them out of
+  (`types.finite_transitions`), as `models.dataset.add` leaves them out of
   the data.
   """
   mask = types.finite_transitions(transitions)

@@ -27,13 +27,12 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from admrl_jax import networks as networks_lib
 from admrl_jax import types
 from admrl_jax.config import RolloutConfig
 from admrl_jax.envs.base import TaskFamily
-from admrl_jax.models import dynamics
 from admrl_jax.models import normalizer
-from admrl_jax.policies import gaussian_mlp as gm
-from admrl_jax.rl import dataset as dataset_lib
+from admrl_jax.models import dataset as dataset_lib
 from admrl_jax.rl import returns
 from admrl_jax.rl import rollout
 from admrl_jax.rl import trpo
@@ -69,10 +68,10 @@ class SLBOConfig:
   gamma: float = 0.99
   lam: float = 0.95
   dataset_capacity: int = 1_000_000
-  model: dynamics.ModelConfig = dynamics.ModelConfig()
+  model: networks_lib.ModelConfig = networks_lib.ModelConfig()
   trpo: trpo.TRPOConfig = trpo.TRPOConfig()
-  policy: gm.PolicyConfig = gm.PolicyConfig()
-  value: gm.ValueConfig = gm.ValueConfig()
+  policy: networks_lib.PolicyConfig = networks_lib.PolicyConfig()
+  value: networks_lib.ValueConfig = networks_lib.ValueConfig()
   real: RolloutConfig = RolloutConfig(n_envs=50)
 
   def __post_init__(self):
@@ -95,16 +94,19 @@ class SLBOConfig:
 
 @struct.dataclass
 class AgentState:
-  """Policy and value function of the current task (re-initialised per task)."""
-  policy: gm.PolicyParams
+  """Policy and value function of the current task (re-initialised per task):
+  the parameters of the bundle's policy and value networks."""
+  policy: Any
   value: Any
   value_opt: Any
 
 
 @struct.dataclass
 class SLBOState:
-  """Model (persists across tasks), agent (per task) and real dataset."""
-  model: dynamics.ModelState
+  """Model (persists across tasks), agent (per task) and real dataset; the
+  model's state is the bundle's (`models.dynamics.ModelState` by
+  default)."""
+  model: Any
   agent: AgentState
   data: dataset_lib.Dataset
 
@@ -125,8 +127,16 @@ class VirtualMetrics:
   value_loss: jax.Array
 
 
-def agent_init(key: jax.Array, family: TaskFamily,
-               config: SLBOConfig) -> AgentState:
+def default_networks(config: SLBOConfig) -> networks_lib.Networks:
+  """The authors' networks at `config.model`, `config.policy` and
+  `config.value` (`networks.make_networks`)."""
+  return networks_lib.make_networks(config.model, config.policy,
+                                    config.value)
+
+
+def agent_init(key: jax.Array, family: TaskFamily, config: SLBOConfig,
+               networks: Optional[networks_lib.Networks] = None
+               ) -> AgentState:
   """A fresh policy π_θ, value function V_φ and its Adam state for one task.
 
   Args:
@@ -135,19 +145,22 @@ def agent_init(key: jax.Array, family: TaskFamily,
     config: `config.policy` and `config.value` set the networks (policy
       [32, 32] tanh with log-std 0, value [64, 64] tanh, the authors'
       code's), `config.trpo` the value optimiser.
+    networks: the bundle whose policy and value are initialised (None:
+      `default_networks(config)`).
   """
+  networks = default_networks(config) if networks is None else networks
   key_policy, key_value = jax.random.split(key)
-  value = gm.value_init(key_value, family.obs_size, config.value)
+  value = networks.value.init(key_value, family.obs_size)
   return AgentState(
-      policy=gm.policy_init(key_policy, family.obs_size, family.action_size,
-                            config.policy),
+      policy=networks.policy.init(key_policy, family.obs_size,
+                                  family.action_size),
       value=value, value_opt=trpo.value_optimizer(config.trpo).init(value))
 
 
-def init(key: jax.Array, family: TaskFamily,
-         config: SLBOConfig) -> SLBOState:
+def init(key: jax.Array, family: TaskFamily, config: SLBOConfig,
+         networks: Optional[networks_lib.Networks] = None) -> SLBOState:
   """The state SLBO starts from: a fresh dynamics model with its
-  normalisers and Adam state (`dynamics.fit_init`), a fresh agent
+  normalisers and Adam state (`networks.ModelNetwork.init`), a fresh agent
   (`agent_init`) and an empty real dataset of `config.dataset_capacity`
   transitions (Luo et al. 2019, arXiv:1807.03858, Algorithm 2's D = ∅).
 
@@ -155,19 +168,21 @@ def init(key: jax.Array, family: TaskFamily,
     key: PRNG key (split into the model's and the agent's).
     family: sets obs_size and action_size.
     config: the networks' sizes and the dataset's capacity.
+    networks: the bundle to initialise (None: `default_networks(config)`).
   Returns:
     An `SLBOState` whose leaves are unbatched; `jax.vmap(init)` over keys
     gives a batch of independent runs.
   """
+  networks = default_networks(config) if networks is None else networks
   key_model, key_agent = jax.random.split(key)
-  model = dynamics.fit_init(key_model, family.obs_size, family.action_size,
-                            config.model)
+  model = networks.model.init(key_model, family.obs_size, family.action_size)
   obs, act = jnp.zeros(family.obs_size), jnp.zeros(family.action_size)
   flag = jnp.zeros((), bool)
   example = types.Transition(obs=obs, action=act, raw_action=act,
                              reward=jnp.zeros(()), next_obs=obs, done=flag,
                              timeout=flag)
-  return SLBOState(model=model, agent=agent_init(key_agent, family, config),
+  return SLBOState(model=model,
+                   agent=agent_init(key_agent, family, config, networks),
                    data=dataset_lib.init(example, config.dataset_capacity))
 
 
@@ -181,29 +196,39 @@ def skipped_metrics(fn, *args):
       else jnp.zeros(x.shape, x.dtype), shapes)
 
 
-def policy_fn(params, obs, key):
-  """π acting on raw observations; params = (PolicyParams, state Normalizer)."""
-  policy, norm = params
-  return gm.policy_sample(policy, normalizer.normalize(norm, obs), key)
+def make_policy_fn(policy: networks_lib.PolicyNetwork, mean: bool = False):
+  """`policy_fn(params, obs, key) -> action` (`rl.rollout.PolicyFn`) of a
+  policy network acting on raw observations; params = (policy params,
+  state Normalizer). mean=True acts with the mean action (the key is
+  unused)."""
+  def policy_fn(params, obs, key):
+    theta, norm = params
+    obs = normalizer.normalize(norm, obs)
+    if mean:
+      return policy.mode(theta, obs)
+    return policy.sample(theta, obs, key)
+  return policy_fn
 
 
-def mean_policy_fn(params, obs, key):
-  """The policy's mean action (deterministic evaluation)."""
-  del key
-  policy, norm = params
-  return gm.policy_apply(policy, normalizer.normalize(norm, obs))[0]
+# The authors' Gaussian MLP policy, sampling and mean.
+policy_fn = make_policy_fn(networks_lib.DEFAULT_POLICY)
+mean_policy_fn = make_policy_fn(networks_lib.DEFAULT_POLICY, mean=True)
 
 
 def batch_value(value_params, norm: normalizer.Normalizer,
-                obs: jax.Array) -> jax.Array:
+                obs: jax.Array,
+                value: networks_lib.ValueNetwork = networks_lib.DEFAULT_VALUE
+                ) -> jax.Array:
   """V_φ of raw observations with two leading axes, (T, n, obs_size) →
   (T, n): the value function sees observations normalised by the model's
   state normaliser `norm`, like the policy (`policy_fn`)."""
-  value = jax.vmap(jax.vmap(gm.value_apply, (None, 0)), (None, 0))
-  return value(value_params, normalizer.normalize(norm, obs))
+  batched = jax.vmap(jax.vmap(value.apply, (None, 0)), (None, 0))
+  return batched(value_params, normalizer.normalize(norm, obs))
 
 
-def make_evaluator(family: TaskFamily, episodes: int):
+def make_evaluator(family: TaskFamily, episodes: int,
+                   policy: networks_lib.PolicyNetwork =
+                   networks_lib.DEFAULT_POLICY):
   """Real roll-outs of the mean policy, without exploration noise.
 
   Returns `evaluate(state, psi, key) -> Rollout`: `episodes` fresh real
@@ -214,7 +239,7 @@ def make_evaluator(family: TaskFamily, episodes: int):
   ψ is taken as float32.
   """
   collect = rollout.make_collector(
-      family, mean_policy_fn,
+      family, make_policy_fn(policy, mean=True),
       RolloutConfig(n_envs=episodes, n_steps=family.horizon))
 
   def evaluate(state: SLBOState, psi, key) -> rollout.Rollout:
@@ -260,24 +285,49 @@ class SLBO:
       collect_real then VirtualTraining(n_inner).
   Attributes:
     family, config: as given.
-    dynamics_fn: the learned model's step, `dynamics.make_dynamics_fn`
-      (what `rl.virtual.make_virtual_rollout` takes).
+    networks: the `networks.Networks` bundle (model, policy, value).
+    policy_fn: the policy acting on raw observations (`make_policy_fn`).
+    dynamics_fn: the learned model's deterministic step,
+      `networks.model.predict` (what `rl.virtual.make_virtual_rollout`
+      takes).
   """
 
-  def __init__(self, family: TaskFamily, config: SLBOConfig = SLBOConfig()):
+  def __init__(self, family: TaskFamily, config: SLBOConfig = SLBOConfig(),
+               networks: Optional[networks_lib.Networks] = None):
+    """Args:
+      family, config: the task family and SLBO's settings.
+      networks: the networks to train (None: `default_networks(config)`,
+        the authors'); see `networks.Networks`.
+    """
     self.family = family
     self.config = config
-    self.dynamics_fn = dynamics.make_dynamics_fn(config.model)
-    self._fit = dynamics.make_fit(config.model, stride=config.real.n_envs)
-    self._virtual_rollout = virtual.make_virtual_rollout(
-        family, policy_fn, self.dynamics_fn, config.n_rollouts,
-        config.rollout_steps)
-    self._collect = rollout.make_collector(family, policy_fn, config.real)
-    self._evaluate = make_evaluator(family, config.real.n_envs)
+    self.networks = (default_networks(config) if networks is None
+                     else networks)
+    self.policy_fn = make_policy_fn(self.networks.policy)
+    self.dynamics_fn = self.networks.model.predict
+    self._fit = self.networks.model.make_fit(config.real.n_envs)
+    self._virtual_rollout = self.make_virtual_rollout(
+        config.n_rollouts, config.rollout_steps)
+    self._collect = rollout.make_collector(family, self.policy_fn,
+                                           config.real)
+    self._evaluate = make_evaluator(family, config.real.n_envs,
+                                    self.networks.policy)
     self.zero_shot = jax.jit(
         lambda s, psi, key: self.virtual_training(s, psi, key,
                                                   config.n_zeroshot))
     self.stage = jax.jit(self._stage)
+
+  def make_virtual_rollout(self, n_rollouts: int,
+                           n_steps: Optional[int] = None):
+    """`rl.virtual.make_virtual_rollout` of this policy through this model
+    (its stochastic `sample` step when it has one)."""
+    model = self.networks.model
+    if model.sample is None:
+      return virtual.make_virtual_rollout(
+          self.family, self.policy_fn, model.predict, n_rollouts, n_steps)
+    return virtual.make_virtual_rollout(
+        self.family, self.policy_fn, model.sample, n_rollouts, n_steps,
+        model_keys=True)
 
   # ---------------------------------------------------------- pieces
   def policy_step(self, state: SLBOState, psi, key):
@@ -304,20 +354,22 @@ class SLBO:
       start_obs = dataset_lib.sample(state.data, key_start,
                                      config.n_rollouts).obs
     agent = state.agent
+    value_net = self.networks.value
     tr = self._virtual_rollout((agent.policy, norm), state.model, psi,
                                start_obs, key_roll)
     obs_n = normalizer.normalize(norm, tr.obs)
     adv, ret = returns.batched_gae(
-        tr.reward, batch_value(agent.value, norm, tr.obs),
-        batch_value(agent.value, norm, tr.next_obs),
+        tr.reward, batch_value(agent.value, norm, tr.obs, value_net),
+        batch_value(agent.value, norm, tr.next_obs, value_net),
         tr.done, tr.timeout, config.gamma, config.lam)
     flat = lambda x: x.reshape((-1,) + x.shape[2:])
     batch = trpo.TRPOBatch(obs=flat(obs_n), actions=flat(tr.raw_action),
                            advantages=flat(adv))
-    policy, info = trpo.trpo_step(agent.policy, batch, config.trpo)
+    policy, info = trpo.trpo_step(agent.policy, batch, config.trpo,
+                                  self.networks.policy)
     value_params, value_opt, value_loss = trpo.value_fit(
         agent.value, agent.value_opt, flat(obs_n), flat(ret), key_value,
-        config.trpo)
+        config.trpo, value_net)
     agent = AgentState(policy=policy, value=value_params, value_opt=value_opt)
     virtual_return = returns.mean_episode_return(tr.reward, tr.done,
                                                  tr.timeout)
@@ -378,13 +430,14 @@ class SLBO:
     """The first half of an SLBO stage: real samples of π_θ with
     Ornstein–Uhlenbeck exploration noise (`config.real`: n_envs × n_steps,
     default the horizon) on task ψ, added to the dataset D (non-finite
-    transitions are dropped, `rl.dataset.add`), and the model's
+    transitions are dropped, `models.dataset.add`), and the model's
     normalisers updated from them."""
     params = (state.agent.policy, state.model.norms.state)
     real = self._collect(params, psi, key)
     return state.replace(
         data=dataset_lib.add(state.data, real.transitions),
-        model=dynamics.update_normalizers(state.model, real.transitions))
+        model=self.networks.model.update_normalizers(state.model,
+                                                     real.transitions))
 
   def _stage(self, state: SLBOState, psi, key):
     """Collect real samples with exploration, then VirtualTraining(ninner)."""
@@ -470,7 +523,8 @@ class SLBO:
 
   def new_task(self, state: SLBOState, key) -> SLBOState:
     """Fresh policy and value for a new task; model and data persist."""
-    return state.replace(agent=agent_init(key, self.family, self.config))
+    return state.replace(agent=agent_init(key, self.family, self.config,
+                                          self.networks))
 
 
 def real_samples_per_stage(family: TaskFamily, config: SLBOConfig) -> int:

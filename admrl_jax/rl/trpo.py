@@ -34,9 +34,11 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from admrl_jax import linalg
-from admrl_jax.policies import gaussian_mlp as gm
+from admrl_jax import networks
 
 PyTree = Any
+Policy = networks.PolicyNetwork
+Value = networks.ValueNetwork
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,43 +138,50 @@ class TRPOInfo:
 
 
 # ------------------------------------------------------------- objectives
-def batch_log_prob(params: gm.PolicyParams, obs: jax.Array,
-                   actions: jax.Array) -> jax.Array:
+def batch_log_prob(params: PyTree, obs: jax.Array, actions: jax.Array,
+                   policy: Policy = networks.DEFAULT_POLICY) -> jax.Array:
   """log π_θ(a_i|s_i), (N,)."""
-  return jax.vmap(gm.log_prob, (None, 0, 0))(params, obs, actions)
+  return jax.vmap(policy.log_prob, (None, 0, 0))(params, obs, actions)
 
 
-def mean_kl(params_old: gm.PolicyParams, params: gm.PolicyParams,
-            obs: jax.Array) -> jax.Array:
+def mean_kl(params_old: PyTree, params: PyTree, obs: jax.Array,
+            policy: Policy = networks.DEFAULT_POLICY) -> jax.Array:
   """KL̄ = mean_i KL(π_old(·|s_i) ‖ π_θ(·|s_i)), a scalar; obs (N, obs_size)."""
-  return jnp.mean(jax.vmap(gm.kl, (None, None, 0))(params_old, params, obs))
+  return jnp.mean(jax.vmap(policy.kl, (None, None, 0))(params_old, params,
+                                                       obs))
 
 
-def surrogate(params: gm.PolicyParams, old_log_prob: jax.Array,
+def surrogate(params: PyTree, old_log_prob: jax.Array,
               obs: jax.Array, actions: jax.Array, advantages: jax.Array,
-              ent_coef: float) -> jax.Array:
+              ent_coef: float,
+              policy: Policy = networks.DEFAULT_POLICY) -> jax.Array:
   """L(θ) = mean(exp(log π_θ − log π_old)·Â) + ent_coef·H(π_θ), a scalar.
 
-  old_log_prob, advantages: (N,); obs (N, obs_size); actions (N, act).
+  old_log_prob, advantages: (N,); obs (N, obs_size); actions (N, act);
+  H is the policy's mean entropy over obs.
   """
-  ratio = jnp.exp(batch_log_prob(params, obs, actions) - old_log_prob)
-  return jnp.mean(ratio * advantages) + ent_coef * gm.entropy(params)
+  ratio = jnp.exp(batch_log_prob(params, obs, actions, policy)
+                  - old_log_prob)
+  return (jnp.mean(ratio * advantages)
+          + ent_coef * policy.entropy(params, obs))
 
 
-def fisher_vector_product(params_old: gm.PolicyParams, obs: jax.Array,
-                          v: gm.PolicyParams,
-                          damping: float = 0.0) -> gm.PolicyParams:
+def fisher_vector_product(params_old: PyTree, obs: jax.Array, v: PyTree,
+                          damping: float = 0.0,
+                          policy: Policy = networks.DEFAULT_POLICY
+                          ) -> PyTree:
   """(F + damping·I) v with F = ∇²_θ KL̄(θ_old ‖ θ) at θ = θ_old.
 
   π_old is held fixed, so only the second argument of the KL is
   differentiated. obs (N, obs_size); v is structured like the params. See
   `make_fisher_vector_product` (the same product, for many v).
   """
-  return make_fisher_vector_product(params_old, obs, damping)(v)
+  return make_fisher_vector_product(params_old, obs, damping, policy)(v)
 
 
-def make_fisher_vector_product(params_old: gm.PolicyParams, obs: jax.Array,
-                               damping: float = 0.0):
+def make_fisher_vector_product(params_old: PyTree, obs: jax.Array,
+                               damping: float = 0.0,
+                               policy: Policy = networks.DEFAULT_POLICY):
   """v ↦ (F + damping·I) v, F = ∇²_θ KL̄(θ_old ‖ θ) at θ = θ_old.
 
   For diagonal Gaussians the KL's gradient in the distribution's
@@ -182,19 +191,22 @@ def make_fisher_vector_product(params_old: gm.PolicyParams, obs: jax.Array,
   (μ, log σ). Each product is one J v and one Jᵀu (about three forward
   passes) around the policy's linearisation at θ_old, computed once here;
   a Hessian-vector product of KL̄ (jvp of grad) would redo the forward pass
-  and differentiate twice for every v. obs (N, obs_size).
+  and differentiate twice for every v. obs (N, obs_size). The weights M_i
+  come from `policy.distribution.fisher_weights`, so a state-dependent σ
+  is handled too.
   """
   def outputs(params):
-    mean, log_std = jax.vmap(gm.policy_apply, (None, 0))(params, obs)
+    mean, log_std = jax.vmap(policy.apply, (None, 0))(params, obs)
     return mean, jnp.broadcast_to(log_std, mean.shape)
 
-  (_, log_std), jvp = jax.linearize(outputs, params_old)
+  dist_old, jvp = jax.linearize(outputs, params_old)
   jvp_transpose = jax.linear_transpose(jvp, params_old)
   n = obs.shape[0]
-  mean_weight = jnp.exp(-2.0 * log_std) / n
-  log_std_weight = 2.0 / n
+  mean_weight, log_std_weight = policy.distribution.fisher_weights(dist_old)
+  mean_weight = mean_weight / n
+  log_std_weight = log_std_weight / n
 
-  def fvp(v: gm.PolicyParams) -> gm.PolicyParams:
+  def fvp(v: PyTree) -> PyTree:
     d_mean, d_log_std = jvp(v)
     (fv,) = jvp_transpose((mean_weight * d_mean,
                            log_std_weight * d_log_std))
@@ -217,14 +229,15 @@ def _all_finite(tree: PyTree) -> jax.Array:
 class _SearchState:
   j: jax.Array            # tries done
   accepted: jax.Array
-  params: gm.PolicyParams  # the accepted candidate (θ_old until one is)
+  params: PyTree  # the accepted candidate (θ_old until one is)
   kl: jax.Array
   improvement: jax.Array
 
 
-def trpo_step(policy_params: gm.PolicyParams, batch: TRPOBatch,
-              config: TRPOConfig = TRPOConfig()
-              ) -> Tuple[gm.PolicyParams, TRPOInfo]:
+def trpo_step(policy_params: PyTree, batch: TRPOBatch,
+              config: TRPOConfig = TRPOConfig(),
+              policy: Policy = networks.DEFAULT_POLICY
+              ) -> Tuple[PyTree, TRPOInfo]:
   """One TRPO update of the policy from a batch of π_old = policy_params.
 
   Args:
@@ -232,6 +245,8 @@ def trpo_step(policy_params: gm.PolicyParams, batch: TRPOBatch,
     batch: `TRPOBatch`-like: obs (N, obs_size), actions (N, act),
       advantages (N,).
     config: `TRPOConfig` (static under jit).
+    policy: the policy network (`networks.PolicyNetwork`; default the
+      authors' Gaussian MLP).
 
   Returns:
     (new_params, info): θ_new (θ_old itself unless a candidate was accepted)
@@ -243,14 +258,15 @@ def trpo_step(policy_params: gm.PolicyParams, batch: TRPOBatch,
   if config.normalize_advantages:
     adv = standardize(adv)
   old = policy_params
-  old_log_prob = batch_log_prob(old, obs, actions)
+  old_log_prob = batch_log_prob(old, obs, actions, policy)
 
   def surr(p):
-    return surrogate(p, old_log_prob, obs, actions, adv, config.ent_coef)
+    return surrogate(p, old_log_prob, obs, actions, adv, config.ent_coef,
+                     policy)
 
   surr_old, grad = jax.value_and_grad(surr)(old)
 
-  fvp = make_fisher_vector_product(old, obs, config.cg_damping)
+  fvp = make_fisher_vector_product(old, obs, config.cg_damping, policy)
 
   direction, cg_info = linalg.conjugate_gradient(fvp, grad, config.cg_iters)
   # sᵀ(F + λI)s: the damped curvature, as in the authors' (baselines') code.
@@ -273,16 +289,17 @@ def trpo_step(policy_params: gm.PolicyParams, batch: TRPOBatch,
 
   # π_old's outputs once; a candidate's one forward pass serves both its
   # KL̄ and its surrogate (the same sums as `mean_kl` and `surrogate`).
-  old_out = jax.vmap(gm.policy_apply, (None, 0))(old, obs)
+  dist = policy.distribution
+  old_out = jax.vmap(policy.apply, (None, 0))(old, obs)
 
   def body(s: _SearchState) -> _SearchState:
     coef = jnp.asarray(config.backtrack_ratio, surr_old.dtype)**s.j
     cand = jax.tree.map(lambda p, d: p + coef * d, old, full_step)
-    cand_out = jax.vmap(gm.policy_apply, (None, 0))(cand, obs)
-    kl_c = jnp.mean(jax.vmap(gm.gaussian_kl)(*old_out, *cand_out))
-    log_prob_c = jax.vmap(gm.gaussian_log_prob)(*cand_out, actions)
+    cand_out = jax.vmap(policy.apply, (None, 0))(cand, obs)
+    kl_c = jnp.mean(jax.vmap(dist.kl)(old_out, cand_out))
+    log_prob_c = jax.vmap(dist.log_prob)(cand_out, actions)
     improve_c = (jnp.mean(jnp.exp(log_prob_c - old_log_prob) * adv)
-                 + config.ent_coef * gm.entropy(cand)) - surr_old
+                 + config.ent_coef * policy.entropy(cand, obs)) - surr_old
     # NaN comparisons are False: a non-finite candidate is just a failed try.
     ok = (kl_c <= kl_limit) & (improve_c > 0)
     return _SearchState(
@@ -328,15 +345,17 @@ def value_optimizer(config: TRPOConfig = TRPOConfig()
                                max_consecutive_errors=2**31 - 1)
 
 
-def value_loss(value_params, obs: jax.Array, returns: jax.Array) -> jax.Array:
+def value_loss(value_params, obs: jax.Array, returns: jax.Array,
+               value: Value = networks.DEFAULT_VALUE) -> jax.Array:
   """mean_i (V(s_i) − R_i)², obs (N, obs_size), returns (N,)."""
-  v = jax.vmap(gm.value_apply, (None, 0))(value_params, obs)
+  v = jax.vmap(value.apply, (None, 0))(value_params, obs)
   return jnp.mean(jnp.square(v - returns))
 
 
 def value_fit(value_params, opt_state: optax.OptState, obs: jax.Array,
               returns: jax.Array, key: jax.Array,
-              config: TRPOConfig = TRPOConfig()):
+              config: TRPOConfig = TRPOConfig(),
+              value: Value = networks.DEFAULT_VALUE):
   """Regresses V on returns: vf_epochs epochs of shuffled minibatches.
 
   Each epoch draws a fresh permutation of the N samples and takes
@@ -345,12 +364,14 @@ def value_fit(value_params, opt_state: optax.OptState, obs: jax.Array,
   one full-batch step. N is static.
 
   Args:
-    value_params: value MLP parameters (`gm.value_init`).
+    value_params: the value network's parameters.
     opt_state: state of `value_optimizer(config)`.
     obs: normalised observations, (N, obs_size).
     returns: regression targets, e.g. GAE returns, (N,).
     key: shuffling key.
     config: `TRPOConfig` (static under jit).
+    value: the value network (`networks.ValueNetwork`; default the
+      authors' tanh MLP).
 
   Returns:
     (value_params, opt_state, loss): loss is the mean minibatch MSE over the
@@ -373,7 +394,7 @@ def value_fit(value_params, opt_state: optax.OptState, obs: jax.Array,
       lambda t: ravel_pytree(t)[0] if is_params(t) else t, opt_state,
       is_leaf=is_params)
   loss_and_grad = jax.value_and_grad(
-      lambda x, o, r: value_loss(unravel(x), o, r))
+      lambda x, o, r: value_loss(unravel(x), o, r, value))
 
   def update(carry, minibatch):
     params, state = carry

@@ -6,7 +6,10 @@ family's r_ψ and end them by its done rule; an ended roll-out restarts from
 another real start state, so shapes stay static. `lax.scan` over time, `vmap`
 over roll-outs. The model enters as a pure `dynamics_fn(model, obs, action) ->
 next_obs` whose parameters are a traced argument: refitting the model or
-changing ψ never recompiles.
+changing ψ never recompiles. A stochastic model (e.g. a probabilistic
+ensemble with trajectory sampling, Chua et al. 2018, arXiv:1805.12114) takes
+two more keys, `dynamics_fn(model, obs, action, key_rollout, key_step)`:
+one fixed over each roll-out, one fresh per step (`model_keys=True`).
 """
 from __future__ import annotations
 
@@ -24,8 +27,13 @@ DynamicsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 def make_virtual_rollout(family: TaskFamily, policy_fn: PolicyFn,
                          dynamics_fn: DynamicsFn, n_rollouts: int = 50,
-                         n_steps: int | None = None):
+                         n_steps: int | None = None, model_keys: bool = False):
   """Builds `rollout(policy_params, model, psi, start_obs, key) -> Transition`.
+
+  With model_keys, dynamics_fn is called as (model, obs, action,
+  key_rollout, key_step); the model's keys are drawn from fold_in(key, 1),
+  apart from the policy's and the restarts' (which stay those of a
+  deterministic model).
 
   Args (of the returned function):
     start_obs: real start states to draw from, (n_start, obs_size).
@@ -37,11 +45,14 @@ def make_virtual_rollout(family: TaskFamily, policy_fn: PolicyFn,
   horizon = family.horizon
 
   def one_step(policy_params, model, psi, start_obs, carry, key_policy,
-               restart_index):
+               restart_index, key_step, key_rollout):
     obs, t = carry
     raw_action = policy_fn(policy_params, obs, key_policy)
     action = family.clip_action(raw_action)
-    next_obs = dynamics_fn(model, obs, action)
+    if model_keys:
+      next_obs = dynamics_fn(model, obs, action, key_rollout, key_step)
+    else:
+      next_obs = dynamics_fn(model, obs, action)
     reward = family.reward(psi, obs, action, next_obs)
     done = family.done(next_obs)
     t = t + 1
@@ -70,13 +81,23 @@ def make_virtual_rollout(family: TaskFamily, policy_fn: PolicyFn,
     key_policy, key_restart = keys[:, :, 0], keys[:, :, 1]
     restart_index = jax.vmap(jax.vmap(
         lambda k: jax.random.randint(k, (), 0, n_start)))(key_restart)
-    step = jax.vmap(one_step, in_axes=(None, None, None, None, 0, 0, 0))
+    if model_keys:
+      key_rollout, key_model_steps = jax.random.split(
+          jax.random.fold_in(key, 1))
+      key_rollout = jax.random.split(key_rollout, n_rollouts)
+      key_step = jax.vmap(lambda k: jax.random.split(k, n_rollouts))(
+          jax.random.split(key_model_steps, n_steps))
+    else:  # placeholders, unused
+      key_rollout = jnp.zeros((n_rollouts,))
+      key_step = jnp.zeros((n_steps, n_rollouts))
+    step = jax.vmap(one_step, in_axes=(None, None, None, None, 0, 0, 0, 0, 0))
 
     def time_step(carry, inputs):
-      return step(policy_params, model, psi, start_obs, carry, *inputs)
+      return step(policy_params, model, psi, start_obs, carry, *inputs,
+                  key_rollout)
 
     _, transitions = jax.lax.scan(time_step, carry,
-                                  (key_policy, restart_index))
+                                  (key_policy, restart_index, key_step))
     return transitions
 
   return rollout
