@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from admrl_jax.models import dynamics
+from admrl_jax.models import ensemble
 from admrl_jax.policies import gaussian_mlp as gm
 
 PyTree = Any
@@ -209,12 +210,27 @@ def mlp_model(config: dynamics.ModelConfig = dynamics.ModelConfig()
       predict=dynamics.make_dynamics_fn(config))
 
 
+def ensemble_model(config: dynamics.ModelConfig) -> ModelNetwork:
+  """A probabilistic ensemble with trajectory sampling (`models.ensemble`,
+  Chua et al. 2018, arXiv:1805.12114) at `config` (n_members, hidden …)."""
+  return ModelNetwork(
+      init=lambda key, obs_size, action_size: ensemble.init(
+          key, obs_size, action_size, config),
+      make_fit=lambda stride: ensemble.make_fit(config, stride),
+      update_normalizers=dynamics.update_normalizers,
+      predict=ensemble.make_predict(config),
+      sample=ensemble.make_sample(config))
+
+
 def make_networks(model: dynamics.ModelConfig = dynamics.ModelConfig(),
                   policy: gm.PolicyConfig = gm.PolicyConfig(),
                   value: gm.ValueConfig = gm.ValueConfig()) -> Networks:
-  """The default bundle, the authors' networks (SLBOConfig's model, policy
-  and value configs)."""
-  return Networks(model=mlp_model(model), policy=gaussian_mlp_policy(policy),
+  """The bundle of SLBOConfig's model, policy and value configs: the
+  authors' networks, or with `model.kind == 'ensemble'` the probabilistic
+  ensemble (`ensemble_model`) in place of the deterministic model."""
+  model_network = (ensemble_model(model) if model.kind == 'ensemble'
+                   else mlp_model(model))
+  return Networks(model=model_network, policy=gaussian_mlp_policy(policy),
                   value=mlp_value(value))
 
 

@@ -35,6 +35,7 @@ from admrl_jax.models import normalizer
 from admrl_jax.models import dataset as dataset_lib
 
 LOSSES = ('one_step', 'multi_step')
+KINDS = ('mlp', 'ensemble')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,11 @@ class ModelConfig:
       family, whose actions are unbounded).
     next_state_clip: the predicted next state is clipped to ±next_state_clip
       in normalised state units; None disables the clip.
+    kind: 'mlp' (SLBO's deterministic model, this module) or 'ensemble'
+      (`models.ensemble`: n_members MLPs with Gaussian heads, fitted by
+      Gaussian likelihood, virtual roll-outs drawing one member per
+      roll-out; the one-step loss only).
+    n_members: members of the ensemble (unused for 'mlp').
   """
   hidden: Tuple[int, ...] = (1000, 1000)
   activation: Callable[[jax.Array], jax.Array] = jax.nn.relu
@@ -77,8 +83,19 @@ class ModelConfig:
   multi_step_horizon: int = 2
   action_clip: Optional[float] = 1.0
   next_state_clip: Optional[float] = 100.0
+  kind: str = 'mlp'
+  n_members: int = 5
 
   def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f'ModelConfig.kind must be one of {KINDS}, '
+                       f'got {self.kind!r}')
+    if self.n_members < 1:
+      raise ValueError('ModelConfig.n_members must be >= 1, got '
+                       f'{self.n_members}')
+    if self.kind == 'ensemble' and self.loss != 'one_step':
+      raise ValueError("ModelConfig(kind='ensemble') fits the one-step "
+                       f'likelihood only, got loss={self.loss!r}')
     if self.loss not in LOSSES:
       raise ValueError(f'ModelConfig.loss must be one of {LOSSES}, '
                        f'got {self.loss!r}')
@@ -124,6 +141,13 @@ def model_init(key: jax.Array, obs_size: int, action_size: int,
                config: ModelConfig = ModelConfig()) -> Params:
   """MLP layers for [obs_size + action_size, *hidden, obs_size]."""
   sizes = (obs_size + action_size,) + tuple(config.hidden) + (obs_size,)
+  return init_layers(key, sizes, config)
+
+
+def init_layers(key: jax.Array, sizes: Tuple[int, ...],
+                config: ModelConfig = ModelConfig()) -> Params:
+  """MLP layers of the given sizes, initialised as `config.init_std` says
+  (truncated normal, or LeCun-normal `mlp_init` when None)."""
   if config.init_std is None:
     return mlp_init(key, sizes)
   keys = jax.random.split(key, len(sizes) - 1)
@@ -166,14 +190,15 @@ def predict(params: Params, norms: normalizer.Normalizers, obs: jax.Array,
   perturbed by the round trip's float rounding. Lift with `jax.vmap`.
   """
   chex.assert_rank([obs, action], 1)
-  return _next_state(
+  return next_state(
       norms, obs, predict_normalized_diff(params, norms, obs, action, config),
       config)
 
 
-def _next_state(norms: normalizer.Normalizers, obs: jax.Array,
+def next_state(norms: normalizer.Normalizers, obs: jax.Array,
                 normalized_diff: jax.Array, config: ModelConfig) -> jax.Array:
-  """s′ from s and the network's output, with the next-state clip."""
+  """s′ from s and the network's normalised state change (obs_size,),
+  with the next-state clip (`predict`)."""
   next_obs = obs + normalizer.denormalize(norms.diff, normalized_diff)
   if config.next_state_clip is None:
     return next_obs
@@ -250,14 +275,14 @@ def multi_step_loss(params: Params, norms: normalizer.Normalizers,
   chex.assert_rank([tr.obs, tr.action, tr.next_obs], 3)
   predict_diff = jax.vmap(
       lambda x, a: predict_normalized_diff(params, norms, x, a, config))
-  next_state = jax.vmap(lambda x, d: _next_state(norms, x, d, config))
+  batch_next_state = jax.vmap(lambda x, d: next_state(norms, x, d, config))
 
   def step(x, inputs):
     obs, action, next_obs, continues = inputs
     x = jnp.where(continues[:, None], x, obs)
     diff = predict_diff(x, action)  # one network pass serves both uses
     error = diff - normalizer.normalize(norms.diff, next_obs - obs)
-    return next_state(x, diff), jax.vmap(_rms)(error)
+    return batch_next_state(x, diff), jax.vmap(_rms)(error)
 
   _, per_step = jax.lax.scan(
       step, tr.obs[0], (tr.obs, tr.action, tr.next_obs, runs.continues))
