@@ -7,6 +7,7 @@ driver's task iteration, the evaluation's adaptation) is compiled once.
 """
 import os
 import shutil
+import signal
 import tempfile
 import warnings
 
@@ -16,6 +17,13 @@ from admrl_jax import envs
 from experiments import common
 
 warnings.filterwarnings('ignore', message='.*Brax System.*')
+
+# The scripts that a test interrupts with SIGINT must see Ctrl-C as users
+# do, even when this session inherited an ignored SIGINT (a shell's
+# background job has one, and subprocesses keep it): handle it again, so
+# that they start with the default disposition.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _SESSION_CACHE = None
 if 'ADMRL_JAX_CACHE_DIR' not in os.environ:
