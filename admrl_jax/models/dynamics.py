@@ -320,6 +320,25 @@ def update_normalizers(state: ModelState,
       norms=normalizer.update_from_transitions(state.norms, transitions))
 
 
+def guarded_step(optimizer, params, opt_state, value, grads):
+  """One optimizer step that a diverging model (NaN/Inf loss or gradient)
+  cannot poison: such a step is skipped (parameters and optimizer state
+  kept) and flagged.
+
+  Returns:
+    ((params, opt_state), (value, grad_norm, rejected)), the carry and the
+    per-step outputs of a `lax.scan` over fit steps.
+  """
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jnp.where(finite, new, old)
+  return ((jax.tree.map(keep, new_params, params),
+           jax.tree.map(keep, new_opt_state, opt_state)),
+          (value, grad_norm, ~finite))
+
+
 def make_fit(config: ModelConfig = ModelConfig(), stride: int = 1):
   """Builds the jitted `fit(state, dataset, key) -> (state, metrics)`.
 
@@ -360,16 +379,7 @@ def make_fit(config: ModelConfig = ModelConfig(), stride: int = 1):
       params, opt_state = carry
       batch = draw(dataset, key_t)
       value, grads = loss_and_grad(params, state.norms, batch, config)
-      updates, new_opt_state = optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      # A diverging model (NaN/Inf loss or gradient) must not poison the
-      # parameters: such a step is skipped and counted.
-      grad_norm = optax.global_norm(grads)
-      finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-      keep = lambda new, old: jnp.where(finite, new, old)
-      params = jax.tree.map(keep, new_params, params)
-      opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-      return (params, opt_state), (value, grad_norm, ~finite)
+      return guarded_step(optimizer, params, opt_state, value, grads)
 
     (params, opt_state), (losses, grad_norms, rejected) = jax.lax.scan(
         step, (state.params, state.opt_state),

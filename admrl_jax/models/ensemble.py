@@ -21,7 +21,6 @@ from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import struct
 
 from admrl_jax import types
@@ -103,14 +102,7 @@ def make_fit(config: dynamics.ModelConfig, stride: int = 1):
                                                     config.batch_size))(
           jax.random.split(key_t, config.n_members))
       value, grads = loss_and_grad(params, state.norms, batch, config)
-      updates, new_opt_state = optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      grad_norm = optax.global_norm(grads)
-      finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-      keep = lambda new, old: jnp.where(finite, new, old)
-      return ((jax.tree.map(keep, new_params, params),
-               jax.tree.map(keep, new_opt_state, opt_state)),
-              (value, grad_norm, ~finite))
+      return dynamics.guarded_step(optimizer, params, opt_state, value, grads)
 
     (params, opt_state), (losses, grad_norms, rejected) = jax.lax.scan(
         step, (state.params, state.opt_state),
