@@ -8,10 +8,19 @@ budget set by the flags, evaluates the mean policy on fresh real roll-outs
 before training and after every stage, and writes `<out>.json` and
 `<out>.png`. With `--seed=0,1,2` every seed gets its own curve (the seeds
 share one compiled program); the plot shows each seed and their mean.
+
+Resumable: with `--out`, `<out>.json` is rewritten after every stage
+(`"complete": false` until the last) and each seed's state and key after its
+latest stage are checkpointed under `<out>.ckpt/seed_<s>/`. Rerunning the
+same command continues where a killed run stopped, with the same random
+stream (the result equals an uninterrupted run's); a larger `--stages`
+extends a finished curve. A `<out>.json` made with other settings is refused
+(exit status 2) and left untouched.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -51,14 +60,74 @@ _SEED = flags.DEFINE_string('seed', '0', 'Random seed, or a comma list of '
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension.')
 
 
+def _result(setting, seeds, curves, complete):
+  result = json.loads(json.dumps(setting))
+  result['budget'] = dict(stages=max(len(c) for c in curves.values()) - 1,
+                          **result['budget'])
+  result.update(seeds=list(seeds), complete=complete,
+                curves={str(seed): curve for seed, curve in curves.items()})
+  return result
+
+
+def _atomic_write_json(path, obj):
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def _write(out, setting, seeds, curves, complete):
+  _atomic_write_json(out + '.json', _result(setting, seeds, curves, complete))
+
+
+def _load_previous(out, setting, stages):
+  """Curves of an earlier run of the same setting at `out`, else {}.
+
+  Exits with status 2 (file untouched) when `<out>.json` exists but cannot be
+  read, was made with other settings, or has more than `stages` stages.
+  """
+  if not out or not os.path.exists(out + '.json'):
+    return {}
+  try:
+    with open(out + '.json') as f:
+      previous = json.load(f)
+    curves = {int(s): c for s, c in previous['curves'].items()}
+  except (OSError, ValueError, KeyError, AttributeError) as e:
+    print(f'error: {out}.json exists but is not a learning-curve file ({e}); '
+          'use another --out or remove it', file=sys.stderr)
+    sys.exit(2)
+  theirs = {k: previous.get(k) for k in setting}
+  theirs['budget'] = {k: (previous.get('budget') or {}).get(k)
+                      for k in setting['budget']}
+  mine = json.loads(json.dumps(setting))
+  if theirs != mine:
+    diff = [k for k in mine if theirs[k] != mine[k]]
+    if 'budget' in diff:
+      diff.remove('budget')
+      diff += [f'budget.{k}' for k in mine['budget']
+               if theirs['budget'][k] != mine['budget'][k]]
+    print(f'error: {out}.json was made with other settings ('
+          + ', '.join(f'{k}' for k in diff)
+          + '); use another --out to start a new curve', file=sys.stderr)
+    sys.exit(2)
+  longest = max((len(c) - 1 for c in curves.values()), default=0)
+  if longest > stages:
+    print(f'error: {out}.json already has {longest} stages; pass '
+          f'--stages={longest} or more, or another --out', file=sys.stderr)
+    sys.exit(2)
+  return curves
+
+
 def main(argv):
   del argv
+  common.enable_compilation_cache()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
   from admrl_jax.models.dynamics import ModelConfig  # pylint: disable=g-import-not-at-top
+  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
   from experiments import presets  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import slbo  # pylint: disable=g-import-not-at-top
   from experiments.common import UsageError, build_family, parse_floats, parse_seeds, parse_sets, resolve_psi  # pylint: disable=g-import-not-at-top
@@ -96,6 +165,22 @@ def main(argv):
   agent = slbo.SLBO(family, config)
   psi = jnp.asarray(psi)
   per_stage = slbo.real_samples_per_stage(family, config)
+  # Everything the numbers depend on except the stage count and the seeds,
+  # which a continued run may extend.
+  setting = dict(
+      env=family.name, psi=[float(v) for v in np.asarray(psi)],
+      pipeline=getattr(family, 'pipeline', None),
+      frame_skip=getattr(family, 'frame_skip', None),
+      budget=dict(real_samples_per_stage=per_stage,
+                  n_inner=config.n_inner, n_policy=config.n_policy,
+                  n_model=config.model.n_steps, model_hidden=list(hidden),
+                  virtual_samples_per_trpo_step=config.n_rollouts * (
+                      config.rollout_steps or family.horizon),
+                  eval_episodes=config.real.n_envs,
+                  model_loss=config.model.loss, model_kind=config.model.kind,
+                  virtual_start=config.virtual_start,
+                  overrides=overrides))
+  done = _load_previous(_OUT.value, setting, _STAGES.value)  # {seed: curve}
   start = time.time()
 
   def evaluate(state, key):
@@ -105,12 +190,28 @@ def main(argv):
   def run_seed(seed):
     _, key_init, key = jax.random.split(jax.random.key(seed), 3)
     state = slbo.init(key_init, family, config)
-    key, key_eval = jax.random.split(key)
-    mean, std = evaluate(state, key_eval)
-    curve = [dict(real_samples=0, return_mean=mean, return_std=std,
-                  wall_s=round(time.time() - start, 1))]
-    print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
-    for stage in range(_STAGES.value):
+    manager = (checkpoints.Manager(
+        os.path.join(_OUT.value + '.ckpt', f'seed_{seed}'), max_to_keep=1)
+               if _OUT.value else None)
+    curve = done.get(seed, [])
+    last = manager.latest_step() if manager else None
+    if last is not None and len(curve) > last:
+      state, key = manager.restore(last, (state, key))
+      curve = curve[:last + 1]
+      offset = curve[-1]['wall_s']
+      print(json.dumps(dict(seed=seed, resumed_after_stage=last)), flush=True)
+    else:
+      offset = 0.0
+      key, key_eval = jax.random.split(key)
+      mean, std = evaluate(state, key_eval)
+      curve = [dict(real_samples=0, return_mean=mean, return_std=std,
+                    wall_s=round(time.time() - start, 1))]
+      print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
+      done[seed] = curve
+      if manager:   # the curve first: a checkpoint is never ahead of it
+        _write(_OUT.value, setting, seeds, done, complete=False)
+        manager.save(0, (state, key))
+    for stage in range(len(curve) - 1, _STAGES.value):
       key, key_stage, key_eval = jax.random.split(key, 3)
       state, metrics = agent.stage(state, psi, key_stage)
       mean, std = evaluate(state, key_eval)
@@ -120,8 +221,12 @@ def main(argv):
           model_loss=float(metrics.model_loss[-1]),
           virtual_return=float(metrics.virtual_return[-1]),
           trpo_accept_rate=float(jnp.mean(metrics.trpo_accepted)),
-          wall_s=round(time.time() - start, 1)))
+          wall_s=round(offset + time.time() - start, 1)))
       print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
+      done[seed] = curve
+      if manager:
+        _write(_OUT.value, setting, seeds, done, complete=False)
+        manager.save(stage + 1, (state, key))
     return curve
 
   curves = {seed: run_seed(seed) for seed in seeds}
@@ -134,26 +239,13 @@ def main(argv):
       best=float(np.max(np.mean(means, axis=0))),
       final_minus_initial_per_seed=[float(v) for v in means[:, -1] - means[:, 0]])
   print(json.dumps(dict(summary=summary)), flush=True)
-  result = dict(
-      env=family.name, psi=[float(v) for v in np.asarray(psi)],
-      pipeline=getattr(family, 'pipeline', None),
-      frame_skip=getattr(family, 'frame_skip', None),
-      budget=dict(stages=_STAGES.value, real_samples_per_stage=per_stage,
-                  n_inner=config.n_inner, n_policy=config.n_policy,
-                  n_model=config.model.n_steps, model_hidden=list(hidden),
-                  virtual_samples_per_trpo_step=config.n_rollouts * (
-                      config.rollout_steps or family.horizon),
-                  eval_episodes=config.real.n_envs,
-                  model_loss=config.model.loss,
-                  virtual_start=config.virtual_start, overrides=overrides),
-      seeds=seeds, summary=summary,
-      curves={str(seed): curve for seed, curve in curves.items()})
+  result = _result(setting, seeds, curves, complete=True)
+  result['summary'] = summary
   if _OUT.value:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    with open(_OUT.value + '.json', 'w') as f:
-      json.dump(result, f, indent=2)
+    _atomic_write_json(_OUT.value + '.json', result)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if len(seeds) == 1:
       e = np.array([c['return_std'] for c in curves[seeds[0]]])
