@@ -14,7 +14,8 @@ Resumable: with `--out`, `<out>.json` is rewritten after every stage
 latest stage are checkpointed under `<out>.ckpt/seed_<s>/`. Rerunning the
 same command continues where a killed run stopped, with the same random
 stream (the result equals an uninterrupted run's); a larger `--stages`
-extends a finished curve. A `<out>.json` made with other settings is refused
+extends a finished curve, and the same command on a finished curve only
+redraws its plot (reproduce one with a new `--out`). A `<out>.json` made with other settings is refused
 (exit status 2) and left untouched.
 """
 from __future__ import annotations
@@ -188,12 +189,14 @@ def main(argv):
     return float(jnp.mean(out.first_return)), float(jnp.std(out.first_return))
 
   def run_seed(seed):
+    curve = done.get(seed, [])
+    if len(curve) > _STAGES.value:   # already there: nothing to compute
+      return curve
     _, key_init, key = jax.random.split(jax.random.key(seed), 3)
     state = slbo.init(key_init, family, config)
     manager = (checkpoints.Manager(
         os.path.join(_OUT.value + '.ckpt', f'seed_{seed}'), max_to_keep=1)
                if _OUT.value else None)
-    curve = done.get(seed, [])
     last = manager.latest_step() if manager else None
     if last is not None and len(curve) > last:
       state, key = manager.restore(last, (state, key))
