@@ -70,15 +70,8 @@ def _result(setting, seeds, curves, complete):
   return result
 
 
-def _atomic_write_json(path, obj):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
 def _write(out, setting, seeds, curves, complete):
-  _atomic_write_json(out + '.json', _result(setting, seeds, curves, complete))
+  common.write_json(out + '.json', _result(setting, seeds, curves, complete))
 
 
 def _load_previous(out, setting, stages):
@@ -248,7 +241,7 @@ def main(argv):
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    _atomic_write_json(_OUT.value + '.json', result)
+    common.write_json(_OUT.value + '.json', result)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if len(seeds) == 1:
       e = np.array([c['return_std'] for c in curves[seeds[0]]])

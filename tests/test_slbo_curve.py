@@ -68,3 +68,34 @@ def test_a_curve_continues_where_it_stopped_and_equals_an_unbroken_one(
   assert code == 2 and 'already has 2 stages' in err, err
   with open(unbroken + '.json', 'rb') as f:
     assert f.read() == before
+
+  # Two curves of one experiment side by side: identical curves compare
+  # equal (zero paired difference); a curve of another task is refused.
+  compare = str(tmp_path / 'compare')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.compare_curves',
+       f'--curves={first},{unbroken}', '--labels=continued,unbroken',
+       f'--out={compare}'], cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = _load(compare)
+  a, b = report['rows']
+  assert a['real_return'] == b['real_return'] and len(
+      a['real_return']['mean']) == 3
+  assert b['minus_continued']['last_3'] == dict(mean=0.0, lo=0.0, hi=0.0)
+  expected = [row['virtual_return'] - row['return_mean']
+              for row in whole['curves']['0'][1:]]
+  got = [(row['virtual_return'] - row['return_mean'])
+         for row in whole['curves']['1'][1:]]
+  means = [(x + y) / 2 for x, y in zip(expected, got)]
+  assert all(abs(m - e) < 1e-3 * (1 + abs(e))
+             for m, e in zip(means, a['exploitation']['mean']))
+  assert os.path.exists(compare + '.png')
+  other = dict(whole, psi=[v + 1.0 for v in whole['psi']])
+  with open(str(tmp_path / 'other.json'), 'w') as f:
+    json.dump(other, f)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.compare_curves',
+       f'--curves={unbroken},{tmp_path / "other"}', f'--out={compare}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and 'differ in psi' in proc.stderr, proc.stderr
