@@ -143,7 +143,7 @@ def main(argv):
   # iteration runs it, its state donated (the dataset is not copied).
   agent = slbo.SLBO(family, config)
   one_iteration = jax.jit(
-      lambda s, p, k: agent._virtual_training(s, p, k, 1),  # pylint: disable=protected-access
+      lambda s, p, k: agent.virtual_training(s, p, k, 1),
       donate_argnums=0)
   iteration_state = jax.tree.map(jnp.copy, state)
   t0 = time.perf_counter()
@@ -245,7 +245,8 @@ def _time_parts(agent, state, psi, start_obs, repeats):
   config = agent.config
   norm = state.model.norms.state
   agent_state = state.agent
-  tr = jax.jit(agent._virtual_rollout)(  # pylint: disable=protected-access
+  tr = jax.jit(agent.make_virtual_rollout(config.n_rollouts,
+                                         config.rollout_steps))(
       (agent_state.policy, norm), state.model, psi, start_obs,
       jax.random.key(13))
   value = jax.vmap(jax.vmap(gm.value_apply, (None, 0)), (None, 0))
@@ -259,7 +260,7 @@ def _time_parts(agent, state, psi, start_obs, repeats):
                          advantages=flat(adv))
   trpo_step = jax.jit(trpo.trpo_step, static_argnames='config')
   value_fit = jax.jit(trpo.value_fit, static_argnames='config')
-  fit = agent._fit  # pylint: disable=protected-access
+  fit = agent.networks.model.make_fit(config.real.n_envs)
   calls = dict(
       trpo_step=lambda: trpo_step(agent_state.policy, batch, config.trpo),
       value_fit=lambda: value_fit(agent_state.value, agent_state.value_opt,

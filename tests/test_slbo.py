@@ -87,7 +87,7 @@ def test_virtual_rollouts_can_start_from_real_data():
 
   agent._virtual_rollout = spy  # pylint: disable=protected-access
   # Eagerly (not jitted), so the spy sees concrete start states.
-  agent._policy_step(state, jnp.zeros(2), jax.random.key(2))  # pylint: disable=protected-access
+  agent.policy_step(state, jnp.zeros(2), jax.random.key(2))
   assert recorded[0].shape == (16, 2)
   # Every start state is a (shifted) dataset observation, not a reset.
   valid = np.asarray(state.data.data.obs[:int(state.data.size)])

@@ -421,11 +421,6 @@ class SLBO:
     return jax.lax.scan(masked, state, (jnp.arange(n_iterations),
                                         jax.random.split(key, n_iterations)))
 
-  # The names benchmarks/virtual_training.py and benchmarks/task_gradient.py
-  # were written against.
-  _virtual_training = virtual_training
-  _policy_step = policy_step
-
   def collect_real(self, state: SLBOState, psi, key) -> SLBOState:
     """The first half of an SLBO stage: real samples of π_θ with
     Ornstein–Uhlenbeck exploration noise (`config.real`: n_envs × n_steps,
