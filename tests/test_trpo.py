@@ -257,3 +257,26 @@ def test_value_fit_is_per_minibatch_adam_on_the_layers():
                          jax.tree.leaves((params, state))):
       np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(fitted_loss, np.mean(losses), rtol=1e-10)
+
+
+@pytest.mark.parametrize('n', [1, 2, 64, 10_000, 70_000])
+def test_value_fit_shuffle_is_jax_random_permutation_bitwise(n):
+  """The value fit's shuffle equals `jax.random.permutation` on every key
+  tried (two sorting rounds at n = 10 000, three at 70 000, which takes
+  JAX's own path)."""
+  ours = jax.jit(lambda k: trpo.permutation(k, n))
+  jax_own = jax.jit(lambda k: jax.random.permutation(k, n))
+  for key in jax.random.split(jax.random.key(n), 40):
+    np.testing.assert_array_equal(ours(key), jax_own(key))
+
+
+def test_stable_sort_order_keeps_the_index_order_of_tied_keys():
+  # Random 32-bit keys rarely tie; these tie all the time.
+  keys = jnp.asarray(np.random.default_rng(0).integers(0, 30, 5000),
+                     jnp.uint32)
+  _, expected = jax.lax.sort_key_val(keys, jnp.arange(5000), is_stable=True)
+  order = jax.jit(trpo.stable_sort_order)(keys)
+  np.testing.assert_array_equal(order, expected)
+  # The ties decide the order: breaking them the other way differs.
+  other_way = np.lexsort((-np.arange(5000), np.asarray(keys)))
+  assert not np.array_equal(other_way, expected)

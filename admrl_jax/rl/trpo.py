@@ -29,6 +29,7 @@ from typing import Any, Tuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
@@ -403,7 +404,7 @@ def value_fit(value_params, opt_state: optax.OptState, obs: jax.Array,
     return (optax.apply_updates(params, updates), state), loss
 
   def epoch(carry, key_e):
-    perm = jax.random.permutation(key_e, n)[:n_batches * size]
+    perm = permutation(key_e, n)[:n_batches * size]
     # One gather per epoch; the steps then slice their minibatch.
     minibatches = (obs[perm].reshape(n_batches, size, obs.shape[1]),
                    returns[perm].reshape(n_batches, size))
@@ -416,6 +417,47 @@ def value_fit(value_params, opt_state: optax.OptState, obs: jax.Array,
   opt_state = jax.tree.map(lambda t, x: unravel(x) if is_params(t) else x,
                            opt_state, flat_state, is_leaf=is_params)
   return unravel(flat_params), opt_state, epoch_losses[-1]
+
+
+def permutation(key: jax.Array, n: int) -> jax.Array:
+  """`jax.random.permutation(key, n)`, bitwise, at under half its cost on CPU.
+
+  JAX shuffles by stable sorts of `arange(n)` on fresh 32-bit random keys,
+  ⌈3 ln n / ln(2³² − 1)⌉ rounds (two for n = 10 000). XLA's CPU sort of a
+  key-value pair calls a compiled comparator per comparison (≈ 1.7 ms for
+  10 000 here), while one array of integers is sorted natively (≈ 0.25 ms).
+  Each round here therefore sorts the keys alone, finds each element's
+  first position among the sorted keys (`searchsorted`, equal keys share
+  it), and sorts the integers first_position · n + index, which are
+  distinct and order exactly as the stable sort orders the elements.
+  That needs n² < 2³²; larger n use `jax.random.permutation` itself.
+  tests/test_trpo.py checks the equality on many keys and on tied keys.
+
+  Args:
+    key: PRNG key.
+    n: a static length.
+  Returns:
+    (n,) int32, a permutation of 0 … n − 1.
+  """
+  if n * n >= 2**32:
+    return jax.random.permutation(key, n)
+  rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+  x = jnp.arange(n, dtype=jnp.int32)
+  for _ in range(rounds):
+    key, subkey = jax.random.split(key)
+    x = x[stable_sort_order(jax.random.bits(subkey, (n,), jnp.uint32))]
+  return x
+
+
+def stable_sort_order(sort_keys: jax.Array) -> jax.Array:
+  """The indices that stably sort a (n,) uint32 array with n² < 2³²
+  (`lax.sort_key_val(sort_keys, arange(n), is_stable=True)[1]`), from two
+  single-array sorts; see `permutation`."""
+  n = sort_keys.shape[0]
+  first = jnp.searchsorted(jax.lax.sort(sort_keys), sort_keys, side='left')
+  distinct = first.astype(jnp.uint32) * jnp.uint32(n) + jnp.arange(
+      n, dtype=jnp.uint32)
+  return (jax.lax.sort(distinct) % jnp.uint32(n)).astype(jnp.int32)
 
 
 def _is_shaped_like(params: PyTree):
