@@ -107,9 +107,10 @@ def main(argv):
       meta=dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec='seconds'), jax_version=jax.__version__,
                 device=str(jax.devices()[0]), cpu_count=os.cpu_count(),
-                note='2-core CPU shared with a long study running at the '
-                'same time (this ran niced): absolute times are inflated and '
-                'noisy; the cold/warm ratios are the point',
+                load_average=os.getloadavg(),
+                note='absolute times depend on the machine and its load '
+                '(load_average at the end); the cold/warm ratios are the '
+                'point',
                 wall_s=round(time.time() - wall, 1)),
       task_iteration=dict(task_iteration, what='lower + compile of one lq '
                           'smoke task iteration (1 member, vmapped, no '
