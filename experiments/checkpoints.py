@@ -40,9 +40,13 @@ class Manager:
   def path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def save(self, step: int, state) -> None:
-    self._manager.save(step, args=ocp.args.StandardSave(_to_savable(state)))
+  def save(self, step: int, state) -> bool:
+    """Saves `state` as `step`; False when orbax declined (a step at or
+    after `step` is already saved there), True once it is on disk."""
+    saved = self._manager.save(
+        step, args=ocp.args.StandardSave(_to_savable(state)))
     self._manager.wait_until_finished()
+    return bool(saved)
 
   def restore(self, step: int, like):
     """The state saved at `step`, structured (and keyed) like `like`."""

@@ -21,8 +21,8 @@ refused) and writes `<out>.png` and `<out>.json`:
 
 `<out>.json` holds, per curve, the mean and interval at every stage, the
 first and last three stages' means, and the paired (by seed) difference of
-each curve against the first (mean and 95% bootstrap interval). Bad input:
-one line on stderr, exit status 2.
+each curve against the first (mean and 95% Student-t interval of the
+per-seed differences). Bad input: one line on stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ _OUT = flags.DEFINE_string('out', None, 'Output path without extension.')
 
 # What the curves must share to be compared.
 _SHARED = ('env', 'psi', 'pipeline', 'frame_skip')
-_SHARED_BUDGET = ('real_samples_per_stage', 'eval_episodes')
+_SHARED_BUDGET = ('real_samples_per_stage', 'eval_episodes', 'virtual_start',
+                  'virtual_rollout_steps')
 
 
 def main(argv):
@@ -65,7 +66,7 @@ def load_curve(path: str) -> dict:
     with open(path) as f:
       curve = json.load(f)
     curve['curves'] = {int(s): c for s, c in curve['curves'].items()}
-  except (OSError, ValueError, KeyError, AttributeError) as e:
+  except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
     raise UsageError(f'--curves: {path} is not a learning-curve file '
                      f'({e})') from None
   if curve.get('complete') is False:
@@ -79,11 +80,13 @@ def table(curve):
   """(seeds, stages + 1) arrays of real return and virtual − real (NaN at
   stage 0, before any training)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+  def column(name):   # a missing or null value (not finite) is NaN
+    return np.array([[np.nan if row.get(name) is None else row[name]
+                      for row in curve['curves'][s]] for s in seeds],
+                    np.float64)
+
   seeds = sorted(curve['curves'])
-  real = np.array([[row['return_mean'] for row in curve['curves'][s]]
-                   for s in seeds])
-  virtual = np.array([[row.get('virtual_return', np.nan)
-                       for row in curve['curves'][s]] for s in seeds])
+  real, virtual = column('return_mean'), column('virtual_return')
   return seeds, real, virtual - real
 
 
@@ -138,7 +141,6 @@ def compare(curves, labels) -> dict:
     out = stats.mean_ci(values)
     return {k: finite(out[k]) for k in ('mean', 'lo', 'hi')}
 
-  ci_rows = ci   # (seeds, stages) -> one interval per stage
 
   rows, base = [], None
   for curve, label in zip(curves, labels):
@@ -148,8 +150,8 @@ def compare(curves, labels) -> dict:
         model_kind=curve['budget'].get('model_kind', 'mlp'),
         real_samples=[r['real_samples']
                       for r in curve['curves'][seeds[0]]],
-        real_return=ci_rows(real),
-        exploitation=ci_rows(exploit[:, 1:]),
+        real_return=ci(real),            # one interval per stage
+        exploitation=ci(exploit[:, 1:]),
         initial=ci(real[:, 0]),
         last_3=ci(real[:, -3:].mean(axis=1)),
         gain=ci(real[:, -3:].mean(axis=1) - real[:, 0]),
@@ -158,9 +160,8 @@ def compare(curves, labels) -> dict:
     if base is None:
       base = (real, exploit)
     else:
-      def paired(a, b):
-        out = stats.paired_bootstrap(a, b)
-        return {k: finite(out[k]) for k in ('mean', 'lo', 'hi')}
+      def paired(a, b):   # seeds pair up by number
+        return ci(np.asarray(a) - np.asarray(b))
       row[f'minus_{labels[0]}'] = dict(
           last_3=paired(real[:, -3:].mean(axis=1),
                         base[0][:, -3:].mean(axis=1)),
@@ -174,8 +175,10 @@ def compare(curves, labels) -> dict:
       real_samples_per_stage=first['budget']['real_samples_per_stage'],
       what=('mean over seeds and 95% Student-t interval; last_3: mean of '
             'the last 3 evaluations per seed; exploitation: virtual return '
-            '− real return per stage; minus_<first>: paired difference by '
-            'seed, 95% bootstrap interval'),
+            '− real return per stage (first_3/last_3: its mean over the '
+            'first/last 3 stages, overlapping below 6 stages); '
+            'minus_<first>: the per-seed difference, mean and 95% Student-t '
+            'interval; null: undefined (one seed) or not finite'),
       rows=rows)
 
 

@@ -20,8 +20,11 @@ redraws its plot (reproduce one with a new `--out`). A `<out>.json` made with ot
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import shutil
 import sys
 import time
 
@@ -35,7 +38,8 @@ common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 _ENV = flags.DEFINE_string('env', 'hopper2d', 'Task family.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
 _PSI = flags.DEFINE_string('psi', None, 'Task ψ, comma list (default u = 0.3).')
-_STAGES = flags.DEFINE_integer('stages', 6, 'SLBO stages (nslbo).')
+_STAGES = flags.DEFINE_integer('stages', 6, 'SLBO stages (nslbo).',
+                               lower_bound=1)
 _N_INNER = flags.DEFINE_integer('n_inner', 5, 'VirtualTraining iterations.')
 _N_POLICY = flags.DEFINE_integer('n_policy', 10, 'TRPO steps per iteration.')
 _N_MODEL = flags.DEFINE_integer('n_model', 100, 'Model steps per iteration.')
@@ -61,32 +65,42 @@ _SEED = flags.DEFINE_string('seed', '0', 'Random seed, or a comma list of '
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension.')
 
 
-def _result(setting, seeds, curves, complete):
+def _number(x):
+  """A float for the JSON file; None for NaN or ±Inf (JSON has neither)."""
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+def _result(setting, seeds, curves, complete, capacity):
   result = json.loads(json.dumps(setting))
   result['budget'] = dict(stages=max(len(c) for c in curves.values()) - 1,
                           **result['budget'])
   result.update(seeds=list(seeds), complete=complete,
+                dataset_capacity=capacity,
                 curves={str(seed): curve for seed, curve in curves.items()})
   return result
 
 
-def _write(out, setting, seeds, curves, complete):
-  common.write_json(out + '.json', _result(setting, seeds, curves, complete))
+def _write(out, setting, seeds, curves, complete, capacity):
+  common.write_json(out + '.json',
+                    _result(setting, seeds, curves, complete, capacity))
 
 
-def _load_previous(out, setting, stages):
-  """Curves of an earlier run of the same setting at `out`, else {}.
+def _load_previous(out, setting, stages, seeds):
+  """(curves, file) of an earlier run of the same setting at `out`, else
+  ({}, None).
 
   Exits with status 2 (file untouched) when `<out>.json` exists but cannot be
-  read, was made with other settings, or has more than `stages` stages.
+  read, was made with other settings, has more than `stages` stages or
+  seeds that `seeds` leaves out.
   """
   if not out or not os.path.exists(out + '.json'):
-    return {}
+    return {}, None
   try:
     with open(out + '.json') as f:
       previous = json.load(f)
     curves = {int(s): c for s, c in previous['curves'].items()}
-  except (OSError, ValueError, KeyError, AttributeError) as e:
+  except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
     print(f'error: {out}.json exists but is not a learning-curve file ({e}); '
           'use another --out or remove it', file=sys.stderr)
     sys.exit(2)
@@ -95,21 +109,33 @@ def _load_previous(out, setting, stages):
                       for k in setting['budget']}
   mine = json.loads(json.dumps(setting))
   if theirs != mine:
-    diff = [k for k in mine if theirs[k] != mine[k]]
-    if 'budget' in diff:
-      diff.remove('budget')
-      diff += [f'budget.{k}' for k in mine['budget']
-               if theirs['budget'][k] != mine['budget'][k]]
+    diff = [f'{k}: file {theirs[k]}, now {mine[k]}' for k in mine
+            if k != 'budget' and theirs[k] != mine[k]]
+    diff += [f'budget.{k}: file {theirs["budget"][k]}, now {mine["budget"][k]}'
+             for k in mine['budget']
+             if theirs['budget'][k] != mine['budget'][k]]
     print(f'error: {out}.json was made with other settings ('
-          + ', '.join(f'{k}' for k in diff)
+          + '; '.join(diff)
           + '); use another --out to start a new curve', file=sys.stderr)
+    sys.exit(2)
+  missing = sorted(set(curves) - set(seeds))
+  if missing:
+    print(f'error: {out}.json also holds seeds {missing}; pass them in --seed '
+          'too (their curves would be dropped), or another --out',
+          file=sys.stderr)
     sys.exit(2)
   longest = max((len(c) - 1 for c in curves.values()), default=0)
   if longest > stages:
     print(f'error: {out}.json already has {longest} stages; pass '
           f'--stages={longest} or more, or another --out', file=sys.stderr)
     sys.exit(2)
-  return curves
+  return curves, previous
+
+
+def _save(manager, step, state):
+  if not manager.save(step, state):
+    raise RuntimeError(f'checkpoint {step} under {manager.directory} was not '
+                       'written (a later step exists there)')
 
 
 def main(argv):
@@ -120,6 +146,7 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
+  from admrl_jax.models import dataset  # pylint: disable=g-import-not-at-top
   from admrl_jax.models.dynamics import ModelConfig  # pylint: disable=g-import-not-at-top
   from experiments import checkpoints  # pylint: disable=g-import-not-at-top
   from experiments import presets  # pylint: disable=g-import-not-at-top
@@ -140,11 +167,17 @@ def main(argv):
   # seeds train on one task and share one compiled program.
   key_cal = jax.random.split(jax.random.key(seeds[0]), 3)[0]
   family = family.calibrate(key_cal)
+  def capacity_for(stages):
+    # Every real sample fits: nothing is overwritten, and sampling (indices
+    # below the dataset's size) does not depend on the capacity, so a curve
+    # extended to more stages (its dataset grown) equals an unbroken one.
+    return max(10_000, stages * _REAL_ENVS.value * family.horizon)
+
+  capacity = capacity_for(_STAGES.value)
   config = slbo.SLBOConfig(
       n_inner=_N_INNER.value, n_policy=_N_POLICY.value,
       n_rollouts=_ROLLOUTS.value, rollout_steps=_ROLLOUT_STEPS.value,
-      dataset_capacity=max(10_000, _STAGES.value * _REAL_ENVS.value
-                           * family.horizon),
+      dataset_capacity=capacity,
       model=ModelConfig(hidden=hidden, n_steps=_N_MODEL.value,
                         action_clip=None if family.action_bound is None
                         else family.action_bound),
@@ -165,17 +198,34 @@ def main(argv):
       env=family.name, psi=[float(v) for v in np.asarray(psi)],
       pipeline=getattr(family, 'pipeline', None),
       frame_skip=getattr(family, 'frame_skip', None),
+      calibration_seed=seeds[0],
       budget=dict(real_samples_per_stage=per_stage,
                   n_inner=config.n_inner, n_policy=config.n_policy,
                   n_model=config.model.n_steps, model_hidden=list(hidden),
+                  virtual_rollouts=config.n_rollouts,
+                  virtual_rollout_steps=(config.rollout_steps
+                                         or family.horizon),
                   virtual_samples_per_trpo_step=config.n_rollouts * (
                       config.rollout_steps or family.horizon),
                   eval_episodes=config.real.n_envs,
                   model_loss=config.model.loss, model_kind=config.model.kind,
                   virtual_start=config.virtual_start,
                   overrides=overrides))
-  done = _load_previous(_OUT.value, setting, _STAGES.value)  # {seed: curve}
+  done, previous = _load_previous(_OUT.value, setting, _STAGES.value, seeds)
+  # The checkpoints' dataset capacity (it grows with the stage count).
+  if previous is None:
+    saved_capacity = capacity
+  else:
+    saved_capacity = previous.get('dataset_capacity') or capacity_for(
+        previous['budget']['stages'])
+  # wall_s: seconds of computing since the curve was started, over every
+  # process that worked on it (this one adds to where the last one stopped).
+  offset = max((row['wall_s'] for c in done.values() for row in c),
+               default=0.0)
   start = time.time()
+
+  def wall():
+    return round(offset + time.time() - start, 1)
 
   def evaluate(state, key):
     out = agent.evaluate(state, psi, key)
@@ -187,55 +237,69 @@ def main(argv):
       return curve
     _, key_init, key = jax.random.split(jax.random.key(seed), 3)
     state = slbo.init(key_init, family, config)
-    manager = (checkpoints.Manager(
-        os.path.join(_OUT.value + '.ckpt', f'seed_{seed}'), max_to_keep=1)
-               if _OUT.value else None)
+    directory = (os.path.join(_OUT.value + '.ckpt', f'seed_{seed}')
+                 if _OUT.value else None)
+    manager = (checkpoints.Manager(directory, max_to_keep=1)
+               if directory else None)
     last = manager.latest_step() if manager else None
     if last is not None and len(curve) > last:
-      state, key = manager.restore(last, (state, key))
+      saved = state
+      if saved_capacity != capacity:   # saved with fewer stages
+        saved = slbo.init(key_init, family, dataclasses.replace(
+            config, dataset_capacity=saved_capacity))
+      state, key = manager.restore(last, (saved, key))
+      state = state.replace(data=dataset.grow(state.data, capacity))
       curve = curve[:last + 1]
-      offset = curve[-1]['wall_s']
       print(json.dumps(dict(seed=seed, resumed_after_stage=last)), flush=True)
     else:
-      offset = 0.0
+      if curve:
+        print(json.dumps(dict(
+            seed=seed, no_checkpoint_after_stage=len(curve) - 1,
+            recomputing_from_stage=0)), flush=True)
+      if manager and last is not None:
+        # Another run's checkpoints (orbax would not overwrite their steps).
+        shutil.rmtree(directory)
+        manager = checkpoints.Manager(directory, max_to_keep=1)
       key, key_eval = jax.random.split(key)
       mean, std = evaluate(state, key_eval)
-      curve = [dict(real_samples=0, return_mean=mean, return_std=std,
-                    wall_s=round(time.time() - start, 1))]
+      curve = [dict(real_samples=0, return_mean=_number(mean),
+                    return_std=_number(std), wall_s=wall())]
       print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
       done[seed] = curve
       if manager:   # the curve first: a checkpoint is never ahead of it
-        _write(_OUT.value, setting, seeds, done, complete=False)
-        manager.save(0, (state, key))
+        _write(_OUT.value, setting, seeds, done, False, capacity)
+        _save(manager, 0, (state, key))
     for stage in range(len(curve) - 1, _STAGES.value):
       key, key_stage, key_eval = jax.random.split(key, 3)
       state, metrics = agent.stage(state, psi, key_stage)
       mean, std = evaluate(state, key_eval)
       curve.append(dict(
-          real_samples=(stage + 1) * per_stage, return_mean=mean,
-          return_std=std,
-          model_loss=float(metrics.model_loss[-1]),
-          virtual_return=float(metrics.virtual_return[-1]),
-          trpo_accept_rate=float(jnp.mean(metrics.trpo_accepted)),
-          wall_s=round(offset + time.time() - start, 1)))
+          real_samples=(stage + 1) * per_stage, return_mean=_number(mean),
+          return_std=_number(std),
+          model_loss=_number(metrics.model_loss[-1]),
+          virtual_return=_number(metrics.virtual_return[-1]),
+          trpo_accept_rate=_number(jnp.mean(metrics.trpo_accepted)),
+          wall_s=wall()))
       print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
       done[seed] = curve
       if manager:
-        _write(_OUT.value, setting, seeds, done, complete=False)
-        manager.save(stage + 1, (state, key))
+        _write(_OUT.value, setting, seeds, done, False, capacity)
+        _save(manager, stage + 1, (state, key))
     return curve
 
   curves = {seed: run_seed(seed) for seed in seeds}
   x = [c['real_samples'] for c in curves[seeds[0]]]
-  means = np.array([[c['return_mean'] for c in curve]
+  means = np.array([[np.nan if c['return_mean'] is None else c['return_mean']
+                     for c in curve[:_STAGES.value + 1]]
                     for curve in curves.values()])   # (seeds, stages + 1)
   summary = dict(
-      initial=float(np.mean(means[:, 0])),
-      final=float(np.mean(means[:, -1])),
-      best=float(np.max(np.mean(means, axis=0))),
-      final_minus_initial_per_seed=[float(v) for v in means[:, -1] - means[:, 0]])
+      initial=_number(np.mean(means[:, 0])),
+      final=_number(np.mean(means[:, -1])),
+      best=_number(np.max(np.mean(means, axis=0))),
+      final_minus_initial_per_seed=[_number(v)
+                                    for v in means[:, -1] - means[:, 0]])
   print(json.dumps(dict(summary=summary)), flush=True)
-  result = _result(setting, seeds, curves, complete=True)
+  result = _result(setting, seeds, curves, True, capacity)
   result['summary'] = summary
   if _OUT.value:
     import matplotlib  # pylint: disable=g-import-not-at-top
@@ -244,7 +308,8 @@ def main(argv):
     common.write_json(_OUT.value + '.json', result)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if len(seeds) == 1:
-      e = np.array([c['return_std'] for c in curves[seeds[0]]])
+      e = np.array([np.nan if c['return_std'] is None else c['return_std']
+                    for c in curves[seeds[0]]])
       ax.plot(x, means[0], marker='o', label=f'seed {seeds[0]}')
       ax.fill_between(x, means[0] - e, means[0] + e, alpha=0.2,
                       label='± std over episodes')

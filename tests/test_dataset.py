@@ -102,3 +102,28 @@ def test_counters_stay_int32_under_x64():
     out = jax.jit(dataset.add)(ds, batch)
     for name in ('size', 'ptr', 'dropped'):
       assert getattr(out, name).dtype == getattr(ds, name).dtype == jnp.int32
+
+
+def test_grow_keeps_the_entries_in_order_and_the_samples():
+  example = jax.tree.map(lambda x: x[0], _batch(0, (1,)))
+  small = dataset.add(dataset.init(example, capacity=10), _batch(0, (7,)))
+  large = dataset.add(dataset.init(example, capacity=25), _batch(0, (7,)))
+  grown = dataset.grow(small, 25)
+  assert grown.capacity == 25 and int(grown.ptr) == int(grown.size) == 7
+  # What the larger dataset would hold and draw, had it been used all along.
+  for a, b in zip(jax.tree.leaves(grown), jax.tree.leaves(large)):
+    np.testing.assert_array_equal(a, b)
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(dataset.sample(grown, key, 50).reward,
+                                dataset.sample(large, key, 50).reward)
+  np.testing.assert_array_equal(
+      dataset.add(grown, _batch(7, (4,))).data.reward[:11], np.arange(11))
+  # A full buffer that wrapped: oldest first, the next add after the newest.
+  wrapped = dataset.add(small, _batch(7, (6,)))          # 3..12, ptr 3
+  assert int(wrapped.ptr) == 3
+  grown = dataset.add(dataset.grow(wrapped, 16), _batch(13, (2,)))
+  np.testing.assert_array_equal(grown.data.reward[:12], np.arange(3, 15))
+  assert int(grown.size) == 12 and int(grown.ptr) == 12
+  assert dataset.grow(small, 10) is small
+  with pytest.raises(ValueError, match='cannot shrink a dataset from 10 to 5'):
+    dataset.grow(small, 5)

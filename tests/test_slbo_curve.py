@@ -2,12 +2,16 @@
 every stage, continues where it stopped, and refuses another setting."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 30 × 200 real samples per stage: one stage fits the smallest dataset
+# (10 000), two do not, so continuing a curve grows its dataset.
 TINY = ['--env=lq', '--n_inner=1', '--n_policy=2', '--n_model=5',
-        '--hidden=32,32', '--real_envs=2', '--rollouts=4', '--seed=0,1']
+        '--hidden=32,32', '--real_envs=30', '--rollouts=4', '--seed=0,1']
 
 
 def _curve(args):
@@ -33,6 +37,7 @@ def test_a_curve_continues_where_it_stopped_and_equals_an_unbroken_one(
   assert code == 0, err[-3000:]
   one_stage = _load(first)
   assert one_stage['complete'] and one_stage['budget']['stages'] == 1
+  assert one_stage['dataset_capacity'] == 10_000
   assert all(len(c) == 2 for c in one_stage['curves'].values())
 
   # A larger --stages resumes each seed from its checkpoint after stage 1.
@@ -49,6 +54,7 @@ def test_a_curve_continues_where_it_stopped_and_equals_an_unbroken_one(
   assert code == 0, err[-3000:]
   whole = _load(unbroken)
   assert continued['budget'] == whole['budget']
+  assert continued['dataset_capacity'] == whole['dataset_capacity'] == 12_000
   for seed in ('0', '1'):
     assert len(whole['curves'][seed]) == 3
     # The same random stream: every evaluation equal, not merely close.
@@ -63,11 +69,29 @@ def test_a_curve_continues_where_it_stopped_and_equals_an_unbroken_one(
   with open(unbroken + '.json', 'rb') as f:
     before = f.read()
   code, _, err = _curve(['--stages=2', '--n_model=6', f'--out={unbroken}'])
-  assert code == 2 and 'other settings (budget.n_model)' in err, err
+  assert code == 2 and 'budget.n_model: file 5, now 6' in err, err
   code, _, err = _curve(['--stages=1', f'--out={unbroken}'])
   assert code == 2 and 'already has 2 stages' in err, err
+  code, _, err = _curve(['--stages=2', '--seed=0', f'--out={unbroken}'])
+  assert code == 2 and 'also holds seeds [1]' in err, err
   with open(unbroken + '.json', 'rb') as f:
     assert f.read() == before
+
+  # A curve started again over another run's checkpoints (here seed 1's in
+  # seed 0's place) replaces them: orbax alone would keep the old ones.
+  ckpt = unbroken + '.ckpt'
+  shutil.rmtree(os.path.join(ckpt, 'seed_0'))
+  shutil.copytree(os.path.join(ckpt, 'seed_1'), os.path.join(ckpt, 'seed_0'))
+  os.remove(unbroken + '.json')
+  started = time.time()
+  code, _, err = _curve(['--stages=2', f'--out={unbroken}'])
+  assert code == 0, err[-3000:]
+  again = _load(unbroken)
+  for seed in ('0', '1'):
+    assert (_without_times(again['curves'][seed])
+            == _without_times(whole['curves'][seed]))
+  saved = os.path.join(ckpt, 'seed_0', '2')
+  assert os.path.getmtime(saved) >= started
 
   # Two curves of one experiment side by side: identical curves compare
   # equal (zero paired difference); a curve of another task is refused.

@@ -76,6 +76,35 @@ def add(dataset: Dataset, batch: types.Transition) -> Dataset:
                  dropped=dataset.dropped + (keep.shape[0] - n_keep))
 
 
+def grow(dataset: Dataset, capacity: int) -> Dataset:
+  """The same transitions in a dataset of a larger `capacity`.
+
+  The entries keep their order, oldest first at index 0 (a full buffer is
+  rotated so that its oldest entry comes first), so the next `add` appends
+  after the newest. A dataset that never filled is unchanged in its first
+  `size` entries, and `sample` draws indices below `size` only: sampling
+  from the grown dataset then draws what a dataset of that capacity from
+  the start would have drawn.
+
+  Raises:
+    ValueError: `capacity` is smaller than the dataset's.
+  """
+  old = dataset.capacity
+  if capacity < old:
+    raise ValueError(f'cannot shrink a dataset from {old} to {capacity} '
+                     'entries')
+  if capacity == old:
+    return dataset
+  full = dataset.size == old
+  shift = jnp.where(full, dataset.ptr, 0)
+  data = jax.tree.map(
+      lambda x: jnp.concatenate(
+          [jnp.roll(x, -shift, axis=0),
+           jnp.zeros((capacity - old,) + x.shape[1:], x.dtype)]),
+      dataset.data)
+  return dataset.replace(data=data, ptr=dataset.size)
+
+
 def _check_not_empty(dataset: Dataset) -> None:
   """Raises on an empty dataset when its size is concrete (not traced)."""
   if not isinstance(dataset.size, jax.core.Tracer) and int(dataset.size) == 0:
