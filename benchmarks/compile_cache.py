@@ -6,7 +6,10 @@ Measures, each in a fresh process, against a fresh cache directory:
   task_iteration   compiling one task iteration of the lq smoke preset (the
                    driver's program: one member, vmapped, no progress
                    callback), cold (empty cache) and warm (a second process
-                   with the cache the first one filled)
+                   with the cache the first one filled); for the cold
+                   compile, the time of XLA's HLO passes and of its backend
+                   (its own timers) and the share of the optimised
+                   program's instructions that are random-number code
   driver           the first task iteration's wall time (compile_s, as the
                    driver reports it, + run_s) of
                    `python -m experiments.run --env=lq --preset=quick
@@ -35,6 +38,8 @@ sys.path.insert(0, ROOT)
 
 _CHILD = flags.DEFINE_bool('child', False, 'Internal: compile the lq smoke '
                            'task iteration once and print its time.')
+_BREAKDOWN = flags.DEFINE_bool('breakdown', False, 'Internal, with --child: '
+                                'also print the random-number code share.')
 _OUT = flags.DEFINE_string(
     'out', os.path.join(ROOT, 'benchmarks', 'results', 'compile.json'),
     'Results file.')
@@ -55,16 +60,61 @@ def compile_task_iteration() -> float:
                                    jnp.asarray([alpha], jnp.float32))
   iteration = jax.jit(jax.vmap(algorithm.task_iteration, in_axes=(0, None)))
   t0 = time.perf_counter()
-  iteration.lower(state, True).compile()
-  return time.perf_counter() - t0
+  compiled = iteration.lower(state, True).compile()
+  seconds = time.perf_counter() - t0
+  if _BREAKDOWN.value:
+    print(f'random_share={_random_share(compiled.as_text()):.3f}', flush=True)
+  return seconds
 
 
-def _child_compile(cache_dir) -> float:
+# JAX's random-number functions, as they appear in an instruction's op_name.
+_RANDOM = ('threefry', 'random_bits', '_uniform', '_normal', 'randint',
+           'permutation', '_shuffle', 'truncated_normal')
+
+
+def _random_share(hlo: str) -> float:
+  """Fraction of the optimised program's instructions that come from JAX's
+  random-number functions (threefry and the draws built on it)."""
+  names = re.findall(r'^\s*\S+ = .*?op_name="([^"]*)"', hlo, re.MULTILINE)
+  return sum(any(r in n for r in _RANDOM) for n in names) / max(1, len(names))
+
+
+def _xla_seconds(log: str, pattern: str) -> float:
+  """Seconds of one of XLA's CPU compiler timers for the task iteration."""
+  match = re.search(pattern + r' time: ([0-9.]+) (s|ms|us)', log)
+  value, unit = float(match.group(1)), match.group(2)
+  return value * {'s': 1.0, 'ms': 1e-3, 'us': 1e-6}[unit]
+
+
+def _child_compile(cache_dir, breakdown=None) -> float:
+  """Compile seconds in a fresh process; with `breakdown` (a dict), a cold
+  compile also fills in where XLA spent them (its own timers, logged with
+  TF_CPP_VMODULE=cpu_compiler=1) and the random-number code's share."""
   env = dict(os.environ, ADMRL_JAX_CACHE_DIR=cache_dir)
-  out = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), '--child'], cwd=ROOT,
-      env=env, capture_output=True, text=True, check=True).stdout
-  return float(re.findall(r'compile_s=([0-9.]+)', out)[-1])
+  args = ['--child']
+  if breakdown is not None:
+    env.update(TF_CPP_MIN_LOG_LEVEL='0', TF_CPP_VMODULE='cpu_compiler=1')
+    args.append('--breakdown')
+  proc = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), *args], cwd=ROOT,
+      env=env, capture_output=True, text=True, check=True)
+  seconds = float(re.findall(r'compile_s=([0-9.]+)', proc.stdout)[-1])
+  if breakdown is not None:
+    hlo_passes = _xla_seconds(
+        proc.stderr, r'Running HLO passes on \[jit_task_iteration\] for CPU')
+    backend = _xla_seconds(
+        proc.stderr, r'Compiling \[jit_task_iteration\] for CPU using JIT')
+    breakdown.update(
+        hlo_passes_s=round(hlo_passes, 2), backend_s=round(backend, 2),
+        hlo_passes_share=round(hlo_passes / seconds, 3),
+        backend_share=round(backend / seconds, 3),
+        random_instruction_share=float(re.findall(
+            r'random_share=([0-9.]+)', proc.stdout)[-1]),
+        what='XLA CPU timers of the cold compile (HLO passes; backend = IR '
+        'emission and LLVM code generation) as shares of cold_s; '
+        'random_instruction_share: instructions of the optimised program '
+        "whose op_name is one of JAX's random-number functions")
+  return seconds
 
 
 def _driver_first_iteration(cache_dir, workdir, extra) -> dict:
@@ -91,8 +141,10 @@ def main(argv):
   wall = time.time()
   with tempfile.TemporaryDirectory() as tmp:
     cache = os.path.join(tmp, 'cache_iteration')
-    task_iteration = dict(cold_s=_child_compile(cache),
+    breakdown = {}
+    task_iteration = dict(cold_s=_child_compile(cache, breakdown),
                           warm_s=_child_compile(cache))
+    task_iteration['cold_breakdown'] = breakdown
     cache = os.path.join(tmp, 'cache_driver')
     driver = {}
     for progress, extra in (('nophase_progress', ['--nophase_progress']),

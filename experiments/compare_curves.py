@@ -186,6 +186,7 @@ def draw(report, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   fig, (ax_real, ax_gap) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -206,6 +207,8 @@ def draw(report, path: str) -> None:
   ax_real.set_title(f'{report["env"]}, ψ = {psi}: real return')
   ax_gap.set_title('model exploitation')
   for ax in (ax_real, ax_gap):
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f'{v / 1000:g}k' if v else '0'))
     ax.set_xlabel('real samples')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -305,6 +305,7 @@ def main(argv):
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    import matplotlib.ticker  # pylint: disable=g-import-not-at-top
     common.write_json(_OUT.value + '.json', result)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if len(seeds) == 1:
@@ -320,6 +321,8 @@ def main(argv):
               label=f'mean of {len(seeds)} seeds')
     ax.axhline(summary['initial'], color='grey', ls='--', lw=1,
                label='initial policy')
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f'{v / 1000:g}k' if v else '0'))
     ax.set_xlabel('real samples')
     ax.set_ylabel('real return (mean policy)')
     ax.set_title(f'SLBO on {family.name}, ψ = '
