@@ -115,10 +115,12 @@ class Progress:
 # ------------------------------------------------------------ estimate
 # Effective FLOP/s of a VirtualTraining iteration on the 2-core CPU where
 # benchmarks/virtual_training.py timed hopper2d at the paper's size
-# (benchmarks/results/virtual_training.json: 12.2 s per iteration, whose
-# FLOPs `virtual_iteration_flops` counts as 6.39e11; measured while the
-# machine was shared, load average ~10).
-CPU_FLOPS = 52.4e9
+# (benchmarks/results/virtual_training.json: 4.39 s per iteration, whose
+# FLOPs `virtual_iteration_flops` counts as 6.39e11; measured on a quiet
+# machine: shared at a load average of ~10 the same machine took 12.2 s, so
+# the plan's estimate is a lower bound there, and the measured ETA after the
+# first task iteration is the one to trust).
+CPU_FLOPS = 145.5e9
 
 
 def _mlp_macs(sizes) -> int:
