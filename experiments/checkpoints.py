@@ -48,6 +48,14 @@ class Manager:
     self._manager.wait_until_finished()
     return bool(saved)
 
+  def metadata(self, step: int):
+    """What orbax recorded of the tree saved at `step` (array shapes and
+    dtypes; no array is read), indexed as orbax stores the tree: tuples as
+    lists, dataclasses as dicts by field name."""
+    reader = ocp.CheckpointManager(
+        self.directory, item_handlers=ocp.StandardCheckpointHandler())
+    return reader.item_metadata(step)
+
   def restore(self, step: int, like):
     """The state saved at `step`, structured (and keyed) like `like`."""
     target = _to_savable(like)

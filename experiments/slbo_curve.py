@@ -211,13 +211,7 @@ def main(argv):
                   model_loss=config.model.loss, model_kind=config.model.kind,
                   virtual_start=config.virtual_start,
                   overrides=overrides))
-  done, previous = _load_previous(_OUT.value, setting, _STAGES.value, seeds)
-  # The checkpoints' dataset capacity (it grows with the stage count).
-  if previous is None:
-    saved_capacity = capacity
-  else:
-    saved_capacity = previous.get('dataset_capacity') or capacity_for(
-        previous['budget']['stages'])
+  done, _ = _load_previous(_OUT.value, setting, _STAGES.value, seeds)
   # wall_s: seconds of computing since the curve was started, over every
   # process that worked on it (this one adds to where the last one stopped).
   offset = max((row['wall_s'] for c in done.values() for row in c),
@@ -243,10 +237,13 @@ def main(argv):
                if directory else None)
     last = manager.latest_step() if manager else None
     if last is not None and len(curve) > last:
-      saved = state
-      if saved_capacity != capacity:   # saved with fewer stages
-        saved = slbo.init(key_init, family, dataclasses.replace(
-            config, dataset_capacity=saved_capacity))
+      # The dataset's capacity grows with --stages: the checkpoint may hold a
+      # smaller one (each seed's own, should a run stop between seeds).
+      saved_data = manager.metadata(last)[0]['data']['data']
+      saved_capacity = saved_data['obs'].shape[0]
+      saved = state if saved_capacity == capacity else slbo.init(
+          key_init, family, dataclasses.replace(
+              config, dataset_capacity=saved_capacity))
       state, key = manager.restore(last, (saved, key))
       state = state.replace(data=dataset.grow(state.data, capacity))
       curve = curve[:last + 1]
