@@ -37,7 +37,7 @@ from experiments import common
 common.quiet_startup()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments.common import UsageError, run_main, write_json
+from experiments.common import UsageError, json_number, run_main, write_json
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CURVES = flags.DEFINE_string(
@@ -81,9 +81,8 @@ def table(curve):
   stage 0, before any training)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   def column(name):   # a missing or null value (not finite) is NaN
-    return np.array([[np.nan if row.get(name) is None else row[name]
-                      for row in curve['curves'][s]] for s in seeds],
-                    np.float64)
+    return np.array([[json_number(row.get(name))
+                      for row in curve['curves'][s]] for s in seeds])
 
   seeds = sorted(curve['curves'])
   real, virtual = column('return_mean'), column('virtual_return')
@@ -131,15 +130,11 @@ def compare(curves, labels) -> dict:
   """The numbers `<out>.json` holds (see the module docstring)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation.metrics import to_jsonable  # pylint: disable=g-import-not-at-top
 
-  def finite(x):   # JSON has no NaN: an interval of one seed is null
-    x = np.asarray(x, np.float64)
-    return (None if not np.isfinite(x) else float(x)) if x.ndim == 0 else [
-        finite(v) for v in x]
-
-  def ci(values):
+  def ci(values):   # JSON has no NaN: an interval of one seed is null
     out = stats.mean_ci(values)
-    return {k: finite(out[k]) for k in ('mean', 'lo', 'hi')}
+    return {k: to_jsonable(out[k]) for k in ('mean', 'lo', 'hi')}
 
 
   rows, base = [], None

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
-import sys
 import time
 
 from absl import app
@@ -65,12 +63,6 @@ _SEED = flags.DEFINE_string('seed', '0', 'Random seed, or a comma list of '
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension.')
 
 
-def _number(x):
-  """A float for the JSON file; None for NaN or ±Inf (JSON has neither)."""
-  x = float(x)
-  return x if math.isfinite(x) else None
-
-
 def _result(setting, seeds, curves, complete, capacity):
   result = json.loads(json.dumps(setting))
   result['budget'] = dict(stages=max(len(c) for c in curves.values()) - 1,
@@ -87,23 +79,22 @@ def _write(out, setting, seeds, curves, complete, capacity):
 
 
 def _load_previous(out, setting, stages, seeds):
-  """(curves, file) of an earlier run of the same setting at `out`, else
-  ({}, None).
+  """{seed: curve} of an earlier run of the same setting at `out`, else {}.
 
-  Exits with status 2 (file untouched) when `<out>.json` exists but cannot be
-  read, was made with other settings, has more than `stages` stages or
+  Raises UsageError (the file untouched) when `<out>.json` exists but cannot
+  be read, was made with other settings, has more than `stages` stages or
   seeds that `seeds` leaves out.
   """
   if not out or not os.path.exists(out + '.json'):
-    return {}, None
+    return {}
   try:
     with open(out + '.json') as f:
       previous = json.load(f)
     curves = {int(s): c for s, c in previous['curves'].items()}
   except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-    print(f'error: {out}.json exists but is not a learning-curve file ({e}); '
-          'use another --out or remove it', file=sys.stderr)
-    sys.exit(2)
+    raise common.UsageError(
+        f'{out}.json exists but is not a learning-curve file ({e}); use '
+        'another --out or remove it') from None
   theirs = {k: previous.get(k) for k in setting}
   theirs['budget'] = {k: (previous.get('budget') or {}).get(k)
                       for k in setting['budget']}
@@ -114,22 +105,20 @@ def _load_previous(out, setting, stages, seeds):
     diff += [f'budget.{k}: file {theirs["budget"][k]}, now {mine["budget"][k]}'
              for k in mine['budget']
              if theirs['budget'][k] != mine['budget'][k]]
-    print(f'error: {out}.json was made with other settings ('
-          + '; '.join(diff)
-          + '); use another --out to start a new curve', file=sys.stderr)
-    sys.exit(2)
+    raise common.UsageError(
+        f'{out}.json was made with other settings ({"; ".join(diff)}); use '
+        'another --out to start a new curve')
   missing = sorted(set(curves) - set(seeds))
   if missing:
-    print(f'error: {out}.json also holds seeds {missing}; pass them in --seed '
-          'too (their curves would be dropped), or another --out',
-          file=sys.stderr)
-    sys.exit(2)
+    raise common.UsageError(
+        f'{out}.json also holds seeds {missing}; pass them in --seed too '
+        '(their curves would be dropped), or another --out')
   longest = max((len(c) - 1 for c in curves.values()), default=0)
   if longest > stages:
-    print(f'error: {out}.json already has {longest} stages; pass '
-          f'--stages={longest} or more, or another --out', file=sys.stderr)
-    sys.exit(2)
-  return curves, previous
+    raise common.UsageError(
+        f'{out}.json already has {longest} stages; pass --stages={longest} '
+        'or more, or another --out')
+  return curves
 
 
 def _save(manager, step, state):
@@ -139,7 +128,10 @@ def _save(manager, step, state):
 
 
 def main(argv):
-  del argv
+  common.run_main(argv, run)
+
+
+def run():
   common.enable_compilation_cache()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -151,17 +143,14 @@ def main(argv):
   from experiments import checkpoints  # pylint: disable=g-import-not-at-top
   from experiments import presets  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import slbo  # pylint: disable=g-import-not-at-top
-  from experiments.common import UsageError, build_family, parse_floats, parse_seeds, parse_sets, resolve_psi  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation.metrics import to_jsonable  # pylint: disable=g-import-not-at-top
+  from experiments.common import build_family, json_number, parse_floats, parse_seeds, parse_sets, resolve_psi  # pylint: disable=g-import-not-at-top
 
-  try:
-    family = build_family(_ENV.value, pipeline=_PIPELINE.value,
-                          frame_skip=_FRAME_SKIP.value)
-    psi = resolve_psi(family, _PSI.value)
-    hidden = tuple(int(h) for h in parse_floats(_HIDDEN.value, 'hidden'))
-    seeds = parse_seeds(_SEED.value)
-  except UsageError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  family = build_family(_ENV.value, pipeline=_PIPELINE.value,
+                        frame_skip=_FRAME_SKIP.value)
+  psi = resolve_psi(family, _PSI.value)
+  hidden = tuple(int(h) for h in parse_floats(_HIDDEN.value, 'hidden'))
+  seeds = parse_seeds(_SEED.value)
 
   # The reward of a calibrated family is fixed by the first seed, so that all
   # seeds train on one task and share one compiled program.
@@ -182,13 +171,11 @@ def main(argv):
                         action_clip=None if family.action_bound is None
                         else family.action_bound),
       real=RolloutConfig(n_envs=_REAL_ENVS.value))
+  overrides = parse_sets(_SET.value)
   try:
-    overrides = parse_sets(_SET.value)
     config = presets.apply_overrides(config, overrides)
-  except (UsageError, ValueError) as e:
-    print(f'error: {e}' if isinstance(e, UsageError) else
-          f'error: --set: {e}', file=sys.stderr)
-    sys.exit(2)
+  except ValueError as e:
+    raise common.UsageError(f'--set: {e}') from None
   agent = slbo.SLBO(family, config)
   psi = jnp.asarray(psi)
   per_stage = slbo.real_samples_per_stage(family, config)
@@ -211,7 +198,7 @@ def main(argv):
                   model_loss=config.model.loss, model_kind=config.model.kind,
                   virtual_start=config.virtual_start,
                   overrides=overrides))
-  done, _ = _load_previous(_OUT.value, setting, _STAGES.value, seeds)
+  done = _load_previous(_OUT.value, setting, _STAGES.value, seeds)
   # wall_s: seconds of computing since the curve was started, over every
   # process that worked on it (this one adds to where the last one stopped).
   offset = max((row['wall_s'] for c in done.values() for row in c),
@@ -259,8 +246,8 @@ def main(argv):
         manager = checkpoints.Manager(directory, max_to_keep=1)
       key, key_eval = jax.random.split(key)
       mean, std = evaluate(state, key_eval)
-      curve = [dict(real_samples=0, return_mean=_number(mean),
-                    return_std=_number(std), wall_s=wall())]
+      curve = [dict(real_samples=0, return_mean=to_jsonable(mean),
+                    return_std=to_jsonable(std), wall_s=wall())]
       print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
       done[seed] = curve
       if manager:   # the curve first: a checkpoint is never ahead of it
@@ -271,11 +258,11 @@ def main(argv):
       state, metrics = agent.stage(state, psi, key_stage)
       mean, std = evaluate(state, key_eval)
       curve.append(dict(
-          real_samples=(stage + 1) * per_stage, return_mean=_number(mean),
-          return_std=_number(std),
-          model_loss=_number(metrics.model_loss[-1]),
-          virtual_return=_number(metrics.virtual_return[-1]),
-          trpo_accept_rate=_number(jnp.mean(metrics.trpo_accepted)),
+          real_samples=(stage + 1) * per_stage, return_mean=to_jsonable(mean),
+          return_std=to_jsonable(std),
+          model_loss=to_jsonable(metrics.model_loss[-1]),
+          virtual_return=to_jsonable(metrics.virtual_return[-1]),
+          trpo_accept_rate=to_jsonable(jnp.mean(metrics.trpo_accepted)),
           wall_s=wall()))
       print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
       done[seed] = curve
@@ -286,14 +273,14 @@ def main(argv):
 
   curves = {seed: run_seed(seed) for seed in seeds}
   x = [c['real_samples'] for c in curves[seeds[0]]]
-  means = np.array([[np.nan if c['return_mean'] is None else c['return_mean']
+  means = np.array([[json_number(c['return_mean'])
                      for c in curve[:_STAGES.value + 1]]
                     for curve in curves.values()])   # (seeds, stages + 1)
   summary = dict(
-      initial=_number(np.mean(means[:, 0])),
-      final=_number(np.mean(means[:, -1])),
-      best=_number(np.max(np.mean(means, axis=0))),
-      final_minus_initial_per_seed=[_number(v)
+      initial=to_jsonable(np.mean(means[:, 0])),
+      final=to_jsonable(np.mean(means[:, -1])),
+      best=to_jsonable(np.max(np.mean(means, axis=0))),
+      final_minus_initial_per_seed=[to_jsonable(v)
                                     for v in means[:, -1] - means[:, 0]])
   print(json.dumps(dict(summary=summary)), flush=True)
   result = _result(setting, seeds, curves, True, capacity)
@@ -306,8 +293,7 @@ def main(argv):
     common.write_json(_OUT.value + '.json', result)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if len(seeds) == 1:
-      e = np.array([np.nan if c['return_std'] is None else c['return_std']
-                    for c in curves[seeds[0]]])
+      e = np.array([json_number(c['return_std']) for c in curves[seeds[0]]])
       ax.plot(x, means[0], marker='o', label=f'seed {seeds[0]}')
       ax.fill_between(x, means[0] - e, means[0] + e, alpha=0.2,
                       label='± std over episodes')

@@ -87,25 +87,17 @@ class ModelConfig:
   n_members: int = 5
 
   def __post_init__(self):
-    if self.kind not in KINDS:
-      raise ValueError(f'ModelConfig.kind must be one of {KINDS}, '
-                       f'got {self.kind!r}')
-    if self.n_members < 1:
-      raise ValueError('ModelConfig.n_members must be >= 1, got '
-                       f'{self.n_members}')
+    for name, allowed in (('kind', KINDS), ('loss', LOSSES)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f'ModelConfig.{name} must be one of {allowed}, '
+                         f'got {getattr(self, name)!r}')
     if self.kind == 'ensemble' and self.loss != 'one_step':
       raise ValueError("ModelConfig(kind='ensemble') fits the one-step "
                        f'likelihood only, got loss={self.loss!r}')
-    if self.loss not in LOSSES:
-      raise ValueError(f'ModelConfig.loss must be one of {LOSSES}, '
-                       f'got {self.loss!r}')
-    if self.multi_step_horizon < 1:
-      raise ValueError('ModelConfig.multi_step_horizon must be >= 1, got '
-                       f'{self.multi_step_horizon}')
     if any(size < 1 for size in self.hidden):
       raise ValueError(f'ModelConfig.hidden sizes must be >= 1, got '
                        f'{self.hidden}')
-    for name in ('batch_size', 'n_steps'):
+    for name in ('n_members', 'multi_step_horizon', 'batch_size', 'n_steps'):
       if getattr(self, name) < 1:
         raise ValueError(f'ModelConfig.{name} must be >= 1, got '
                          f'{getattr(self, name)}')
