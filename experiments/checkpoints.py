@@ -3,13 +3,17 @@
 Orbax writes each step into a temporary directory and renames it when
 complete, so a run killed mid-save leaves the previous checkpoint intact
 (the partial one is ignored). PRNG keys are stored as their raw key data
-and re-wrapped on restore.
+and re-wrapped on restore. Restored arrays are placed as the `like` tree's
+are: leaves that `like` has on no particular device come back likewise, so
+that a resumed run lowers the same program as the run that saved it and
+JAX's persistent compilation cache serves it.
 """
 from __future__ import annotations
 
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -57,12 +61,27 @@ class Manager:
     return reader.item_metadata(step)
 
   def restore(self, step: int, like):
-    """The state saved at `step`, structured (and keyed) like `like`."""
+    """The state saved at `step`, structured (and keyed) like `like`, each
+    leaf committed to a device only where `like`'s is.
+
+    Orbax returns arrays committed to a device. A program lowered for
+    committed arguments differs from one lowered for the uncommitted
+    arrays that a fresh run starts from (its parameters may not take a
+    propagated sharding), so it would miss the persistent compilation cache
+    and a resume would compile its task iteration again; hence such leaves
+    are copied back as uncommitted arrays."""
     target = _to_savable(like)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     restored = self._manager.restore(
         step, args=ocp.args.StandardRestore(abstract))
+    restored = jax.tree.map(_placed_like, restored, target)
     return jax.tree.map(
         lambda r, x: jax.random.wrap_key_data(
             r, impl=jax.random.key_impl(x)) if _is_key(x) else r,
         restored, like)
+
+
+def _placed_like(restored, like):
+  if isinstance(like, jax.Array) and not like.committed:
+    return jax.numpy.asarray(np.asarray(restored))
+  return restored
