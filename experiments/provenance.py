@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import subprocess
 from typing import Any, Callable, Dict, List, Optional
 
 FILENAME = 'provenance.json'
@@ -21,12 +22,37 @@ PACKAGES = ('jax', 'jaxlib', 'brax', 'mujoco', 'flax', 'optax',
             'orbax-checkpoint', 'numpy')
 
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _git(root: str, *args: str) -> Optional[str]:
+  try:
+    out = subprocess.run(['git', '-C', root, *args], capture_output=True,
+                         text=True, timeout=30, check=True)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip()
+
+
+def code(root: str = _ROOT) -> Dict[str, Any]:
+  """The code this process runs: {'commit': the git commit checked out at
+  `root` (default: the admrl_jax checkout), 'dirty': whether tracked files
+  differ from it}, each None where `root` is not in a git checkout (or git
+  is missing)."""
+  commit = _git(root, 'rev-parse', 'HEAD')
+  status = (_git(root, 'status', '--porcelain', '--untracked-files=no')
+            if commit else None)
+  return dict(commit=commit or None,
+              dirty=None if status is None else bool(status))
+
+
 def collect() -> Dict[str, Any]:
   """The current process's provenance (call after x64 is configured).
 
   Returns:
     {'versions': {package: version or None}, 'jax_threefry_partitionable':
-    bool, 'x64': bool, 'platform': str, 'device_kind': str}.
+    bool, 'x64': bool, 'platform': str, 'device_kind': str, 'code':
+    `code()`}.
   """
   import jax  # pylint: disable=g-import-not-at-top
   versions = {}
@@ -40,20 +66,24 @@ def collect() -> Dict[str, Any]:
       versions=versions,
       jax_threefry_partitionable=bool(jax.config.jax_threefry_partitionable),
       x64=bool(jax.config.jax_enable_x64), platform=device.platform,
-      device_kind=device.device_kind)
+      device_kind=device.device_kind, code=code())
 
 
 def differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
   """'name: saved → now' for every entry that differs (versions by
-  package), in a stable order; entries missing on one side count."""
+  package, the code by 'commit' and 'dirty'), in a stable order; entries
+  missing on one side count, except the code of a record written before
+  the code was recorded."""
   out = []
-  saved_versions = saved.get('versions', {})
-  current_versions = current.get('versions', {})
-  for name in sorted(set(saved_versions) | set(current_versions)):
-    a, b = saved_versions.get(name), current_versions.get(name)
-    if a != b:
-      out.append(f'{name}: {a} → {b}')
-  for key in sorted((set(saved) | set(current)) - {'versions'}):
+  for group in ('versions', 'code'):
+    if group == 'code' and group not in saved:
+      continue
+    mine, theirs = saved.get(group) or {}, current.get(group) or {}
+    for name in sorted(set(mine) | set(theirs)):
+      a, b = mine.get(name), theirs.get(name)
+      if a != b:
+        out.append(f'{name}: {a} → {b}')
+  for key in sorted((set(saved) | set(current)) - {'versions', 'code'}):
     a, b = saved.get(key), current.get(key)
     if a != b:
       out.append(f'{key}: {a} → {b}')
@@ -85,8 +115,8 @@ def record_or_check(workdir: str, current: Dict[str, Any],
     saved = json.load(f)
   diffs = differences(saved, current)
   if diffs:
-    log(f'warning: this run was started with other libraries or settings '
-        f'({"; ".join(diffs)}); it resumes, but not bitwise as an '
-        'uninterrupted run would continue (the programs are compiled anew; '
-        f'{path} keeps the original values)')
+    log(f'warning: this run was started with other code, libraries or '
+        f'settings ({"; ".join(diffs)}); it resumes, but perhaps not bitwise '
+        'as an uninterrupted run would continue (its programs may compile '
+        f'differently; {path} keeps the original values)')
   return diffs

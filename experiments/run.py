@@ -15,9 +15,10 @@ TensorBoard scalars under <workdir>/tb/, and saves an orbax checkpoint
 and flags resumes from the latest checkpoint. <workdir>/config.json records
 the resolved configuration; a different configuration in an existing
 workdir is refused, and nothing there is touched. <workdir>/provenance.json
-records the library versions, jax_threefry_partitionable, x64 and the
-device; a resume with other values warns (its continuation is not bitwise
-that of an uninterrupted run) but is not refused.
+records the library versions, jax_threefry_partitionable, x64, the device
+and the code's git commit; a resume with other values warns (its
+continuation may not be bitwise that of an uninterrupted run) but is not
+refused.
 
 One seed and one α is still a batch of one: with --sweep=vmap its program
 is the vmapped one, which rounds differently from the library's unbatched

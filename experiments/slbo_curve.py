@@ -15,8 +15,11 @@ latest stage are checkpointed under `<out>.ckpt/seed_<s>/`. Rerunning the
 same command continues where a killed run stopped, with the same random
 stream (the result equals an uninterrupted run's); a larger `--stages`
 extends a finished curve, and the same command on a finished curve only
-redraws its plot (reproduce one with a new `--out`). A `<out>.json` made with other settings is refused
-(exit status 2) and left untouched.
+redraws its plot (reproduce one with a new `--out`). A `<out>.json` made
+with other settings is refused (exit status 2) and left untouched.
+`"provenance"` in it lists what each process that wrote it ran with (code
+commit, library versions, JAX settings: `experiments.provenance`), one
+entry per change.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from experiments import provenance
 
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
@@ -63,19 +67,30 @@ _SEED = flags.DEFINE_string('seed', '0', 'Random seed, or a comma list of '
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension.')
 
 
-def _result(setting, seeds, curves, complete, capacity):
+def _result(setting, seeds, curves, complete, capacity, runs):
   result = json.loads(json.dumps(setting))
   result['budget'] = dict(stages=max(len(c) for c in curves.values()) - 1,
                           **result['budget'])
   result.update(seeds=list(seeds), complete=complete,
-                dataset_capacity=capacity,
+                dataset_capacity=capacity, provenance=runs,
                 curves={str(seed): curve for seed, curve in curves.items()})
   return result
 
 
-def _write(out, setting, seeds, curves, complete, capacity):
+def _write(out, setting, seeds, curves, complete, capacity, runs):
   common.write_json(out + '.json',
-                    _result(setting, seeds, curves, complete, capacity))
+                    _result(setting, seeds, curves, complete, capacity, runs))
+
+
+def _runs(out, current):
+  """The provenance of the processes that wrote `<out>.json` (read after
+  `_load_previous` accepted it), one entry per change, this one's last."""
+  previous = []
+  if out and os.path.exists(out + '.json'):
+    with open(out + '.json') as f:
+      previous = list(json.load(f).get('provenance') or [])
+  return previous if previous and previous[-1] == current else (
+      previous + [current])
 
 
 def _load_previous(out, setting, stages, seeds):
@@ -199,6 +214,7 @@ def run():
                   virtual_start=config.virtual_start,
                   overrides=overrides))
   done = _load_previous(_OUT.value, setting, _STAGES.value, seeds)
+  runs = _runs(_OUT.value, provenance.collect())
   # wall_s: seconds of computing since the curve was started, over every
   # process that worked on it (this one adds to where the last one stopped).
   offset = max((row['wall_s'] for c in done.values() for row in c),
@@ -251,7 +267,7 @@ def run():
       print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
       done[seed] = curve
       if manager:   # the curve first: a checkpoint is never ahead of it
-        _write(_OUT.value, setting, seeds, done, False, capacity)
+        _write(_OUT.value, setting, seeds, done, False, capacity, runs)
         _save(manager, 0, (state, key))
     for stage in range(len(curve) - 1, _STAGES.value):
       key, key_stage, key_eval = jax.random.split(key, 3)
@@ -267,7 +283,7 @@ def run():
       print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
       done[seed] = curve
       if manager:
-        _write(_OUT.value, setting, seeds, done, False, capacity)
+        _write(_OUT.value, setting, seeds, done, False, capacity, runs)
         _save(manager, stage + 1, (state, key))
     return curve
 
@@ -283,7 +299,7 @@ def run():
       final_minus_initial_per_seed=[to_jsonable(v)
                                     for v in means[:, -1] - means[:, 0]])
   print(json.dumps(dict(summary=summary)), flush=True)
-  result = _result(setting, seeds, curves, True, capacity)
+  result = _result(setting, seeds, curves, True, capacity, runs)
   result['summary'] = summary
   if _OUT.value:
     import matplotlib  # pylint: disable=g-import-not-at-top

@@ -178,7 +178,8 @@ def train(family, config, alphas, seeds, record, workdir, log,
     family, config, alphas, seeds, record: from `resolve`.
     workdir: the run directory (config.json, provenance.json,
       metrics.jsonl, tb/, checkpoints/); an existing one must hold the same
-      record, and other libraries than its provenance.json are warned about.
+      record, and other code, libraries or settings than its
+      provenance.json's are warned about.
     log: a function of one message line.
     stop_after: stop after this many task iterations in total.
     throttle_s: seconds to sleep after each saved task iteration.

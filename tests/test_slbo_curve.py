@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from experiments import provenance
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 30 × 200 real samples per stage: one stage fits the smallest dataset
 # (10 000), two do not, so continuing a curve grows its dataset.
@@ -39,6 +41,13 @@ def test_a_curve_continues_where_it_stopped_and_equals_an_unbroken_one(
   assert one_stage['complete'] and one_stage['budget']['stages'] == 1
   assert one_stage['dataset_capacity'] == 10_000
   assert all(len(c) == 2 for c in one_stage['curves'].values())
+  current = provenance.collect()
+  assert one_stage['provenance'] == [current]
+  # As if stage 1 had been computed by another commit: the continuation
+  # adds its own entry.
+  older = dict(current, code=dict(commit='0' * 40, dirty=False))
+  with open(first + '.json', 'w') as f:
+    json.dump(dict(one_stage, provenance=[older]), f)
 
   # A larger --stages resumes each seed from its checkpoint after stage 1.
   code, out, err = _curve(['--stages=2', f'--out={first}'])
@@ -48,6 +57,7 @@ def test_a_curve_continues_where_it_stopped_and_equals_an_unbroken_one(
   assert resumed == [dict(seed=0, resumed_after_stage=1),
                      dict(seed=1, resumed_after_stage=1)]
   continued = _load(first)
+  assert continued['provenance'] == [older, current]
 
   unbroken = str(tmp_path / 'unbroken')
   code, _, err = _curve(['--stages=2', f'--out={unbroken}'])
