@@ -36,7 +36,7 @@ common.enable_compilation_cache()
 # (pytest-xdist, --dist=loadfile: a module's fixtures are built once, by the
 # worker that runs the module). The longest files start first, so that the
 # last one to finish is a short one. (xdist would otherwise hand out the
-# files with the most tests first, whatever their length: a fresh-clone run
+# files with the most tests first, whatever their length: a run of this suite
 # started test_driver_resume.py, 160 s, after 860 s.)
 LONGEST_FIRST = ('test_study.py', 'test_admrl.py', 'test_envs.py',
                  'test_driver.py', 'test_evaluation.py',
