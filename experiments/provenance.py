@@ -78,9 +78,9 @@ def differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
   for group in ('versions', 'code'):
     if group == 'code' and group not in saved:
       continue
-    mine, theirs = saved.get(group) or {}, current.get(group) or {}
-    for name in sorted(set(mine) | set(theirs)):
-      a, b = mine.get(name), theirs.get(name)
+    before, now = saved.get(group) or {}, current.get(group) or {}
+    for name in sorted(set(before) | set(now)):
+      a, b = before.get(name), now.get(name)
       if a != b:
         out.append(f'{name}: {a} → {b}')
   for key in sorted((set(saved) | set(current)) - {'versions', 'code'}):

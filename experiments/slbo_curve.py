@@ -82,26 +82,22 @@ def _write(out, setting, seeds, curves, complete, capacity, runs):
                     _result(setting, seeds, curves, complete, capacity, runs))
 
 
-def _runs(out, current):
-  """The provenance of the processes that wrote `<out>.json` (read after
-  `_load_previous` accepted it), one entry per change, this one's last."""
-  previous = []
-  if out and os.path.exists(out + '.json'):
-    with open(out + '.json') as f:
-      previous = list(json.load(f).get('provenance') or [])
-  return previous if previous and previous[-1] == current else (
-      previous + [current])
+def _with(runs, current):
+  """The provenance list `runs` of a file's writers, with `current` (this
+  process's) appended unless it is already the last entry."""
+  return runs if runs and runs[-1] == current else runs + [current]
 
 
 def _load_previous(out, setting, stages, seeds):
-  """{seed: curve} of an earlier run of the same setting at `out`, else {}.
+  """({seed: curve}, the file's provenance list) of an earlier run of the
+  same setting at `out`, else ({}, []).
 
   Raises UsageError (the file untouched) when `<out>.json` exists but cannot
   be read, was made with other settings, has more than `stages` stages or
   seeds that `seeds` leaves out.
   """
   if not out or not os.path.exists(out + '.json'):
-    return {}
+    return {}, []
   try:
     with open(out + '.json') as f:
       previous = json.load(f)
@@ -133,7 +129,7 @@ def _load_previous(out, setting, stages, seeds):
     raise common.UsageError(
         f'{out}.json already has {longest} stages; pass --stages={longest} '
         'or more, or another --out')
-  return curves
+  return curves, list(previous.get('provenance') or [])
 
 
 def _save(manager, step, state):
@@ -213,8 +209,8 @@ def run():
                   model_loss=config.model.loss, model_kind=config.model.kind,
                   virtual_start=config.virtual_start,
                   overrides=overrides))
-  done = _load_previous(_OUT.value, setting, _STAGES.value, seeds)
-  runs = _runs(_OUT.value, provenance.collect())
+  done, runs = _load_previous(_OUT.value, setting, _STAGES.value, seeds)
+  runs = _with(runs, provenance.collect())
   # wall_s: seconds of computing since the curve was started, over every
   # process that worked on it (this one adds to where the last one stopped).
   offset = max((row['wall_s'] for c in done.values() for row in c),
