@@ -149,3 +149,77 @@ def test_return_psi_grad_is_exact_on_the_sample():
                       axis=(0, 1)) / 5
     np.testing.assert_allclose(
         estimators.return_psi_grad(family, psi, tr), expected, rtol=1e-12)
+
+
+def test_authors_normalization_on_a_batch_with_early_terminations():
+  """The authors' η̂ (ADVTASK.py `meanret`, runner.py `begin_mark`): the
+  γ-discounted returns of the episodes that completed in the batch, each
+  from its first step, over the T·n samples; written out by hand for the
+  batch of `_batch` (T = 6, n = 3; column 0 terminates at t = 2, column 1
+  times out at t = 3, column 2 never ends)."""
+  rng = np.random.default_rng(4)
+  gamma = 0.9
+  with jax.enable_x64(True):
+    family = lq_truth.families()[0]
+    tr = _batch(rng, family)
+    psi = jnp.asarray([0.3, -0.2])
+    r = np.asarray(estimators.rewards(family, psi, tr))
+    # Completed: column 0's steps 0-2, column 1's steps 0-3; column 0's
+    # steps 3-5, column 1's 4-5 and all of column 2 are partial episodes.
+    completed = (r[0, 0] + gamma * r[1, 0] + gamma**2 * r[2, 0]
+                 + r[0, 1] + gamma * r[1, 1] + gamma**2 * r[2, 1]
+                 + gamma**3 * r[3, 1])
+    expected = completed / 18
+    got = estimators.episode_return(family, psi, tr, 'authors', gamma)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    np.testing.assert_array_equal(
+        estimators.completed(tr),
+        [[True, True, False]] * 3 + [[False, True, False]]
+        + [[False, False, False]] * 2)
+    # Its ψ-gradient (Eq. 3): the same weights on ∂r/∂ψ = 2(s′ − ψ).
+    weights = np.zeros((6, 3))
+    weights[:3, 0] = gamma ** np.arange(3)
+    weights[:4, 1] = gamma ** np.arange(4)
+    d_r = 2.0 * (np.asarray(tr.next_obs) - np.asarray(psi))
+    np.testing.assert_allclose(
+        estimators.return_psi_grad(family, psi, tr, 'authors', gamma),
+        np.einsum('tn,tnk->k', weights, d_r) / 18, rtol=1e-12)
+    # Unlike 'per_sample', which sums every sample's reward undiscounted.
+    np.testing.assert_allclose(
+        estimators.episode_return(family, psi, tr, 'per_sample'),
+        r.sum() / 18, rtol=1e-12)
+    assert int(estimators.batch_count(tr, 'authors')) == 18
+
+
+def test_per_step_hessian_is_the_score_outer_product_times_advantage():
+  """hvp of the per-step surrogate = its dense jax.hessian = Σ_t (∇l_t∇l_tᵀ
+  + ∇²l_t)·Â_t / episodes with l_t the log-probability of step t alone and
+  Â_t the GAE advantage (the authors' `policy_loss_warmup_quad`)."""
+  rng = np.random.default_rng(5)
+  with jax.enable_x64(True):
+    family = lq_truth.families()[0]
+    tr = _batch(rng, family)
+    batch = estimators.ValuedBatch(tr, jnp.asarray(rng.normal(size=(6, 3))),
+                                   jnp.asarray(rng.normal(size=(6, 3))))
+    psi = jnp.asarray([0.3, -0.2])
+    theta = gm.policy_init(jax.random.key(0), 2, 2,
+                           gm.PolicyConfig(hidden=(3,)))
+    flat, unravel = ravel_pytree(theta)
+    surrogate = estimators.per_step_hessian_objective(
+        family, gm.log_prob, theta, batch, psi, 0.99, 0.95)
+    dense = jax.hessian(lambda z: surrogate(unravel(z)))(flat)
+    v = jnp.asarray(rng.normal(size=flat.size))
+    hv = jax.jit(lambda v: linalg.hvp(surrogate, theta, unravel(v)))(v)
+    np.testing.assert_allclose(ravel_pytree(hv)[0], dense @ v, rtol=1e-10)
+    adv = np.asarray(estimators.advantages(family, psi, batch, 0.99, 0.95))
+    logp = lambda z, t, i: gm.log_prob(unravel(z), tr.obs[t, i],
+                                       tr.raw_action[t, i])
+    expected = np.zeros_like(dense)
+    for t in range(6):
+      for i in range(3):
+        g = jax.grad(logp)(flat, t, i)
+        expected += adv[t, i] * (np.outer(g, g)
+                                 + jax.hessian(logp)(flat, t, i))
+    expected /= int(estimators.episode_starts(tr))
+    np.testing.assert_allclose(dense, expected, rtol=1e-9, atol=1e-12)
+    assert np.abs(expected).max() > 1e-3  # not trivially zero

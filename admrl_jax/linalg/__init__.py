@@ -1,5 +1,5 @@
 """Matrix-free linear algebra on pytrees: Hessian-vector products, CG,
-MINRES, GMRES."""
+MINRES, GMRES, a dense reference solve."""
 from admrl_jax.linalg.cg import CGInfo
 from admrl_jax.linalg.cg import conjugate_gradient
 from admrl_jax.linalg.cg import tree_axpy
@@ -9,10 +9,11 @@ from admrl_jax.linalg.hvp import hvp
 from admrl_jax.linalg.krylov import METHODS
 from admrl_jax.linalg.krylov import SolveInfo
 from admrl_jax.linalg.krylov import cg_normal
+from admrl_jax.linalg.krylov import dense
 from admrl_jax.linalg.krylov import gmres
 from admrl_jax.linalg.krylov import minres
 from admrl_jax.linalg.krylov import solve
 
 __all__ = ['CGInfo', 'METHODS', 'SolveInfo', 'cg_normal', 'conjugate_gradient',
-           'gmres', 'hvp', 'minres', 'solve', 'tree_axpy', 'tree_norm',
+           'dense', 'gmres', 'hvp', 'minres', 'solve', 'tree_axpy', 'tree_norm',
            'tree_vdot']

@@ -10,6 +10,11 @@ each matrix-free and jit/vmap-compatible:
   scaled normal equations (AᵀA·s + δ I) x = Aᵀb·s, keeping the iterate with
   the least residual (Section 4.3 and Appendix C; s = 1/P, δ = 0.1 as in
   the authors' code, github.com/LinZichuan/AdMRL; 200 iterations).
+- `solve(..., method='dense')`: the reference — A materialised column by
+  column from P matvecs (P = the size of b) and solved by least squares
+  (`jnp.linalg.lstsq`: the minimum-norm solution when A is singular). Exact
+  up to rounding, and affordable only for small P (the `lq` ground truth,
+  linear-Gaussian policies).
 - `solve(..., method='gmres')`: GMRES from `jax.scipy`, by default without
   restarts (one Krylov space of `iters` vectors): restarting every 20
   iterations stalls on symmetric indefinite systems (measured: residual
@@ -27,6 +32,7 @@ from typing import Any, Callable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.flatten_util import ravel_pytree
 
 from admrl_jax.linalg.cg import conjugate_gradient
 from admrl_jax.linalg.cg import tree_axpy
@@ -34,7 +40,7 @@ from admrl_jax.linalg.cg import tree_norm
 from admrl_jax.linalg.cg import tree_vdot
 
 PyTree = Any
-METHODS = ('cg_normal', 'minres', 'gmres')
+METHODS = ('cg_normal', 'minres', 'gmres', 'dense')
 
 
 @struct.dataclass
@@ -204,14 +210,42 @@ def gmres(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
                       residual=_relative_residual(op, x, b))
 
 
+def dense(matvec: Callable[[PyTree], PyTree], b: PyTree,
+          shift: float = 0.0) -> Tuple[PyTree, SolveInfo]:
+  """(A − shift·I) x = b by a dense least-squares solve.
+
+  A is materialised from P matvecs (one per coordinate of the flattened b,
+  vmapped), so the cost is P matvecs plus an O(P³) factorisation: a
+  reference for small problems, not for the authors' networks.
+
+  Returns:
+    (x, SolveInfo) with iterations = P matvecs and the true residual.
+  """
+  flat_b, unravel = ravel_pytree(b)
+
+  def op(v):
+    return tree_axpy(-shift, v, matvec(v)) if shift else matvec(v)
+
+  def column(e):
+    return ravel_pytree(op(unravel(e)))[0]
+
+  matrix = jax.vmap(column, out_axes=1)(jnp.eye(flat_b.size,
+                                                dtype=flat_b.dtype))
+  flat_x = jnp.linalg.lstsq(matrix, flat_b)[0]
+  x = unravel(flat_x)
+  return x, SolveInfo(iterations=jnp.asarray(flat_b.size, jnp.int32),
+                      residual=_relative_residual(op, x, b))
+
+
 def solve(matvec: Callable[[PyTree], PyTree], b: PyTree, method: str,
           iters: int, tol: float = 1e-10, damping: float = 0.0,
           scale: float = 1.0, shift: float = 0.0,
           restart: Optional[int] = None) -> Tuple[PyTree, SolveInfo]:
   """A x = b for symmetric A by one of `METHODS` (see the module docstring).
 
-  damping, scale apply to 'cg_normal'; shift to 'minres' and 'gmres';
-  restart to 'gmres' (default None: iters, no restart).
+  damping, scale apply to 'cg_normal'; shift to 'minres', 'gmres' and
+  'dense'; restart to 'gmres' (default None: iters, no restart); iters and
+  tol do not apply to 'dense'.
   """
   if method == 'cg_normal':
     return cg_normal(matvec, b, iters, tol, damping, scale)
@@ -219,5 +253,7 @@ def solve(matvec: Callable[[PyTree], PyTree], b: PyTree, method: str,
     return minres(matvec, b, iters, tol, shift)
   if method == 'gmres':
     return gmres(matvec, b, iters, tol, shift, restart)
+  if method == 'dense':
+    return dense(matvec, b, shift)
   raise ValueError(f'unknown linear solver {method!r}; choose one of '
                    f'{", ".join(METHODS)}')

@@ -12,15 +12,22 @@ expected undiscounted return of an episode (what the gap L and the
 evaluation measure): sums over samples are divided by the number of
 episodes the batch holds (`episode_starts`; a partial episode cut by the end
 of the batch counts as one). With 'per_sample' every sum is divided by the
-number of samples T·n instead, as the authors' code does (github.com/
-LinZichuan/AdMRL, slbo/algos/ADVTASK.py: `reduce_mean` over samples for the
-policy-gradient terms, and `meanret` divides the summed episode returns by
-the number of samples). Every term of Eq. 2 gets the same normalisation, so
-the two conventions differ by the factor episodes/samples (1/T for whole
-episodes of length T) in ∂η/∂ψ and in g = ∂η/∂θ, while A and B scale alike
-and ∂θ̂/∂ψ = −A⁻¹B does not change (an undamped solve); the paper's damped
-normal-equation CG is not scale-free, so its implicit term shrinks further
-under 'per_sample'. The paper's step sizes α were tuned for 'per_sample'.
+number of samples T·n instead (`reduce_mean` over samples, as the authors'
+policy-gradient terms do). 'authors' is the authors' code exactly
+(github.com/LinZichuan/AdMRL, slbo/algos/ADVTASK.py with `meanret`, and
+slbo/utils/runner.py's `begin_mark`): the policy-gradient and Hessian terms
+are means over the T·n samples, and the return whose ψ-gradient is Eq. 3 is
+the sum of the γ-discounted returns of the episodes that *completed* in the
+batch, each from its first step, divided by the number of samples
+(`authors_return`). 'per_sample' and 'authors' agree only when every episode
+completes and γ = 1; on a terminating family (hopper2d) the authors' return
+leaves out the partial episode at the end of each column. Every term of
+Eq. 2 of 'per_episode' and 'per_sample' gets the same normalisation, so the
+two differ by the factor episodes/samples (1/T for whole episodes of length
+T) in ∂η/∂ψ and in g = ∂η/∂θ, while A and B scale alike and ∂θ̂/∂ψ = −A⁻¹B
+does not change (an undamped solve); the paper's damped normal-equation CG
+is not scale-free, so its implicit term shrinks further under 'per_sample'.
+The paper's step sizes α were tuned for the authors' units.
 
 Advantages are GAE with a frozen value function, as in the authors' code:
 Â(ψ) is linear in the rewards, so ∂Â/∂ψ flows through `rl.returns.gae`.
@@ -69,17 +76,18 @@ def episode_starts(tr: types.Transition) -> jax.Array:
   return n + jnp.sum(_ends(tr)[:-1].astype(jnp.int32))
 
 
-NORMALIZATIONS = ('per_episode', 'per_sample')
+NORMALIZATIONS = ('per_episode', 'per_sample', 'authors')
 
 
 def batch_count(tr: types.Transition, normalization: str = 'per_episode'
                 ) -> jax.Array:
   """What the sums of a (T, n) batch are divided by: its episodes
-  (`episode_starts`, 'per_episode') or its T·n samples ('per_sample', the
-  authors' code). Raises ValueError for another name."""
+  (`episode_starts`, 'per_episode') or its T·n samples ('per_sample' and
+  'authors', the authors' means over samples). Raises ValueError for
+  another name."""
   if normalization == 'per_episode':
     return episode_starts(tr)
-  if normalization == 'per_sample':
+  if normalization in ('per_sample', 'authors'):
     return jnp.asarray(tr.reward.size, jnp.int32)
   raise ValueError(f'unknown normalization {normalization!r}; choose one of '
                    f'{", ".join(NORMALIZATIONS)}')
@@ -95,6 +103,14 @@ def _segment_scan(x_t: jax.Array, end_t: jax.Array, discount: float
 
   _, y = jax.lax.scan(step, jnp.zeros_like(x_t[0]), (x_t, end_t))
   return y
+
+
+def completed(tr: types.Transition) -> jax.Array:
+  """Which samples belong to an episode that ends (done or timeout) within
+  the batch, (T, n) bool: False for the partial episode after the last end
+  of each column."""
+  ends = _ends(tr).astype(jnp.int32)
+  return jnp.cumsum(ends[::-1], axis=0)[::-1] > 0
 
 
 def time_in_episode(tr: types.Transition) -> jax.Array:
@@ -128,23 +144,41 @@ def advantages(family: TaskFamily, psi: jax.Array, batch: ValuedBatch,
 
 
 # --------------------------------------------------------------- Eq. 3
+def authors_return(r: jax.Array, tr: types.Transition,
+                   gamma: float) -> jax.Array:
+  """The authors' η̂ (ADVTASK.py, `meanret`): Σ over the episodes that
+  completed in the batch of their γ-discounted return from their first
+  step, divided by the number of samples T·n. r: rewards, (T, n)."""
+  discount = gamma**time_in_episode(tr).astype(r.dtype)
+  weights = jnp.where(completed(tr), discount, jnp.zeros_like(discount))
+  return jnp.sum(weights * r) / r.size
+
+
 def episode_return(family: TaskFamily, psi: jax.Array,
                    tr: types.Transition,
-                   normalization: str = 'per_episode') -> jax.Array:
-  """η̂ = Σ_samples r_ψ / `batch_count`; its ψ-gradient is the Eq. 3
-  estimate."""
-  return jnp.sum(rewards(family, psi, tr)) / batch_count(tr, normalization)
+                   normalization: str = 'per_episode',
+                   gamma: float = 1.0) -> jax.Array:
+  """η̂ whose ψ-gradient is the Eq. 3 estimate: Σ_samples r_ψ /
+  `batch_count` ('per_episode', 'per_sample'; gamma unused), or
+  `authors_return` with discount gamma ('authors')."""
+  r = rewards(family, psi, tr)
+  if normalization == 'authors':
+    return authors_return(r, tr, gamma)
+  return jnp.sum(r) / batch_count(tr, normalization)
 
 
 def return_psi_grad(family: TaskFamily, psi: jax.Array,
                     tr: types.Transition,
-                    normalization: str = 'per_episode') -> jax.Array:
+                    normalization: str = 'per_episode',
+                    gamma: float = 1.0) -> jax.Array:
   """∂η/∂ψ at the policy that collected `tr` (Eq. 3), shape (k,).
 
   Differentiates the sampled rewards (no score function: the trajectory
-  distribution does not depend on ψ).
+  distribution does not depend on ψ). gamma discounts the 'authors' return
+  only.
   """
-  return jax.grad(episode_return, argnums=1)(family, psi, tr, normalization)
+  return jax.grad(episode_return, argnums=1)(family, psi, tr, normalization,
+                                             gamma)
 
 
 # ---------------------------------------------------------- Eqs. 4 and 6
@@ -207,6 +241,36 @@ def reinforce_hessian_objective(family: TaskFamily, log_prob_fn: LogProbFn,
   def objective(theta):
     cum = _segment_scan(log_probs(log_prob_fn, theta, tr), ends, 1.0)
     return jnp.sum((0.5 * jnp.square(cum - cum_bar) + cum) * weights) / starts
+
+  return objective
+
+
+def per_step_hessian_objective(family: TaskFamily, log_prob_fn: LogProbFn,
+                               theta_bar: PyTree, batch: ValuedBatch,
+                               psi: jax.Array, gamma: float, lam: float,
+                               normalization: str = 'per_episode'):
+  """θ ↦ S(θ) whose Hessian at θ = θ̄ is the per-step Hessian of the
+  authors' code (ADVTASK.py, `policy_loss_warmup_quad`):
+
+      S(θ) = Σ_t [½(l_t(θ) − l_t(θ̄))² + l_t(θ)]·Â_t / `batch_count`
+      ∇²S(θ̄) = Σ_t (∇l_t ∇l_tᵀ + ∇²l_t)·Â_t / `batch_count`
+
+  with l_t = log π_θ(a_t|s_t) of one step and Â_t the GAE(γ, λ) advantage
+  of r_ψ with the frozen value function — the same advantages as the mixed
+  term B (`mixed_objective`), so A and B are derivatives of one surrogate.
+  Each step's score is weighted by its own advantage only (no products of
+  the scores of earlier steps, unlike the trajectory form of Eq. 7,
+  `reinforce_hessian_objective`): biased, with far lower variance at long
+  horizons. Never form the Hessian: take `linalg.hvp(S, theta_bar, v)`.
+  """
+  tr = batch.transitions
+  adv = jax.lax.stop_gradient(advantages(family, psi, batch, gamma, lam))
+  count = batch_count(tr, normalization)
+  l_bar = jax.lax.stop_gradient(log_probs(log_prob_fn, theta_bar, tr))
+
+  def objective(theta):
+    l = log_probs(log_prob_fn, theta, tr)
+    return jnp.sum((0.5 * jnp.square(l - l_bar) + l) * adv) / count
 
   return objective
 

@@ -36,7 +36,7 @@ from admrl_jax.meta import estimators
 
 PyTree = Any
 SOLVERS = ('adjoint', 'per_dimension')
-HESSIANS = ('reinforce', 'pathwise')
+HESSIANS = ('reinforce', 'per_step', 'pathwise')
 RESIDUAL_ACTIONS = ('reject', 'shorten')
 
 
@@ -58,8 +58,13 @@ class TaskGradientConfig:
     gmres_restart: Krylov dimension between GMRES restarts; None: `iters`
       (no restart — restarts stall on indefinite systems, see
       `linalg.krylov`).
-    hessian: 'reinforce' (Eq. 7 on virtual samples) or 'pathwise'
-      (differentiate reparameterised model roll-outs; then B comes from the
+    hessian: how A (and B) are estimated: 'reinforce' (Eq. 7, the
+      trajectory form: cumulative log-probabilities times centred rewards,
+      `estimators.reinforce_hessian_objective`), 'per_step' (the authors'
+      code: each step's score times its GAE advantage,
+      `estimators.per_step_hessian_objective`, with B from the same
+      surrogate) or 'pathwise' (differentiate reparameterised model
+      roll-outs, `estimators.make_pathwise_return`; then B comes from the
       same pathwise return).
     gamma, lam: GAE of the ψ-dependent advantages (frozen value function).
     hessian_gamma: discount of the rewards in the REINFORCE Hessian and the
@@ -73,10 +78,11 @@ class TaskGradientConfig:
       'shorten' it by the factor max_residual / residual.
     normalization: what the estimators' sums are divided by:
       'per_episode' (η is a return per episode, the unit of L and of the
-      evaluation) or 'per_sample' (the number of samples, as the authors'
-      code does; their α values assume it). Eq. 2's terms differ by the
-      factor episodes/samples (1/T for whole episodes), see
-      `meta.estimators`.
+      evaluation), 'per_sample' (the number of samples) or 'authors' (the
+      authors' code exactly: means over samples, and η̂ the discounted
+      returns of the completed episodes over the number of samples). Eq.
+      2's terms differ by the factor episodes/samples (1/T for whole
+      episodes), see `meta.estimators`.
   """
   solver: str = 'adjoint'
   linear_solver: str = 'cg_normal'
@@ -126,6 +132,38 @@ class TaskGradientConfig:
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f'{name} must be in [0, 1], got '
                          f'{getattr(self, name)}')
+
+
+PRESETS = ('paper', 'authors')
+
+
+def preset(name: str) -> TaskGradientConfig:
+  """A named task-gradient estimator.
+
+  - 'paper': Lin et al. 2020 (arXiv:2006.08875) as written: the REINFORCE
+    Hessian of Eq. 7 (trajectory form), the damped, scaled normal-equation
+    CG of Section 4.3 ((AᵀA/P + 0.1·I) x = Aᵀb/P, 200 iterations), sums
+    per sample (the units the paper's α values assume), independent real
+    roll-outs of θ̂ and θ* (as every estimator here).
+  - 'authors': the authors' code (github.com/LinZichuan/AdMRL,
+    slbo/algos/ADVTASK.py): the per-step Hessian, the same damped CG, their
+    normalisation ('authors': discounted returns of completed episodes over
+    the sample count).
+
+  The default `TaskGradientConfig()` is neither: it is the estimator that
+  the ground-truth benchmark (benchmarks/gradient_fidelity.py) supports.
+  Raises ValueError for another name.
+  """
+  paper_solver = dict(linear_solver='cg_normal', damping=0.1, scale=None,
+                      iters=200)
+  if name == 'paper':
+    return TaskGradientConfig(hessian='reinforce', normalization='per_sample',
+                              **paper_solver)
+  if name == 'authors':
+    return TaskGradientConfig(hessian='per_step', normalization='authors',
+                              **paper_solver)
+  raise ValueError(f'unknown task-gradient preset {name!r}; choose one of '
+                   f'{", ".join(PRESETS)}')
 
 
 @struct.dataclass
@@ -297,16 +335,21 @@ def from_samples(config: TaskGradientConfig, family: TaskFamily,
     hessian_objective = lambda theta: pathwise(theta, psi)
     mixed_objective = pathwise
   else:
-    hessian_objective = estimators.reinforce_hessian_objective(
-        family, log_prob_fn, theta_hat, psi, virtual.transitions,
-        config.hessian_gamma, norm)
     mixed_objective = estimators.mixed_objective(
         family, log_prob_fn, virtual, config.gamma, config.lam, norm)
+    if config.hessian == 'per_step':
+      hessian_objective = estimators.per_step_hessian_objective(
+          family, log_prob_fn, theta_hat, virtual, psi, config.gamma,
+          config.lam, norm)
+    else:
+      hessian_objective = estimators.reinforce_hessian_objective(
+          family, log_prob_fn, theta_hat, psi, virtual.transitions,
+          config.hessian_gamma, norm)
   return assemble(
       config, psi=psi, theta_hat=theta_hat, policy_grad=g,
       return_grad_star=estimators.return_psi_grad(
-          family, psi, real_star_transitions, norm),
+          family, psi, real_star_transitions, norm, config.gamma),
       return_grad_hat=estimators.return_psi_grad(
-          family, psi, real_hat.transitions, norm),
+          family, psi, real_hat.transitions, norm, config.gamma),
       hessian_objective=hessian_objective, mixed_objective=mixed_objective,
       dpsi_du=dpsi_du(family))
