@@ -222,14 +222,14 @@ def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None,
       raise UsageError(f'--horizon must be >= 1, got {horizon}')
     overrides['horizon'] = horizon
   if frame_skip is not None:
-    if env_name == 'lq':
-      raise UsageError('--frame_skip does not apply to the lq family')
+    if env_name in ('lq', 'lq_highdim'):
+      raise UsageError(f'--frame_skip does not apply to the {env_name} family')
     if frame_skip < 1:
       raise UsageError(f'--frame_skip must be >= 1, got {frame_skip}')
     overrides['frame_skip'] = frame_skip
   if pipeline is not None:
-    if env_name == 'lq':
-      raise UsageError('--pipeline does not apply to the lq family')
+    if env_name in ('lq', 'lq_highdim'):
+      raise UsageError(f'--pipeline does not apply to the {env_name} family')
     if pipeline not in envs.PIPELINES:
       raise UsageError(f'--pipeline: unknown pipeline {pipeline!r}; valid: '
                        f'{", ".join(envs.PIPELINES)}')

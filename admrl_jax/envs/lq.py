@@ -41,6 +41,7 @@ class LQFamily(base.TaskFamily):
     q_weight, r_weight: Q = q·I, R = r·I.
     noise_std, init_std: process noise and initial-state spread.
     grid_counts: evaluation grid over the box.
+    eval_set: fixed evaluation tasks (m, k) in place of the grid, or None.
   """
   A: np.ndarray = _A
   B: np.ndarray = _B
@@ -49,6 +50,7 @@ class LQFamily(base.TaskFamily):
   noise_std: float = 0.05
   init_std: float = 0.1
   grid_counts: tuple = (6, 6)
+  eval_set: Optional[np.ndarray] = None
   smoke_horizon: ClassVar[int] = 25
 
   def __post_init__(self):
@@ -66,6 +68,12 @@ class LQFamily(base.TaskFamily):
       raise ValueError(f'{self.name}: q_weight and r_weight must be positive')
     object.__setattr__(self, 'A', a)
     object.__setattr__(self, 'B', b)
+    if self.eval_set is not None:
+      tasks = np.asarray(self.eval_set, np.float64)
+      if tasks.ndim != 2 or tasks.shape[1] != self.task_dim:
+        raise ValueError(f'{self.name}: eval_set must be (m, {self.task_dim}),'
+                         f' got {tasks.shape}')
+      object.__setattr__(self, 'eval_set', tasks)
     object.__setattr__(self, 'frame_skip', 1)
 
   @property
@@ -111,6 +119,8 @@ class LQFamily(base.TaskFamily):
     return ~jnp.all(jnp.isfinite(next_obs))
 
   def eval_tasks(self) -> np.ndarray:
+    if self.eval_set is not None:
+      return np.asarray(self.eval_set, np.float32)
     return base.grid(self.task_low, self.task_high, self.grid_counts)
 
   # ------------------------------------------------------- closed forms
@@ -271,5 +281,50 @@ def lq(**overrides) -> LQFamily:
   `overrides` replace any other field (ValueError from the field checks)."""
   kwargs = dict(name='lq', task_low=(-1.0, -1.0), task_high=(1.0, 1.0),
                 action_bound=None)
+  kwargs.update(overrides)
+  return LQFamily(**kwargs)
+
+
+def highdim_matrices(k: int, seed: int):
+  """(A, B) of `lq_highdim`: A = 0.9·Q with Q a random orthogonal matrix
+  (QR of a seeded Gaussian matrix, signs fixed), so every eigenvalue of A
+  has modulus 0.9; B = 0.5·I."""
+  rng = np.random.default_rng(seed)
+  q, r = np.linalg.qr(rng.normal(size=(k, k)))
+  q = q * np.sign(np.diag(r))
+  return 0.9 * q, 0.5 * np.eye(k)
+
+
+def highdim_eval_set(k: int, seed: int, n_vertices: int = 16,
+                     n_interior: int = 8) -> np.ndarray:
+  """Evaluation tasks of `lq_highdim`: `n_vertices` distinct random
+  vertices of [−1, 1]^k, then `n_interior` points uniform in [−0.5, 0.5]^k,
+  from a seeded generator (the seed is recorded in the family)."""
+  rng = np.random.default_rng(seed + 1)
+  vertices, seen = [], set()
+  while len(vertices) < min(n_vertices, 2**k):
+    v = tuple(rng.choice([-1.0, 1.0], size=k))
+    if v not in seen:
+      seen.add(v)
+      vertices.append(v)
+  interior = rng.uniform(-0.5, 0.5, size=(n_interior, k))
+  return np.concatenate([np.asarray(vertices), interior])
+
+
+def lq_highdim(k: int = 8, seed: int = 0, **overrides) -> LQFamily:
+  """`lq` with a k-dimensional target ψ ∈ [−1, 1]^k (default k = 8): the
+  high-dimensional analytic family (in the spirit of the paper's
+  Cheetah-Highdim, Lin et al. 2020, arXiv:2006.08875, Fig. 4b, but with a
+  closed-form optimum). A = 0.9·(random orthogonal), B = 0.5·I, Q = I,
+  R = 0.1·I (`highdim_matrices`), evaluated on 16 random vertices of the
+  box and 8 interior points (`highdim_eval_set`); `seed` fixes A and the
+  evaluation set. Raises ValueError for k < 1."""
+  if int(k) != k or k < 1:
+    raise ValueError(f'lq_highdim: k must be an integer >= 1, got {k}')
+  k = int(k)
+  a, b = highdim_matrices(k, seed)
+  kwargs = dict(name='lq_highdim', task_low=(-1.0,) * k,
+                task_high=(1.0,) * k, action_bound=None, A=a, B=b,
+                eval_set=highdim_eval_set(k, seed))
   kwargs.update(overrides)
   return LQFamily(**kwargs)

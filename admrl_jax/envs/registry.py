@@ -17,6 +17,7 @@ _REGISTRY: Dict[str, Callable[..., base.TaskFamily]] = {
     'ant2d_ood': locomotion.ant2d_ood,
     'halfcheetah_highdim': halfcheetah_highdim.halfcheetah_highdim,
     'lq': lq.lq,
+    'lq_highdim': lq.lq_highdim,
 }
 
 
@@ -69,8 +70,8 @@ def make(name: str, **overrides) -> base.TaskFamily:
   Args:
     name: a registered name (`names()`): hopper2d, walker2d, ant2d, ant3d,
       ant2d_ood, halfcheetah_highdim (the families of Lin et al. 2020,
-      arXiv:2006.08875, Section 5 and Appendix B), lq, or one added with
-      `register`.
+      arXiv:2006.08875, Section 5 and Appendix B), lq, lq_highdim (k = 8
+      targets), or one added with `register`.
     **overrides: fields of the family's dataclass. Common ones: horizon
       (control steps per episode; default 200, the authors' code),
       frame_skip (simulator steps per control step;
