@@ -56,6 +56,12 @@ class DiagGaussian:
     return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape,
                                                        mean.dtype)
 
+  def reparam(self, dist: Dist, eps: jax.Array) -> jax.Array:
+    """a = mean + σ ε for a given standard normal ε (action_size,): the
+    reparameterised sample the pathwise task gradient differentiates."""
+    mean, log_std = dist
+    return mean + jnp.exp(log_std) * eps
+
   def mode(self, dist: Dist) -> jax.Array:
     """The mean action, (action_size,)."""
     return dist[0]

@@ -63,15 +63,23 @@ def parse_sets(items) -> dict[str, str]:
 
 
 def parse_floats(text: str, what: str) -> list[float]:
-  """'1, 2.5,3' -> [1.0, 2.5, 3.0]; a clear error for empty or malformed lists."""
+  """'1, 2.5,3' -> [1.0, 2.5, 3.0]; a clear error for empty or malformed
+  lists and for a value that is not finite (nan, inf, or 1e400, which
+  overflows to inf: it would reach the run's JSON files as a non-standard
+  Infinity token)."""
+  import math  # pylint: disable=g-import-not-at-top
   items = [item.strip() for item in text.split(',')]
   if not text.strip() or any(not item for item in items):
     raise UsageError(f'--{what}: expected a comma-separated list of numbers, '
                      f'got {text!r}')
   try:
-    return [float(item) for item in items]
+    values = [float(item) for item in items]
   except ValueError:
     raise UsageError(f'--{what}: not a number in {text!r}') from None
+  bad = [item for item, v in zip(items, values) if not math.isfinite(v)]
+  if bad:
+    raise UsageError(f'--{what}: not a finite number: {", ".join(bad)}')
+  return values
 
 
 def parse_seeds(text: str) -> list[int]:

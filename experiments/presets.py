@@ -26,8 +26,23 @@ NAMES = ('smoke', 'quick', 'paper')
 
 # Appendix C of the paper: α chosen per family, and the first task's nslbo.
 PAPER_ALPHA = {'hopper2d': 2.0, 'walker2d': 8.0, 'ant2d': 4.0, 'ant3d': 4.0,
-               'ant2d_ood': 4.0, 'halfcheetah_highdim': 16.0, 'lq': 1.0}
+               'ant2d_ood': 4.0, 'halfcheetah_highdim': 16.0, 'lq': 1.0,
+               'lq_highdim': 1.0}
 PAPER_FIRST_NSLBO = {'hopper2d': 10, 'walker2d': 10}  # others: 20
+# α of the normalised ascent step (step_rule='normalized', every preset): a
+# step of half a box half-width per task, so that a sweep's members differ
+# and a run crosses the box in about four tasks instead of jumping to a
+# corner (the paper's rule saturated 96% of the first study's steps).
+NORMALIZED_ALPHA = 0.5
+
+
+def default_alpha(env: str, config: admrl.AdMRLConfig) -> float:
+  """The task step size α of a run that gives none: the paper's α for the
+  family (Appendix C) under the paper's step rule, NORMALIZED_ALPHA under
+  the normalised one."""
+  if config.step_rule == 'paper':
+    return PAPER_ALPHA.get(env, 1.0)
+  return NORMALIZED_ALPHA
 
 
 def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
@@ -39,8 +54,8 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
   registered from outside the package (`envs.register`) gets fitting
   defaults: the model clips actions to the family's `action_bound` (None:
   unbounded, as on lq), and the smoke preset runs `family.smoke_horizon`
-  steps per episode. α and the first task's nslbo are the paper's for its
-  families (Appendix C), else 1.0 and 20.
+  steps per episode. The first task's nslbo is the paper's for its
+  families (Appendix C), else 20; α is `default_alpha`.
   """
   if name not in NAMES:
     raise ValueError(f'unknown preset {name!r}; choose one of '
@@ -48,15 +63,13 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   family = envs.make(env) if isinstance(env, str) else env
   env = family.name
-  alpha = PAPER_ALPHA.get(env, 1.0)
+  alpha = NORMALIZED_ALPHA
   action_clip = family.action_bound
   if name == 'paper':
-    # The paper's α values assume the authors' per-sample normalisation of
-    # the task gradient (see `meta.estimators`).
     config = admrl.AdMRLConfig(
         n_tasks=20, n_slbo=3, n_slbo_first=PAPER_FIRST_NSLBO.get(env, 20),
         slbo=SLBOConfig(model=ModelConfig(action_clip=action_clip)),
-        task_gradient=tg.TaskGradientConfig(normalization='per_sample'))
+        step_rule='normalized')
     return config, {}, alpha
   if name == 'quick':
     # Minutes on a 2-core CPU for any family (compilation included): every
@@ -69,7 +82,8 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
             model=ModelConfig(hidden=(200, 200), n_steps=100,
                               action_clip=action_clip),
             real=RolloutConfig(n_envs=10)),
-        task_gradient=tg.TaskGradientConfig(iters=50))
+        task_gradient=tg.TaskGradientConfig(iters=50),
+        step_rule='normalized')
     return config, {'horizon': 100}, alpha
   # smoke: every code path once, in about a minute on lq.
   config = admrl.AdMRLConfig(
@@ -80,7 +94,8 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
           model=ModelConfig(hidden=(32, 32), n_steps=20,
                             action_clip=action_clip),
           real=RolloutConfig(n_envs=4)),
-      task_gradient=tg.TaskGradientConfig(iters=20))
+      task_gradient=tg.TaskGradientConfig(iters=20),
+      step_rule='normalized')
   return config, {'horizon': family.smoke_horizon}, alpha
 
 
@@ -88,6 +103,8 @@ def apply_overrides(config, overrides: Dict[str, str]):
   """Sets dotted fields of a nested frozen dataclass from strings.
 
   `{'slbo.trpo.max_kl': '0.02', 'task_gradient.solver': 'per_dimension'}`;
+  'task_gradient.preset' (`task_gradient.preset`: 'paper', 'authors')
+  replaces the whole task-gradient section before the other fields are set;
   values are parsed as the field's declared type (int, float, bool, str,
   tuple of ints such as '256,256'; 'none' only for an Optional field);
   floats must be finite. Raises ValueError naming the dotted field on an
@@ -95,6 +112,15 @@ def apply_overrides(config, overrides: Dict[str, str]):
   config checks its ranges in `__post_init__`), so a bad value never
   reaches a compiled program.
   """
+  overrides = dict(overrides)
+  # A named estimator replaces the whole section first, so that other
+  # task_gradient.* values refine it whatever their order.
+  if 'task_gradient.preset' in overrides:
+    name = overrides.pop('task_gradient.preset').strip()
+    try:
+      config = dataclasses.replace(config, task_gradient=tg.preset(name))
+    except ValueError as e:
+      raise ValueError(f'task_gradient.preset: {e}') from None
   for dotted, text in overrides.items():
     config = _set(config, dotted.split('.'), text, dotted)
   return config

@@ -59,7 +59,8 @@ class Progress:
       return float(slbo.n_zeroshot)
     if phase == 'stage':
       return float(slbo.n_inner + 1)
-    return 1.0 if (self.config.algo == 'admrl' and not first) else 0.0
+    measured = self.config.algo in ('admrl', 'mb_cem')  # admrl.MEASURE_GAP
+    return 1.0 if (measured and not first) else 0.0
 
   def task_units(self, task_index: int) -> float:
     first = task_index == 0

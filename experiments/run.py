@@ -62,10 +62,11 @@ _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim',
                            f'Task family: {", ".join(envs.names())}.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
 _ALGO = flags.DEFINE_string('algo', 'admrl',
-                            'admrl | mb_unif | mb_gauss | slbo.')
+                            'admrl | mb_unif | mb_gauss | mb_vertices | mb_cem | slbo.')
 _ALPHA = flags.DEFINE_string(
     'alpha', None, 'Task step size α, or a comma list (a vmapped sweep); '
-    'default: the paper\'s α for the family.')
+    'default: 0.5 under the presets\' normalised step, the paper\'s α for '
+    'the family under --set=step_rule=paper.')
 _SEED = flags.DEFINE_string('seed', '0', 'Seed, or a comma list (vmapped).')
 _SWEEP = flags.DEFINE_string(
     'sweep', 'vmap', 'How the (seed, α) members run inside the one compiled '

@@ -82,7 +82,7 @@ _THROTTLE = flags.DEFINE_float(
     'throttle_s', 0.0, 'Seconds to sleep after each evaluated task (lets a '
     'test interrupt the evaluation at a known point; not a study setting).')
 
-ALGOS = ('admrl', 'mb_unif', 'mb_gauss')
+ALGOS = ('admrl', 'mb_unif', 'mb_gauss', 'mb_vertices', 'mb_cem')
 EVAL_SEED = 7_777  # the evaluation's keys: fold_in(seed of the member, task)
 
 
@@ -95,8 +95,9 @@ class Scale:
     ntasks: task iterations of each training run.
     sets: further `--set` overrides of the training config.
     seeds: default seeds.
-    alpha_factors: admrl's default α list, as multiples of the paper's α
-      for the family (Lin et al. 2020, Appendix C; 1 for lq).
+    alpha_factors: admrl's default α list, as multiples of the default α of
+      the preset with the scale's sets (`presets.default_alpha`: the
+      paper's α for the family under the paper's step rule, else 0.5).
     eval_grid: points per axis of the evaluation grid over the family's
       evaluation box; None keeps the family's own evaluation set.
     stage_envs: real episodes per adaptation stage (stage_samples =
@@ -126,14 +127,16 @@ SCALES: Dict[str, Scale] = {
                    alpha_factors=(1.0,), eval_grid=(3, 3), stage_envs=4,
                    stages=(1, 2),
                    astar_stages=4, astar_repeats=2),
-    # The reduced scale of docs/STUDY.md (hours on a 2-core CPU for lq): the
-    # quick preset with 6 task iterations and 3 VirtualTraining iterations
-    # per phase, the authors' per-sample gradient normalisation (so α
-    # means the paper's step), and an α sweep over two orders of magnitude
-    # below the paper's α.
+    # The reduced scale of docs/STUDY.md's first study (hours on a 2-core
+    # CPU for lq): the quick preset with 6 task iterations and 3
+    # VirtualTraining iterations per phase, the paper's estimator and step
+    # rule as that study ran them (Eq. 7, damped CG of 50 iterations,
+    # per-sample normalisation, so α means the paper's step), and an α
+    # sweep over two orders of magnitude below the paper's α.
     'study': Scale(preset='quick', ntasks=6,
-                   sets=_DIAGNOSE + (('task_gradient.normalization',
-                                      'per_sample'),
+                   sets=_DIAGNOSE + (('task_gradient.preset', 'paper'),
+                                     ('task_gradient.iters', '50'),
+                                     ('step_rule', 'paper'),
                                      ('slbo.n_zeroshot', '3'),
                                      ('slbo.n_inner', '3')),
                    seeds=tuple(range(10)),
@@ -177,8 +180,9 @@ def study_settings():
     if _ENV.value not in envs.names():
       raise UsageError(f'--env: unknown environment {_ENV.value!r}; valid: '
                        f'{", ".join(envs.names())}')
-    paper_alpha = presets.PAPER_ALPHA.get(_ENV.value, 1.0)
-    alphas = [round(f * paper_alpha, 6) for f in scale.alpha_factors]
+    base = presets.default_alpha(_ENV.value, presets.apply_overrides(
+        presets.preset(_ENV.value, scale.preset)[0], dict(scale.sets)))
+    alphas = [round(f * base, 6) for f in scale.alpha_factors]
   return dict(env=_ENV.value, scale=_SCALE.value, algos=algos, seeds=seeds,
               alphas=alphas)
 

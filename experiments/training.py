@@ -19,8 +19,8 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
             family_sets=()):
   """A run's settings → (family, config, alphas, seeds, record).
 
-  The arguments are the driver's flags, parsed (alphas None: the paper's α
-  for the family; sets: {dotted field: text}; family_modules: the modules
+  The arguments are the driver's flags, parsed (alphas None:
+  `presets.default_alpha` of the resolved config; sets: {dotted field: text}; family_modules: the modules
   already imported that registered `env`; family_sets: --family_set
   field=value items). `record` is what config.json holds. Raises
   UsageError naming the flag on bad input.
@@ -41,9 +41,8 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
                      f'{", ".join(envs.names())} (a family of another '
                      'module: --family_module)')
   fields = parse_family_sets(env, family_sets)
-  config, family_overrides, paper_alpha = presets.preset(env, preset)
-  alphas = [paper_alpha] if alphas is None else list(alphas)
-  if not alphas or any(not a > 0 for a in alphas):
+  config, family_overrides, _ = presets.preset(env, preset)
+  if alphas is not None and (not alphas or any(not a > 0 for a in alphas)):
     raise UsageError(f'--alpha: step sizes must be > 0, got {alphas}')
   seeds = list(seeds)
   if sweep not in ('vmap', 'map'):
@@ -58,6 +57,8 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
     config = presets.apply_overrides(config, overrides)
   except ValueError as e:
     raise UsageError(f'--set: {e}') from None
+  alphas = ([presets.default_alpha(env, config)] if alphas is None
+            else list(alphas))
   horizon = (horizon if horizon is not None
              else family_overrides.get('horizon'))
   family = build_family(env, pipeline, horizon, frame_skip=frame_skip,

@@ -639,7 +639,7 @@ def test_evaluate_says_what_it_will_do_and_reports_each_task(scripts):
   assert 'A_n at n = [50, 100]; A* closed_form' in first
   assert lines.index(first) < lines.index('compiling the adaptation program')
   tasks = [line for line in lines if line.startswith('member 1/1 (seed 0, '
-                                                     'alpha 1), task ')]
+                                                     'alpha 0.5), task ')]
   assert [line.split('task ')[1][:3] for line in tasks] == ['1/3', '2/3',
                                                             '3/3']
   assert 'estimate for the 2 left' in tasks[0] and 'ETA' in tasks[1], tasks
@@ -668,7 +668,7 @@ def test_interrupted_evaluation_stops_at_once_and_resumes_its_pieces(
   assert code == 0, err[-3000:]
   assert (f'adaptation: {len(saved)} of 3 piece(s) saved' in out
           and f'{3 - len(saved)} to run' in out), out
-  assert out.count('alpha 1), task ') == 3 - len(saved), out
+  assert out.count('alpha 0.5), task ') == 3 - len(saved), out
   workdir = os.path.join(results['base'], 'lq-interrupted')
   final = _read_json(os.path.join(workdir, 'eval_pieces.json'))['pieces']
   assert len(final) == 3

@@ -114,13 +114,18 @@ def test_presets_follow_the_family_properties(registered):
   config, overrides, alpha = presets.preset(bounded, 'smoke')
   assert config.slbo.model.action_clip == 2.0
   assert overrides == {'horizon': base.TaskFamily.smoke_horizon}
-  assert alpha == 1.0
+  assert alpha == presets.NORMALIZED_ALPHA and config.step_rule == 'normalized'
+  paper_rule = dataclasses.replace(config, step_rule='paper')
+  assert presets.default_alpha('bounded', paper_rule) == 1.0
   config, _, _ = presets.preset(bounded, 'paper')
   assert config.n_slbo_first == 20 and config.slbo.model.action_clip == 2.0
   # Built-in families keep their values.
   config, overrides, alpha = presets.preset('hopper2d', 'smoke')
   assert config.slbo.model.action_clip == 1.0
-  assert overrides == {'horizon': 50} and alpha == 2.0
+  assert overrides == {'horizon': 50} and alpha == presets.NORMALIZED_ALPHA
+  # Under the paper's step rule, the paper's α (Appendix C).
+  assert presets.default_alpha(
+      'hopper2d', dataclasses.replace(config, step_rule='paper')) == 2.0
   config, overrides, _ = presets.preset('lq', 'smoke')
   assert config.slbo.model.action_clip is None and overrides == {
       'horizon': 25}

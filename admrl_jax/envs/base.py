@@ -147,10 +147,23 @@ class TaskFamily(abc.ABC):
     return self.from_u(u)
 
   def sample_gaussian(self, key: jax.Array, shape=()) -> jax.Array:
-    """ψ ~ N(centre of Ψ, 1·I) clipped to Ψ (MB-Gauss), shape `shape + (k,)`."""
-    centre = 0.5 * (self.task_low + self.task_high)
-    psi = centre + jax.random.normal(key, tuple(shape) + (self.task_dim,))
-    return self.project(psi)
+    """MB-Gauss (Lin et al. 2020, arXiv:2006.08875, Section 5), as the
+    authors' code draws it (rllab/envs/mujoco/task_param.py,
+    `random_sample('normal')`): u ~ N(0, I) in the normalised coordinates,
+    clipped to [−1, 1], mapped to Ψ — whatever the box's widths (a draw in
+    ψ's own units would put most of a narrow side on its boundary and
+    keep a wide side near the centre). About 32% of each coordinate lands
+    on the boundary (P(|u| > 1) for a standard normal). Shape
+    `shape + (k,)`."""
+    u = jax.random.normal(key, tuple(shape) + (self.task_dim,))
+    return self.from_u(jnp.clip(u, -1.0, 1.0))
+
+  def sample_vertex(self, key: jax.Array, shape=()) -> jax.Array:
+    """ψ uniform over the 2^k vertices of Ψ (MB-Vertices: the control for
+    "train on the boundary"), shape `shape + (k,)`."""
+    u = jax.random.rademacher(key, tuple(shape) + (self.task_dim,),
+                              dtype=jnp.float32)
+    return self.from_u(u)
 
   @abc.abstractmethod
   def eval_tasks(self) -> np.ndarray:

@@ -6,8 +6,12 @@
         nslbo × [collect real samples; VirtualTraining(ninner)]  → θ*
         next task:  first task           u ← U[−1, 1]^k
                     admrl                u ← clip(u + α ∂L/∂u, −1, 1)
+                                         (or α ∂L/∂u/‖∂L/∂u‖, step_rule)
                     mb_unif              u ← U[−1, 1]^k
-                    mb_gauss             ψ ← clip(N(centre, I))
+                    mb_gauss             u ← clip(N(0, I), −1, 1)
+                    mb_vertices          u ← uniform over {−1, 1}^k
+                    mb_cem               u ← a cross-entropy-method draw
+                                         toward the largest measured gaps
                     slbo                 u unchanged
 
 The state (`AdMRLState`: model and normalisers, dataset, agent, u, α, key,
@@ -49,7 +53,11 @@ from admrl_jax.models import normalizer
 from admrl_jax.rl import rollout
 from admrl_jax.rl import slbo as slbo_lib
 
-ALGOS = ('admrl', 'mb_unif', 'mb_gauss', 'slbo')
+ALGOS = ('admrl', 'mb_unif', 'mb_gauss', 'mb_vertices', 'mb_cem', 'slbo')
+# Algorithms that measure the training gap of every task after the first
+# (real roll-outs of θ̂ and θ*, counted in `real_samples`).
+MEASURE_GAP = ('admrl', 'mb_cem')
+STEP_RULES = ('paper', 'normalized')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +65,11 @@ class AdMRLConfig:
   """Algorithm 1's settings (Appendix C and the authors' code's defaults).
 
   Attributes:
-    algo: how the next task is chosen: 'admrl', 'mb_unif', 'mb_gauss' or
-      'slbo' (one fixed task).
+    algo: how the next task is chosen: 'admrl', 'mb_unif', 'mb_gauss'
+      (`TaskFamily.sample_gaussian`), 'mb_vertices' (a vertex of the box,
+      the control for training on the boundary), 'mb_cem' (a gradient-free
+      adversary: `adversary.cem_next_task` on the measured gaps) or 'slbo'
+      (one fixed task).
     n_tasks: task iterations of a run (ntasks).
     n_slbo: SLBO stages per task (nslbo).
     n_slbo_first: SLBO stages of the first task (10 for Hopper2D/Walker2D,
@@ -69,6 +80,13 @@ class AdMRLConfig:
       10 000 samples each (the authors' code).
     slbo: the SLBO engine's config (nzeroshot, ninner, nmodel, ...).
     task_gradient: estimator and solver of ∂L/∂ψ.
+    step_rule: the adversary's ascent step (`adversary.ascent_step`):
+      'paper' u ← clip(u + α·∂L/∂u, −1, 1) (Algorithm 1, line 12), or
+      'normalized' u ← clip(u + α·∂L/∂u/‖∂L/∂u‖, −1, 1), a step of length
+      α in units of the box's half-widths whatever the gradient's scale.
+    cem_quantile, cem_uniform_share, cem_min_std: mb_cem's elite fraction
+      (the CVaR level of the gap it chases), share of uniform draws and
+      floor of the standard deviation in u (`adversary.cem_next_task`).
     gradient_noise_check: admrl also computes a second, independent estimate
       of ∂L/∂u at the same state (fresh real and model roll-outs of θ̂ and
       θ*, 2·gradient_envs·horizon more real steps, not counted in
@@ -84,6 +102,10 @@ class AdMRLConfig:
   gradient_envs: int = 50
   slbo: slbo_lib.SLBOConfig = slbo_lib.SLBOConfig()
   task_gradient: tg.TaskGradientConfig = tg.TaskGradientConfig()
+  step_rule: str = 'paper'
+  cem_quantile: float = 0.3
+  cem_uniform_share: float = 0.2
+  cem_min_std: float = 0.2
   gradient_noise_check: bool = False
 
   def __post_init__(self):
@@ -96,13 +118,17 @@ class AdMRLConfig:
                          f'{getattr(self, name)}')
     if not -1.0 <= self.first_u <= 1.0:
       raise ValueError(f'first_u must be in [-1, 1], got {self.first_u}')
-    if self.task_gradient.hessian == 'pathwise':
-      # Refused here, before a run writes anything, rather than inside the
-      # compiled task iteration.
-      raise ValueError(
-          "task_gradient.hessian='pathwise' is not wired into Algorithm 1; "
-          'it is available through task_gradient.from_samples(pathwise=...) '
-          '(with estimators.make_pathwise_return)')
+    if not 0.0 < self.cem_quantile <= 1.0:
+      raise ValueError(f'cem_quantile must be in (0, 1], got '
+                       f'{self.cem_quantile}')
+    if not 0.0 <= self.cem_uniform_share <= 1.0:
+      raise ValueError(f'cem_uniform_share must be in [0, 1], got '
+                       f'{self.cem_uniform_share}')
+    if not self.cem_min_std > 0.0:
+      raise ValueError(f'cem_min_std must be > 0, got {self.cem_min_std}')
+    if self.step_rule not in STEP_RULES:
+      raise ValueError(f'unknown step_rule {self.step_rule!r}; choose one of '
+                       f'{", ".join(STEP_RULES)}')
 
 
 @struct.dataclass
@@ -287,8 +313,9 @@ class AdMRL:
     return slbo_lib.real_samples_per_stage(self.family, self.config.slbo)
 
   def gradient_samples(self) -> int:
-    """Real steps the task gradient spends (θ̂ and θ* roll-outs)."""
-    if self.config.algo != 'admrl':
+    """Real steps the task gradient (admrl) or the gap measurement
+    (mb_cem) spends on θ̂ and θ* roll-outs."""
+    if self.config.algo not in MEASURE_GAP:
       return 0
     return 2 * self.config.gradient_envs * self.family.horizon
 
@@ -344,20 +371,26 @@ class AdMRL:
     jax.debug.callback(host, iteration, index, active, n_stages, first,
                        virtual_return, model_loss, gap)
 
-  def _estimate(self, s, hat, psi, key):
-    """Real roll-outs of θ̂ and θ*, model roll-outs of θ̂, and Eq. 2 from
-    them: (TaskGradient, real_hat, real_star)."""
-    policy_hat, value_hat, norm_hat = hat
-    key_hat, key_star, key_virtual, key_start = jax.random.split(key, 4)
-    # θ̂ and θ* in one vmapped collection: one copy of the simulator step.
+  def _real_returns(self, s, hat, psi, key_hat, key_star):
+    """Real roll-outs of θ̂ and θ* (no exploration noise), in one vmapped
+    collection: (real_hat, real_star) `Rollout`s."""
+    policy_hat, _, norm_hat = hat
     both = jax.tree.map(lambda a, b: jnp.stack([a, b]),
                         (policy_hat, norm_hat),
                         (s.agent.policy, s.model.norms.state))
     rollouts = jax.vmap(self._collect, in_axes=(0, None, 0, None))(
         both, psi, jnp.stack([key_hat, key_star]),
         jnp.zeros((), types.float_dtype()))
-    real_hat = jax.tree.map(lambda x: x[0], rollouts)
-    real_star = jax.tree.map(lambda x: x[1], rollouts)
+    return (jax.tree.map(lambda x: x[0], rollouts),
+            jax.tree.map(lambda x: x[1], rollouts))
+
+  def _estimate(self, s, hat, psi, key):
+    """Real roll-outs of θ̂ and θ*, model roll-outs of θ̂, and Eq. 2 from
+    them: (TaskGradient, real_hat, real_star)."""
+    policy_hat, value_hat, norm_hat = hat
+    key_hat, key_star, key_virtual, key_start = jax.random.split(key, 4)
+    # θ̂ and θ* in one vmapped collection: one copy of the simulator step.
+    real_hat, real_star = self._real_returns(s, hat, psi, key_hat, key_star)
     start_obs = jax.vmap(self.family.reset)(
         jax.random.split(key_start, self.config.gradient_envs)).obs
     virtual_hat = self._virtual((policy_hat, norm_hat), s.model, psi,
@@ -374,12 +407,38 @@ class AdMRL:
       return policy_net.log_prob(theta, normalizer.normalize(norm_hat, obs),
                                  action)
 
+    pathwise = None
+    if self.config.task_gradient.hessian == 'pathwise':
+      pathwise = self._pathwise_objective(s.model, norm_hat, start_obs,
+                                          key_virtual)
     grad = tg.from_samples(
         self.config.task_gradient, self.family, log_prob, psi=psi,
         theta_hat=policy_hat, virtual=valued(virtual_hat),
         real_hat=valued(real_hat.transitions),
-        real_star_transitions=real_star.transitions)
+        real_star_transitions=real_star.transitions, pathwise=pathwise)
     return grad, real_hat, real_star
+
+  def _pathwise_objective(self, model, norm_hat, start_obs, key):
+    """(θ, ψ) ↦ η̂_path: the return of reparameterised roll-outs of π_θ
+    through the learned model's mean prediction from `start_obs`, one
+    fixed draw of the policy noise (`estimators.make_pathwise_return`),
+    whose Hessian in θ is A and mixed derivative B for the pathwise
+    task gradient."""
+    policy_net, model_net = self.networks.policy, self.networks.model
+    family = self.family
+
+    def reparam(theta, obs, eps):
+      dist = policy_net.apply(theta, normalizer.normalize(norm_hat, obs))
+      return policy_net.distribution.reparam(dist, eps)
+
+    path = estimators.make_pathwise_return(
+        family, reparam, model_net.predict,
+        self.config.task_gradient.hessian_gamma)
+    n_steps = self.config.slbo.rollout_steps or family.horizon
+    noise = jax.random.normal(
+        jax.random.fold_in(key, 1),
+        (n_steps, start_obs.shape[0], family.action_size), start_obs.dtype)
+    return lambda theta, psi: path(theta, psi, model, start_obs, noise)
 
   def _task_gradient(self, s, hat, psi, u, alpha, key):
     """Eq. 2 from fresh roll-outs, then the ascent step."""
@@ -392,7 +451,9 @@ class AdMRL:
       grad_u_repeat = jnp.full_like(grad.grad_u, jnp.nan)
     # 0 for a non-finite gradient or a rejected solve, < 1 when shortened.
     scale = tg.step_scale(self.config.task_gradient, grad)
-    u_next, accepted = adversary.ascent_step(u, grad.grad_u, alpha * scale)
+    u_next, accepted = adversary.ascent_step(
+        u, grad.grad_u, alpha * scale,
+        normalize=self.config.step_rule == 'normalized')
     accepted = accepted & (scale > 0)
     u_next = jnp.where(accepted, u_next, u)
     return_hat = jnp.mean(real_hat.first_return)
@@ -418,7 +479,26 @@ class AdMRL:
         grad_accepted=jnp.zeros((), bool),
         step_scale=jnp.zeros((), types.float_dtype()))
 
-  def _next_task(self, s, hat, psi, u, alpha, key, first):
+  def _cem_task(self, s, hat, psi, u, key, history):
+    """mb_cem: the gap of this task from real roll-outs of θ̂ and θ*, then
+    `adversary.cem_next_task` on every measured gap so far."""
+    visited_u, gaps, index = history
+    key_hat, key_star, key_cem = jax.random.split(key, 3)
+    real_hat, real_star = self._real_returns(s, hat, psi, key_hat, key_star)
+    return_hat = jnp.mean(real_hat.first_return)
+    return_star = jnp.mean(real_star.first_return)
+    gap = return_star - return_hat
+    config = self.config
+    u_next = adversary.cem_next_task(
+        key_cem, visited_u.at[index].set(u), gaps.at[index].set(gap),
+        config.cem_quantile, config.cem_uniform_share, config.cem_min_std)
+    u_next, metrics = self._no_gradient(u_next.astype(u.dtype))
+    return u_next, dict(metrics, return_hat=return_hat,
+                        return_star=return_star, gap=gap)
+
+  def _next_task(self, s, hat, psi, u, alpha, key, first, history=None):
+    """The next task by `config.algo` (and its metrics); history =
+    (visited_u, gaps, iteration index) of the state, for mb_cem."""
     family, algo = self.family, self.config.algo
     key_random, key_grad = jax.random.split(key)
     uniform = lambda: jax.random.uniform(key_random, u.shape, minval=-1.0,
@@ -429,10 +509,16 @@ class AdMRL:
           lambda: self._task_gradient(s, hat, psi, u, alpha, key_grad))
     if algo == 'mb_unif':
       return self._no_gradient(uniform())
-    if algo == 'mb_gauss':
+    if algo == 'mb_cem':
+      return jax.lax.cond(
+          first, lambda: self._no_gradient(uniform()),
+          lambda: self._cem_task(s, hat, psi, u, key_grad, history))
+    if algo in ('mb_gauss', 'mb_vertices'):
+      sample = (family.sample_gaussian if algo == 'mb_gauss'
+                else family.sample_vertex)
       # Clip again: ψ → u rounding can land a hair outside [−1, 1].
       return self._no_gradient(jnp.clip(
-          family.to_u(family.sample_gaussian(key_random)), -1.0, 1.0))
+          family.to_u(sample(key_random)), -1.0, 1.0).astype(u.dtype))
     return self._no_gradient(u)  # slbo: one fixed task
 
   # --------------------------------------------------- task iteration
@@ -452,8 +538,9 @@ class AdMRL:
     s = self.engine.new_task(state.slbo, key_agent)
     s, hat, last, n_stages = self._phases(s, psi, key_phases, first,
                                           state.iteration)
-    u_next, grad_metrics = self._next_task(s, hat, psi, u, state.alpha,
-                                           key_next, first)
+    u_next, grad_metrics = self._next_task(
+        s, hat, psi, u, state.alpha, key_next, first,
+        (state.visited_u, state.gaps, state.iteration))
     if self._on_phase is not None:
       nan = jnp.full((), jnp.nan)
       self._report(state.iteration, -1, jnp.ones((), bool), n_stages, first,

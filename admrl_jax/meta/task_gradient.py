@@ -85,16 +85,16 @@ class TaskGradientConfig:
       episodes), see `meta.estimators`.
   """
   solver: str = 'adjoint'
-  linear_solver: str = 'cg_normal'
+  linear_solver: str = 'minres'
   iters: int = 200
   tol: float = 1e-10
   damping: float = 0.1
   scale: Optional[float] = None
   shift: float = 0.0
   gmres_restart: Optional[int] = None
-  hessian: str = 'reinforce'
-  gamma: float = 0.99
-  lam: float = 0.95
+  hessian: str = 'pathwise'
+  gamma: float = 1.0
+  lam: float = 0.0
   hessian_gamma: float = 1.0
   max_residual: Optional[float] = None
   residual_action: str = 'reject'
@@ -142,8 +142,9 @@ def preset(name: str) -> TaskGradientConfig:
 
   - 'paper': Lin et al. 2020 (arXiv:2006.08875) as written: the REINFORCE
     Hessian of Eq. 7 (trajectory form), the damped, scaled normal-equation
-    CG of Section 4.3 ((AᵀA/P + 0.1·I) x = Aᵀb/P, 200 iterations), sums
-    per sample (the units the paper's α values assume), independent real
+    CG of Section 4.3 ((AᵀA/P + 0.1·I) x = Aᵀb/P, 200 iterations), GAE
+    γ = 0.99, λ = 0.95 (the authors'), sums per sample (the units the
+    paper's α values assume), independent real
     roll-outs of θ̂ and θ* (as every estimator here).
   - 'authors': the authors' code (github.com/LinZichuan/AdMRL,
     slbo/algos/ADVTASK.py): the per-step Hessian, the same damped CG, their
@@ -155,7 +156,7 @@ def preset(name: str) -> TaskGradientConfig:
   Raises ValueError for another name.
   """
   paper_solver = dict(linear_solver='cg_normal', damping=0.1, scale=None,
-                      iters=200)
+                      iters=200, gamma=0.99, lam=0.95)
   if name == 'paper':
     return TaskGradientConfig(hessian='reinforce', normalization='per_sample',
                               **paper_solver)
@@ -331,7 +332,11 @@ def from_samples(config: TaskGradientConfig, family: TaskFamily,
                                  real_hat, config.gamma, config.lam, norm)
   if config.hessian == 'pathwise':
     if pathwise is None:
-      raise ValueError("hessian='pathwise' needs the `pathwise` objective")
+      raise ValueError(
+          "hessian='pathwise' (the default) needs the `pathwise` objective "
+          '(a closure of estimators.make_pathwise_return over the model, '
+          "start states and noise); or choose hessian='per_step' or "
+          "'reinforce'")
     hessian_objective = lambda theta: pathwise(theta, psi)
     mixed_objective = pathwise
   else:
