@@ -200,6 +200,7 @@ def run_piece(k, n_samples, repeat, truth_k, log):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import ground_truth as gt  # pylint: disable=g-import-not-at-top
   true, model = families(k)
   psis = np.asarray(truth_k['psi'])
@@ -223,7 +224,7 @@ def run_piece(k, n_samples, repeat, truth_k, log):
     name = cell_name(hessian, solver, norm, advantages)
     out[name] = dict(grads=[[float(x) if np.isfinite(x) else None for x in g]
                             for g in grads], seconds=seconds)
-    cos = gt.cosine(grads, np.asarray(truth_k['grad']))
+    cos = stats.cosine(grads, np.asarray(truth_k['grad']))
     log(f'k={k} n={n_samples} r={repeat} {name}: median cos '
         f'{np.nanmedian(cos):+.2f}, {seconds * 1e3:.1f} ms/estimate')
   return out
@@ -232,7 +233,7 @@ def run_piece(k, n_samples, repeat, truth_k, log):
 def summarise(result):
   """Per (k, samples, cell): the statistics of the module docstring."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.meta import ground_truth as gt  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
   rows = []
   s = result['settings']
   for k in s['ks']:
@@ -252,7 +253,7 @@ def summarise(result):
         grads = np.concatenate([np.asarray(p[name]['grads'], float)
                                 for p in pieces])
         truth_rep = np.concatenate([g] * len(pieces))
-        cos = gt.cosine(grads, truth_rep)
+        cos = stats.cosine(grads, truth_rep)
         rel = np.linalg.norm(grads - scale * truth_rep, axis=1) / (
             scale * np.linalg.norm(truth_rep, axis=1))
         finite = np.isfinite(cos)

@@ -242,6 +242,30 @@ def test_paired_bootstrap_interval():
     stats.paired_bootstrap(a, a[:3])
 
 
+def test_paired_t_interval_and_p_value():
+  """Against a hand computation and scipy's paired t-test: d = a − b =
+  (1, 2, 3, 4, 6), mean 3.2, s = 1.924, se = 0.8602, t = 3.720 on 4 df,
+  half-width t_{0.975,4}·se = 2.776·0.8602 = 2.388, p = 0.0205."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  b = np.asarray([1.0, 0.0, 2.0, -1.0, 0.5])
+  a = b + np.asarray([1.0, 2.0, 3.0, 4.0, 6.0])
+  out = stats.paired_t(a, b)
+  np.testing.assert_allclose(out['mean'], 3.2)
+  np.testing.assert_allclose(out['hi'] - out['mean'], 2.776 * 0.86023,
+                             rtol=1e-4)
+  np.testing.assert_allclose(out['p_value'],
+                             scipy_stats.ttest_rel(a, b).pvalue, rtol=1e-10)
+  np.testing.assert_allclose(out['p_value'], 0.0205, atol=5e-4)
+  # Per column; one seed gives NaN; a constant non-zero difference p = 0.
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(8, 3)), rng.normal(size=(8, 3))
+  np.testing.assert_allclose(stats.paired_t(x, y)['p_value'],
+                             scipy_stats.ttest_rel(x, y).pvalue, rtol=1e-10)
+  assert np.isnan(stats.paired_t(a[:1], b[:1])['p_value'])
+  assert stats.paired_t(b + 1.5, b)['p_value'] == 0.0
+  assert stats.paired_t(b, b)['p_value'] == 1.0
+
+
 def test_cosine_and_quantiles():
   assert math.isclose(float(stats.cosine([1.0, 0.0], [1.0, 1.0])),
                       1 / math.sqrt(2))

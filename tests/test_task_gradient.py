@@ -11,6 +11,7 @@ from jax.flatten_util import ravel_pytree
 import lq_truth
 from admrl_jax import linalg
 from admrl_jax.config import RolloutConfig
+from admrl_jax.evaluation import stats
 from admrl_jax.meta import estimators
 from admrl_jax.meta import task_gradient as tg
 from admrl_jax.policies import gaussian_mlp as gm
@@ -318,6 +319,6 @@ def test_default_estimator_points_uphill_at_the_operating_point():
                        ('paper', tg.preset('paper'))):
     grads = jax.jit(jax.vmap(lambda b, c=config: gt.estimate(
         c, true, model, b, std).grad_psi))(batches)
-    cosines[name] = gt.cosine(np.asarray(grads), np.asarray(truth))
+    cosines[name] = stats.cosine(np.asarray(grads), np.asarray(truth))
     print(name, np.round(cosines[name], 2))
   assert np.sum(cosines['default'] > 0) >= 8, cosines

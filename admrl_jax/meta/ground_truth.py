@@ -117,14 +117,6 @@ def exact_pieces(true: LQFamily, model: LQFamily, psi: jax.Array,
       mixed_objective=lambda t, p: eta(model, t, p, action_std))
 
 
-def cosine(a, b) -> np.ndarray:
-  """Cosine between the last axes of a and b (NaN where either is 0)."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    return np.where(norms > 0, np.sum(a * b, axis=-1) / norms, np.nan)
-
-
 # -------------------------------------------- the operating point, sampled
 # The model of the k = 2 ground truth (a misspecified `lq`).
 LQ_MODEL_A = ((0.85, 0.25), (-0.05, 0.8))
