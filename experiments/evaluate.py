@@ -46,6 +46,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from experiments import hooks
 
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
@@ -95,9 +96,6 @@ _FAMILY_MODULE = flags.DEFINE_string(
     'family_module', None, 'Comma list of modules to import first (e.g. '
     'my_pkg.tasks, which envs.register()s families), besides those the run '
     'recorded in config.json.')
-_THROTTLE = flags.DEFINE_float(
-    'throttle_s', 0.0, 'Seconds to sleep after each saved piece (lets a test '
-    'interrupt an evaluation at a known point).')
 
 FIGURES = ('gap_heatmap', 'gmax', 'average_return', 'visited_tasks')
 
@@ -317,7 +315,7 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
                   seed=plan['seed'],
                   members=[dict(seed=s, alpha=a) for s, a in members])
   a0, an = adapt_pieces(adapter, state.slbo, members, all_tasks, index,
-                        settings, paths['pieces'], log, _THROTTLE.value)
+                        settings, paths['pieces'], log, hooks.THROTTLE_S.value)
   result = metrics.evaluation(a0, an, astar, tasks, budgets, method,
                               astar_budget)
   visited = np.asarray(family.from_u(np.asarray(state.visited_u)))
@@ -342,16 +340,27 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
       summary=result.summary(), visited_tasks=visited)
 
 
+def gmax_line(summary, budgets, astar_budget) -> str:
+  """The log line on Gmax_n: mean over members, ± their standard deviation
+  only when there are several (one member has no spread to show)."""
+  several = summary['members'] > 1
+  values = ', '.join(
+      f'n={b}: {m:.3f}' + (f'±{s:.3f}' if several else '')
+      for b, m, s in zip(budgets, summary['Gmax_n_mean'],
+                         summary['Gmax_n_std']))
+  spread = (f', mean±std over {summary["members"]} members' if several
+            else ', 1 member')
+  return (f'Gmax_n {values}' + spread
+          + (' (A* closed form)' if astar_budget is None
+             else f' (A* from {astar_budget} samples)'))
+
+
 def save(report, paths, log) -> None:
   """eval.json and the four figures, with a line on Gmax_n."""
   from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   write_json(paths['json'], metrics.to_jsonable(report))
-  summary = report['summary']
-  log('Gmax_n ' + ', '.join(
-      f'n={b}: {m:.3f}±{s:.3f}' for b, m, s in zip(
-          report['budgets'], summary['Gmax_n_mean'], summary['Gmax_n_std']))
-      + (' (A* closed form)' if report['astar_budget'] is None
-         else f' (A* from {report["astar_budget"]} samples)'))
+  log(gmax_line(report['summary'], report['budgets'],
+                report['astar_budget']))
   draw(report_for_plots(report), paths)
   log(f'wrote {paths["json"]} and '
       f'{", ".join(os.path.basename(paths[n]) for n in FIGURES)}')

@@ -47,6 +47,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from experiments import hooks
 
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
@@ -94,9 +95,6 @@ _FAMILY_SET = flags.DEFINE_multi_string(
     'type, e.g. q_weight=5 on lq; recorded in config.json.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory (default runs/<env>-<algo>-<preset>).')
-_THROTTLE = flags.DEFINE_float(
-    'throttle_s', 0.0, 'Seconds to sleep after each saved task iteration '
-    '(lets a test or a shared machine interrupt a run at a known point).')
 _X64 = flags.DEFINE_bool(
     'x64', False, 'Compute in float64 (slower). A vmapped sweep member then '
     'tracks the run of that member alone to rounding, which float32 '
@@ -159,7 +157,7 @@ def run():
   if shard_note:
     log(shard_note)
   train(family, config, alphas, seeds, record, workdir_of(family, config),
-        log, stop_after=_STOP_AFTER.value, throttle_s=_THROTTLE.value,
+        log, stop_after=_STOP_AFTER.value, throttle_s=hooks.THROTTLE_S.value,
         phase_progress=_PHASE_PROGRESS.value, sharding=sharding)
 
 

@@ -52,6 +52,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from experiments import hooks
 
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
@@ -81,9 +82,6 @@ _STOP_AFTER = flags.DEFINE_integer(
     'stop_after_pieces', None, 'Stop cleanly after this many pieces (task '
     'iterations, evaluated tasks, A* values); rerun to continue.')
 
-_THROTTLE = flags.DEFINE_float(
-    'throttle_s', 0.0, 'Seconds to sleep after each evaluated task (lets a '
-    'test interrupt the evaluation at a known point; not a study setting).')
 
 ALGOS = ('admrl', 'mb_unif', 'mb_gauss', 'mb_vertices', 'mb_cem')
 EVAL_SEED = 7_777  # the evaluation's keys: fold_in(seed of the member, task)
@@ -334,7 +332,7 @@ def run():
     for algo, (family, config, alphas, seeds, record) in runs.items():
       evaluations[algo] = evaluate(algo, family, config, members[algo],
                                    tasks, adapt_config, workdir, pieces,
-                                   n_vt_adapt, log, _THROTTLE.value)
+                                   n_vt_adapt, log, hooks.THROTTLE_S.value)
   except StopStudy:
     log(f'stopped after {pieces.count} piece(s) (--stop_after_pieces); '
         'rerun the same command to continue')

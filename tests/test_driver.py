@@ -359,3 +359,21 @@ def test_every_config_field_refuses_bad_values_before_running():
   # The defaults and the presets themselves are valid.
   with flagsaver.flagsaver(env='lq', preset='smoke', set=[]):
     driver.resolve_settings()
+
+
+def test_help_lists_no_test_hooks():
+  """--throttle_s exists for the tests: the scripts' --help leaves it out,
+  --helpfull lists it."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for script in ('run', 'evaluate', 'study'):
+    out = subprocess.run(
+        [sys.executable, '-m', f'experiments.{script}', '--help'], cwd=root,
+        capture_output=True, text=True, timeout=120)
+    assert '--workdir' in out.stdout, out.stderr[-2000:]  # absl exits 1
+    assert 'throttle_s' not in out.stdout, script
+  full = subprocess.run(
+      [sys.executable, '-m', 'experiments.run', '--helpfull'], cwd=root,
+      capture_output=True, text=True, timeout=120)
+  assert 'throttle_s' in full.stdout
