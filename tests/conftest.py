@@ -45,6 +45,13 @@ LONGEST_FIRST = ('test_study.py', 'test_admrl.py', 'test_envs.py',
                  'test_slbo.py', 'test_readme.py')
 
 
+# The end-to-end files (scripts run as subprocesses, several compiled
+# programs each): marked `slow`, so that `pytest -m "not slow"` is the fast
+# tier of the edit-test loop. The full suite (README, CI) runs them all.
+SLOW_FILES = ('test_driver.py', 'test_driver_resume.py', 'test_study.py',
+              'test_evaluation.py', 'test_sharding.py', 'test_slbo_curve.py')
+
+
 def pytest_configure(config):
   if hasattr(config.option, 'loadscopereorder'):
     config.option.loadscopereorder = False  # keep LONGEST_FIRST's order
@@ -54,6 +61,9 @@ def pytest_collection_modifyitems(config, items):
   del config
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+  for item in items:
+    if item.path.name in SLOW_FILES:
+      item.add_marker(pytest.mark.slow)
 
 
 def pytest_sessionfinish(session, exitstatus):
