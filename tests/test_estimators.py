@@ -83,18 +83,25 @@ def test_reinforce_hessian_surrogate_hvp_dense_and_eq7():
     np.testing.assert_allclose(dense, expected, rtol=1e-9, atol=1e-12)
 
 
+def _valued_setup(rng):
+  """lq, a `_batch` with a random frozen critic, ψ, and a small MLP policy
+  θ with its flattening: (family, tr, batch, ψ, θ, flat θ, unravel)."""
+  family = lq_truth.families()[0]
+  tr = _batch(rng, family)
+  batch = estimators.ValuedBatch(tr, jnp.asarray(rng.normal(size=(6, 3))),
+                                 jnp.asarray(rng.normal(size=(6, 3))))
+  psi = jnp.asarray([0.3, -0.2])
+  theta = gm.policy_init(jax.random.key(0), 2, 2,
+                         gm.PolicyConfig(hidden=(3,)))
+  flat, unravel = ravel_pytree(theta)
+  return family, tr, batch, psi, theta, flat, unravel
+
+
 def test_mixed_term_is_the_psi_jacobian_of_the_policy_gradient():
   """B e_i by jvp = dense ∂ψ∇θ, and = Σ ∇log π_t ∂Â_t/∂ψ written out."""
   rng = np.random.default_rng(2)
   with jax.enable_x64(True):
-    family = lq_truth.families()[0]
-    tr = _batch(rng, family)
-    batch = estimators.ValuedBatch(tr, jnp.asarray(rng.normal(size=(6, 3))),
-                                   jnp.asarray(rng.normal(size=(6, 3))))
-    psi = jnp.asarray([0.3, -0.2])
-    theta = gm.policy_init(jax.random.key(0), 2, 2,
-                           gm.PolicyConfig(hidden=(3,)))
-    flat, unravel = ravel_pytree(theta)
+    family, tr, batch, psi, theta, flat, unravel = _valued_setup(rng)
     objective = estimators.mixed_objective(family, gm.log_prob, batch, 0.99,
                                            0.95)
     field = lambda p: ravel_pytree(jax.grad(objective)(theta, p))[0]
@@ -197,14 +204,7 @@ def test_per_step_hessian_is_the_score_outer_product_times_advantage():
   Â_t the GAE advantage (the authors' `policy_loss_warmup_quad`)."""
   rng = np.random.default_rng(5)
   with jax.enable_x64(True):
-    family = lq_truth.families()[0]
-    tr = _batch(rng, family)
-    batch = estimators.ValuedBatch(tr, jnp.asarray(rng.normal(size=(6, 3))),
-                                   jnp.asarray(rng.normal(size=(6, 3))))
-    psi = jnp.asarray([0.3, -0.2])
-    theta = gm.policy_init(jax.random.key(0), 2, 2,
-                           gm.PolicyConfig(hidden=(3,)))
-    flat, unravel = ravel_pytree(theta)
+    family, tr, batch, psi, theta, flat, unravel = _valued_setup(rng)
     surrogate = estimators.per_step_hessian_objective(
         family, gm.log_prob, theta, batch, psi, 0.99, 0.95)
     dense = jax.hessian(lambda z: surrogate(unravel(z)))(flat)

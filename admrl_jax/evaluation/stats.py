@@ -70,6 +70,16 @@ def mean_ci(values, axis: int = 0) -> Dict[str, np.ndarray]:
   return dict(mean=mean, lo=mean - half, hi=mean + half, n=n)
 
 
+def _paired_differences(a, b) -> np.ndarray:
+  """a − b for the same seeds (axis 0); ValueError if the shapes differ."""
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f'paired values need the same shape, got {a.shape} '
+                     f'and {b.shape}')
+  return a - b
+
+
 def paired_bootstrap(a, b, n_resamples: int = 10_000,
                      seed: int = 0) -> Dict[str, np.ndarray]:
   """Mean of the paired differences a − b over seeds (axis 0) with a 95%
@@ -81,12 +91,7 @@ def paired_bootstrap(a, b, n_resamples: int = 10_000,
     {'mean', 'lo', 'hi', 'n', 'p_below_zero'}: p_below_zero is the bootstrap
     fraction of resampled means < 0 (a lower than b).
   """
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  if a.shape != b.shape:
-    raise ValueError(f'paired values need the same shape, got {a.shape} '
-                     f'and {b.shape}')
-  d = a - b
+  d = _paired_differences(a, b)
   n = d.shape[0]
   rng = np.random.default_rng(seed)
   idx = rng.integers(0, n, size=(n_resamples, n))
@@ -108,12 +113,7 @@ def paired_t(a, b) -> Dict[str, np.ndarray]:
     p-value are NaN; differences that are all equal give a zero-width
     interval and p = 0 (or 1 if they are all 0).
   """
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  if a.shape != b.shape:
-    raise ValueError(f'paired values need the same shape, got {a.shape} '
-                     f'and {b.shape}')
-  d = a - b
+  d = _paired_differences(a, b)
   n = d.shape[0]
   mean = d.mean(axis=0)
   if n < 2:
