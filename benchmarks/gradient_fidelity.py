@@ -305,8 +305,9 @@ def table(result, rows) -> str:
                f"{meta.get('wall_s', '?')} s over all sessions.")
   for k, t in sorted(result['truth'].items()):
     distinct = len({tuple(p) for p in t['psi']})
-    lines.append(f"- k = {k}: {len(t['psi'])} ψ ({distinct} distinct: the "
-                 f"vertices are drawn with replacement); the direct difference "
+    repeated = ('' if distinct == len(t['psi']) else
+                f', {distinct} distinct: vertices are drawn with replacement')
+    lines.append(f"- k = {k}: {len(t['psi'])} ψ{repeated}; the direct difference "
                  f"∂η*/∂ψ|θ* − ∂η*/∂ψ|θ̂ is {_median(t['direct_over_true']):.1f}×"
                  f" the true gradient (median); exact pieces with a dense "
                  f"solve match the truth to {t['exact_ift_rel_error_max']:.1e}.")
@@ -323,13 +324,19 @@ def table(result, rows) -> str:
   for label, cell in named.items():
     for r in sorted((r for r in rows if r['cell'] == cell),
                     key=lambda r: (r['k'], r['samples'])):
-      lines.append(f"| {label} | `{cell}` | {r['k']} | {r['samples']} | "
+      shown = ' / '.join(cell.split('|'))  # a '|' would split the cell
+      lines.append(f"| {label} | {shown} | {r['k']} | {r['samples']} | "
                    f"{r['median_cos']:+.2f} | {r['p10_cos']:+.2f} | "
                    f"{r['frac_positive']:.2f} | {r['median_rel_error']:.2f} |")
-  lines += ['', '## Every cell', '']
+  lines += ['', 'The library\'s default (`TaskGradientConfig()`) is the chosen '
+            'cell with per-episode sums: with an undamped solve the '
+            'normalisation scales every term of Eq. 2 alike, and the cells '
+            'differing only in it have the same cosines.',
+            '', '## Every cell', '']
   lines.append('Cheapest cell (the dense reference excluded) with median '
                'cosine ≥ 0.7 at ≤ 10k samples on every k: '
-               + (f'`{choice[0]}` at {choice[1]} samples' if choice
+               + (f"{' / '.join(choice[0].split('|'))} at {choice[1]} samples"
+                  if choice
                   else 'none') + '. Times are per estimate on this machine '
                'while other jobs shared it: rough.')
   lines += ['', '| k | samples | hessian | solver | normalization | advantages '
