@@ -340,27 +340,12 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
       summary=result.summary(), visited_tasks=visited)
 
 
-def gmax_line(summary, budgets, astar_budget) -> str:
-  """The log line on Gmax_n: mean over members, ± their standard deviation
-  only when there are several (one member has no spread to show)."""
-  several = summary['members'] > 1
-  values = ', '.join(
-      f'n={b}: {m:.3f}' + (f'±{s:.3f}' if several else '')
-      for b, m, s in zip(budgets, summary['Gmax_n_mean'],
-                         summary['Gmax_n_std']))
-  spread = (f', mean±std over {summary["members"]} members' if several
-            else ', 1 member')
-  return (f'Gmax_n {values}' + spread
-          + (' (A* closed form)' if astar_budget is None
-             else f' (A* from {astar_budget} samples)'))
-
-
 def save(report, paths, log) -> None:
   """eval.json and the four figures, with a line on Gmax_n."""
   from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   write_json(paths['json'], metrics.to_jsonable(report))
-  log(gmax_line(report['summary'], report['budgets'],
-                report['astar_budget']))
+  log(metrics.gmax_line(report['summary'], report['budgets'],
+                        report['astar_budget']))
   draw(report_for_plots(report), paths)
   log(f'wrote {paths["json"]} and '
       f'{", ".join(os.path.basename(paths[n]) for n in FIGURES)}')

@@ -260,7 +260,7 @@ def test_registry_errors():
     envs.make('lq', task_low=(1.0, 1.0), task_high=(0.0, 2.0))
   assert set(envs.names()) == {
       'hopper2d', 'walker2d', 'ant2d', 'ant3d', 'ant2d_ood',
-      'halfcheetah_highdim', 'lq'}
+      'halfcheetah_highdim', 'lq', 'lq_highdim'}
 
 
 def test_check_psi(families):

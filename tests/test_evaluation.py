@@ -764,12 +764,11 @@ def test_one_task_at_a_time_matches_every_task_at_once(
 
 def test_gmax_line_shows_a_spread_only_over_several_members():
   """One member has no spread: its Gmax_n line printed '61.953±0.000'."""
-  from experiments import evaluate  # pylint: disable=g-import-not-at-top
   one = dict(members=1, Gmax_n_mean=[61.953, 40.0], Gmax_n_std=[0.0, 0.0])
-  line = evaluate.gmax_line(one, [10, 20], None)
+  line = metrics.gmax_line(one, [10, 20], None)
   assert '±' not in line and '1 member' in line
   assert line.startswith('Gmax_n n=10: 61.953, n=20: 40.000')
   two = dict(one, members=2, Gmax_n_std=[1.5, 0.25])
-  line = evaluate.gmax_line(two, [10, 20], 4000)
+  line = metrics.gmax_line(two, [10, 20], 4000)
   assert 'n=10: 61.953±1.500' in line and 'over 2 members' in line
   assert line.endswith('(A* from 4000 samples)')

@@ -101,7 +101,7 @@ def test_ctrl_c_stops_within_seconds_with_one_line_and_keeps_pieces(studies):
   # The last run trained nothing and evaluated only what was missing.
   last = studies['last']
   assert ': task ' not in last  # no task iteration re-run
-  n_admrl = len(_report(studies['whole'])['methods']['admrl α=1']['seeds'])
+  n_admrl = len(_report(studies['whole'])['methods']['admrl α=0.5']['seeds'])
   evaluated = last.count('admrl member ')
   assert evaluated == n_admrl * 9 - interrupt['evaluated']
 
@@ -110,7 +110,7 @@ def test_report_holds_every_measure_with_intervals(studies):
   report = _report(studies['whole'])
   assert report['budgets'] == [0, 100, 200]
   assert report['astar_method'] == 'closed_form'
-  assert set(report['methods']) == {'admrl α=1', 'mb_unif', 'mb_gauss'}
+  assert set(report['methods']) == {'admrl α=0.5', 'mb_unif', 'mb_gauss'}
   for label, row in report['table'].items():
     for measure in ('Gmax_n', 'CVaR_Gn', 'mean_Gn', 'average_An'):
       cell = row[measure]
@@ -123,14 +123,14 @@ def test_report_holds_every_measure_with_intervals(studies):
                   >= np.asarray(per_seed['CVaR_Gn']) - 1e-9)
     assert np.all(np.asarray(per_seed['CVaR_Gn'])
                   >= np.asarray(per_seed['mean_Gn']) - 1e-9)
-  assert set(report['paired']) == {'admrl α=1 − mb_unif',
-                                   'admrl α=1 − mb_gauss'}
+  assert set(report['paired']) == {'admrl α=0.5 − mb_unif',
+                                   'admrl α=0.5 − mb_gauss'}
   # Paired differences are the differences of the per-seed values.
-  diff = report['paired']['admrl α=1 − mb_unif']['Gmax_n']['mean']
-  a = np.asarray(report['methods']['admrl α=1']['per_seed']['Gmax_n'])
+  diff = report['paired']['admrl α=0.5 − mb_unif']['Gmax_n']['mean']
+  a = np.asarray(report['methods']['admrl α=0.5']['per_seed']['Gmax_n'])
   b = np.asarray(report['methods']['mb_unif']['per_seed']['Gmax_n'])
   np.testing.assert_allclose(diff, (a - b).mean(axis=0))
-  diag = report['diagnostics']['1']
+  diag = report['diagnostics']['0.5']
   assert diag['steps'] == 2 * 2  # 2 seeds × task iterations 2 and 3
   assert -1.0 <= diag['repeat_cosine_mean'] <= 1.0
   assert 0.0 <= diag['clipped_fraction'] <= 1.0
@@ -140,7 +140,11 @@ def test_report_holds_every_measure_with_intervals(studies):
                                         f'{name}.png')) > 1000
   with open(os.path.join(studies['whole'], 'study.md')) as f:
     md = f.read()
-  assert '## Gmax_n' in md and 'admrl α=1 − mb_gauss' in md
+  assert '## Gmax_n' in md and 'admrl α=0.5 − mb_gauss' in md
+  # Two seeds: paired t-intervals with p-values, no bootstrap interval.
+  assert '(p = ' in md and 'boot.' not in md and 'too few distinct' in md
+  paired = report['paired']['admrl α=0.5 − mb_unif']['Gmax_n']
+  assert len(paired['p_value']) == 3 and len(paired['boot_lo']) == 3
 
 
 def test_progress_lines_have_an_eta(studies):
@@ -161,7 +165,7 @@ def _tree_hash(directory):
 @pytest.mark.parametrize('args,message', [
     (['--seeds=0,1,2'], 'other settings'),
     (['--algos=admrl,mb_unif'], 'other settings'),
-    (['--alpha=0.5'], 'other settings'),
+    (['--alpha=2'], 'other settings'),
 ])
 def test_contradicting_flags_are_refused_and_nothing_is_touched(
     studies, args, message):

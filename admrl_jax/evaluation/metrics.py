@@ -123,6 +123,23 @@ class Evaluation:
     return out
 
 
+def gmax_line(summary: Dict[str, Any], budgets: Sequence[int],
+              astar_budget: Optional[int]) -> str:
+  """One line on Gmax_n from `Evaluation.summary()`: the mean over members
+  at each budget, ± their standard deviation only when there are several
+  (one member has no spread to show), and where A* came from."""
+  several = summary['members'] > 1
+  values = ', '.join(
+      f'n={b}: {m:.3f}' + (f'±{s:.3f}' if several else '')
+      for b, m, s in zip(budgets, summary['Gmax_n_mean'],
+                         summary['Gmax_n_std']))
+  spread = (f', mean±std over {summary["members"]} members' if several
+            else ', 1 member')
+  return (f'Gmax_n {values}' + spread
+          + (' (A* closed form)' if astar_budget is None
+             else f' (A* from {astar_budget} samples)'))
+
+
 def evaluation(a0, an, astar, tasks, budgets: Sequence[int],
                astar_method: str, astar_budget: Optional[int]) -> Evaluation:
   """Builds an `Evaluation` (checks shapes: a0 (m, t), an (m, t, b),
