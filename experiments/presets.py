@@ -39,7 +39,10 @@ NORMALIZED_ALPHA = 0.5
 def default_alpha(env: str, config: admrl.AdMRLConfig) -> float:
   """The task step size α of a run that gives none: the paper's α for the
   family (Appendix C) under the paper's step rule, NORMALIZED_ALPHA under
-  the normalised one."""
+  the normalised one. The paper's α values assume per-sample sums
+  (`task_gradient.normalization` 'per_sample' or 'authors', as in
+  `task_gradient.preset('paper')`); with 'per_episode' sums the gradient is
+  T times larger and the paper's rule would jump to the box's corners."""
   if config.step_rule == 'paper':
     return PAPER_ALPHA.get(env, 1.0)
   return NORMALIZED_ALPHA

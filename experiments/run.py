@@ -67,7 +67,8 @@ _ALGO = flags.DEFINE_string('algo', 'admrl',
 _ALPHA = flags.DEFINE_string(
     'alpha', None, 'Task step size α, or a comma list (a vmapped sweep); '
     'default: 0.5 under the presets\' normalised step, the paper\'s α for '
-    'the family under --set=step_rule=paper.')
+    'the family under --set=step_rule=paper (which assumes the per-sample '
+    'sums of --set=task_gradient.preset=paper).')
 _SEED = flags.DEFINE_string('seed', '0', 'Seed, or a comma list (vmapped).')
 _SWEEP = flags.DEFINE_string(
     'sweep', 'vmap', 'How the (seed, α) members run inside the one compiled '

@@ -268,6 +268,11 @@ def test_paired_t_interval_and_p_value():
   assert np.isnan(stats.paired_t(a[:1], b[:1])['p_value'])
   assert stats.paired_t(b + 1.5, b)['p_value'] == 0.0
   assert stats.paired_t(b, b)['p_value'] == 1.0
+  # A NaN seed (a diverged run): no interval and no p-value for its column.
+  out = stats.paired_t([[1.0, 2.0], [np.nan, 3.0], [2.0, 5.0]],
+                       np.zeros((3, 2)))
+  assert np.isnan(out['p_value'][0]) and np.isnan(out['lo'][0])
+  assert np.isfinite(out['p_value'][1])
 
 
 def test_cosine_and_quantiles():

@@ -125,6 +125,9 @@ def paired_t(a, b) -> Dict[str, np.ndarray]:
     t = np.where(se > 0, mean / np.where(se > 0, se, 1.0),
                  np.where(mean == 0, 0.0, np.inf))
   p_value = 2.0 * special.stdtr(n - 1, -np.abs(t))
+  # A NaN difference (a diverged run) gives no interval and no p-value,
+  # not the p = 0 of an infinite t.
+  p_value = np.where(np.isfinite(mean) & np.isfinite(se), p_value, np.nan)
   return dict(mean=mean, lo=mean - half, hi=mean + half, n=n,
               p_value=p_value)
 

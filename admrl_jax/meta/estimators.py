@@ -13,13 +13,16 @@ evaluation measure): sums over samples are divided by the number of
 episodes the batch holds (`episode_starts`; a partial episode cut by the end
 of the batch counts as one). With 'per_sample' every sum is divided by the
 number of samples T·n instead (`reduce_mean` over samples, as the authors'
-policy-gradient terms do). 'authors' is the authors' code exactly
+policy-gradient terms do). 'authors' is the authors' code
 (github.com/LinZichuan/AdMRL, slbo/algos/ADVTASK.py with `meanret`, and
 slbo/utils/runner.py's `begin_mark`): the policy-gradient and Hessian terms
 are means over the T·n samples, and the return whose ψ-gradient is Eq. 3 is
 the sum of the γ-discounted returns of the episodes that *completed* in the
 batch, each from its first step, divided by the number of samples
-(`authors_return`). 'per_sample' and 'authors' agree only when every episode
+(`authors_return`; their discount chain is cut only at terminations, not
+at timeouts, which differs from this only when a column holds an episode
+after a timeout — not in their set-up, one episode of the horizon's length
+per column). 'per_sample' and 'authors' agree only when every episode
 completes and γ = 1; on a terminating family (hopper2d) the authors' return
 leaves out the partial episode at the end of each column. Every term of
 Eq. 2 of 'per_episode' and 'per_sample' gets the same normalisation, so the
