@@ -66,14 +66,13 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   family = envs.make(env) if isinstance(env, str) else env
   env = family.name
-  alpha = NORMALIZED_ALPHA
   action_clip = family.action_bound
   if name == 'paper':
     config = admrl.AdMRLConfig(
         n_tasks=20, n_slbo=3, n_slbo_first=PAPER_FIRST_NSLBO.get(env, 20),
         slbo=SLBOConfig(model=ModelConfig(action_clip=action_clip)),
         step_rule='normalized')
-    return config, {}, alpha
+    return config, {}, default_alpha(env, config)
   if name == 'quick':
     # Minutes on a 2-core CPU for any family (compilation included): every
     # phase of the paper at reduced budgets.
@@ -87,7 +86,7 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
             real=RolloutConfig(n_envs=10)),
         task_gradient=tg.TaskGradientConfig(iters=50),
         step_rule='normalized')
-    return config, {'horizon': 100}, alpha
+    return config, {'horizon': 100}, default_alpha(env, config)
   # smoke: every code path once, in about a minute on lq.
   config = admrl.AdMRLConfig(
       n_tasks=3, n_slbo=1, n_slbo_first=1, gradient_envs=4,
@@ -99,7 +98,8 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
           real=RolloutConfig(n_envs=4)),
       task_gradient=tg.TaskGradientConfig(iters=20),
       step_rule='normalized')
-  return config, {'horizon': family.smoke_horizon}, alpha
+  return (config, {'horizon': family.smoke_horizon},
+          default_alpha(env, config))
 
 
 def apply_overrides(config, overrides: Dict[str, str]):

@@ -620,11 +620,6 @@ def _fmt_ci(cell, j):
 # CVaR of G_n over tasks at a level of more than one task (on a 3 × 3 grid
 # the worst ⌈0.25·9⌉ = 3 tasks; at 0.1 it was Gmax_n again).
 CVAR_LEVEL = 0.25
-def stats_min_bootstrap_seeds():
-  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
-  return stats.MIN_BOOTSTRAP_SEEDS
-
-
 def _fmt_paired(cell, j, few):
   text = _fmt_ci(cell, j)
   p = cell.get('p_value')
@@ -643,6 +638,7 @@ MEASURES = (('Gmax_n', 'Gmax_n'), ('CVaR_Gn', 'CVaR₀.₂₅ G_n'),
 
 def markdown(report) -> str:
   """study.md: the tables of a report."""
+  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
   lines = [f'# Study: {report["env"]}, {report["scale"]} scale', '']
   s = report['settings']
   lines += [f'Seeds {s["seeds"]}; algorithms {", ".join(s["algos"])}; '
@@ -663,7 +659,7 @@ def markdown(report) -> str:
     lines.append('')
   if report['paired']:
     n_seeds = len(s['seeds'])
-    few = n_seeds < stats_min_bootstrap_seeds()
+    few = n_seeds < stats.MIN_BOOTSTRAP_SEEDS
     lines += ['## Paired differences AdMRL − baseline (per seed)', '',
               'Mean difference [95% paired t-interval] (two-sided p of a '
               'paired t-test); '

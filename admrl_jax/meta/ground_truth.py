@@ -9,8 +9,8 @@ Newton on the exact return (`LQFamily.optimal_stationary_policy`), the gap
     L(ψ) = η*(θ*(ψ), ψ) − η*(θ̂(ψ), ψ)     (Lin et al. 2020, arXiv:2006.08875, Eq. 1)
 
 and ∂L/∂ψ by central finite differences of L with full re-optimisation at
-ψ ± h (`true_gradient`). Used by the tests, the gradient-fidelity benchmark
-and Algorithm 1's logged truth. Run the finite differences in float64
+ψ ± h (`true_gradient`). Used by the tests and the gradient-fidelity
+benchmark (benchmarks/gradient_fidelity.py). Run the finite differences in float64
 (`jax.enable_x64`): in float32 they are rounding noise.
 """
 from __future__ import annotations
