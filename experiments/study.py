@@ -3,8 +3,14 @@ r"""AdMRL against its baselines, trained and evaluated in one resumable command.
     python -m experiments.study --env=lq --scale=smoke            # minutes
     python -m experiments.study --env=lq --scale=study            # docs/STUDY.md
     python -m experiments.study --env=hopper2d --scale=study --seeds=0,1,2
+    python -m experiments.study --env=lq --scale=controls \
+        --algos=mb_unif,mb_gauss,mb_vertices,mb_cem,admrl_paper,admrl
 
-For every algorithm of --algos it trains every (seed, α) member with the
+An arm of --algos is a driver algorithm with its own settings (`ARMS`):
+admrl (the scale's estimator and step rule; by default the task gradient
+validated against ground truth and the normalised step), admrl_paper (the
+estimator and step rule of Lin et al. 2020 as written), mb_unif, mb_gauss,
+mb_vertices, mb_cem. For every arm it trains every (seed, α) member with the
 driver (`experiments.run.train`: the members of one algorithm are the lanes
 of one compiled program; α only for admrl, the baselines ignore it), then
 adapts every member's trained model to every task of the evaluation set
@@ -25,10 +31,12 @@ run per task, cached as each finishes). It writes into --workdir
 Measures per method and n ∈ {0 (A0)} ∪ budgets, each as mean and 95%
 t-interval over seeds: Gmax_n, mean G_n, CVaR_0.25 of G_n (mean of the worst
 quarter of the tasks, 3 of 9), average A_n; and the paired per-seed
-difference AdMRL − baseline with a 95% paired t-interval and p-value, and a
-95% bootstrap interval (not shown in study.md below 5 seeds; a seed's
-members share the initial model and the first task). Task-gradient
-diagnostics of the admrl runs: how often the next task's measured gap
+difference of every gradient arm and every other arm with a 95% paired
+t-interval and p-value, and a 95% bootstrap interval (not shown in study.md
+below 5 seeds; a seed's members share the initial model and the first
+task); the standard error of each A_n over its evaluation episodes; the
+fraction of each arm's training tasks on the box's boundary. Task-gradient
+diagnostics of the gradient arms: how often the next task's measured gap
 exceeded the current one, the cosine between two independent estimates of
 ∂L/∂u at the same state (`AdMRLConfig.gradient_noise_check`), and the
 lengths of the steps before the box clipped them (α‖∂L/∂u‖ under the
@@ -41,12 +49,10 @@ nothing is touched. Ctrl-C stops with one line (exit 130).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import time
-from typing import Dict, Optional, Tuple
 
 from absl import app
 from absl import flags
@@ -61,6 +67,9 @@ from experiments.common import (UsageError, json_number, parse_floats,
                                 parse_seeds, read_json, run_main, wait,
                                 write_json)
 from experiments.progress import format_seconds
+from experiments.study_design import (ALGOS, EVAL_SEED, SCALES, arm_sets,
+                                      arm_label, eval_tasks, is_adversary,
+                                      training_runs)
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _ENV = flags.DEFINE_string('env', 'lq', 'Task family.')
@@ -70,8 +79,9 @@ _ALGOS = flags.DEFINE_string('algos', 'admrl,mb_unif,mb_gauss',
 _SEEDS = flags.DEFINE_string('seeds', None,
                              'Comma list of seeds (default: the scale\'s).')
 _ALPHA = flags.DEFINE_string(
-    'alpha', None, 'Comma list of task step sizes α for admrl (default: the '
-    'scale\'s); the baselines do not use α.')
+    'alpha', None, 'Comma list of task step sizes α of every gradient arm '
+    '(admrl, admrl_paper; default: the scale\'s factors times the arm\'s '
+    'default α); the other arms do not use α.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Study directory (default studies/<env>-<scale>).')
 _VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
@@ -81,74 +91,6 @@ _FAMILY_MODULE = flags.DEFINE_string(
 _STOP_AFTER = flags.DEFINE_integer(
     'stop_after_pieces', None, 'Stop cleanly after this many pieces (task '
     'iterations, evaluated tasks, A* values); rerun to continue.')
-
-
-ALGOS = ('admrl', 'mb_unif', 'mb_gauss', 'mb_vertices', 'mb_cem')
-EVAL_SEED = 7_777  # the evaluation's keys: fold_in(seed of the member, task)
-
-
-@dataclasses.dataclass(frozen=True)
-class Scale:
-  """The sizes of a study.
-
-  Attributes:
-    preset: the driver preset the training starts from.
-    ntasks: task iterations of each training run.
-    sets: further `--set` overrides of the training config.
-    seeds: default seeds.
-    alpha_factors: admrl's default α list, as multiples of the default α of
-      the preset with the scale's sets (`presets.default_alpha`: the
-      paper's α for the family under the paper's step rule, else 0.5).
-    eval_grid: points per axis of the evaluation grid over the family's
-      evaluation box; None keeps the family's own evaluation set.
-    stage_envs: real episodes per adaptation stage (stage_samples =
-      stage_envs × horizon).
-    stages: A_n is measured after these numbers of stages.
-    astar_stages: stages of the long SLBO run estimating A* (families
-      without a closed form).
-    astar_repeats: tasks on which A* is estimated again with another seed
-      (its noise).
-  """
-  preset: str
-  ntasks: Optional[int]
-  sets: Tuple[Tuple[str, str], ...]
-  seeds: Tuple[int, ...]
-  alpha_factors: Tuple[float, ...]
-  eval_grid: Optional[Tuple[int, ...]]
-  stage_envs: int
-  stages: Tuple[int, ...]
-  astar_stages: int
-  astar_repeats: int
-
-
-_DIAGNOSE = (('gradient_noise_check', 'true'),)
-SCALES: Dict[str, Scale] = {
-    # The whole pipeline in minutes (lq; used by the tests).
-    'smoke': Scale(preset='smoke', ntasks=3, sets=_DIAGNOSE, seeds=(0, 1),
-                   alpha_factors=(1.0,), eval_grid=(3, 3), stage_envs=4,
-                   stages=(1, 2),
-                   astar_stages=4, astar_repeats=2),
-    # The reduced scale of docs/STUDY.md's first study (hours on a 2-core
-    # CPU for lq): the quick preset with 6 task iterations and 3
-    # VirtualTraining iterations per phase, the paper's estimator and step
-    # rule as that study ran them (Eq. 7, damped CG of 50 iterations,
-    # per-sample normalisation, so α means the paper's step), and an α
-    # sweep over two orders of magnitude below the paper's α.
-    'study': Scale(preset='quick', ntasks=6,
-                   sets=_DIAGNOSE + (('task_gradient.preset', 'paper'),
-                                     ('task_gradient.iters', '50'),
-                                     ('step_rule', 'paper'),
-                                     ('slbo.n_zeroshot', '3'),
-                                     ('slbo.n_inner', '3')),
-                   seeds=tuple(range(10)),
-                   alpha_factors=(0.01, 0.1, 0.3, 1.0), eval_grid=(3, 3),
-                   stage_envs=10, stages=(1, 2),
-                   astar_stages=10, astar_repeats=3),
-    # The paper's sizes (Lin et al. 2020, Appendix C): for a GPU.
-    'paper': Scale(preset='paper', ntasks=None, sets=_DIAGNOSE, seeds=(0, 1, 2),
-                   alpha_factors=(1.0,), eval_grid=None, stage_envs=10,
-                   stages=(1, 2, 3), astar_stages=50, astar_repeats=3),
-}
 
 
 def main(argv):
@@ -175,35 +117,23 @@ def study_settings():
             else parse_floats(_ALPHA.value, 'alpha'))
   if alphas is not None and any(not a > 0 for a in alphas):
     raise UsageError(f'--alpha: step sizes must be > 0, got {_ALPHA.value!r}')
-  if alphas is None:
+  per_arm = {}
+  for arm in algos:
+    if not is_adversary(arm):
+      continue
+    if alphas is not None:
+      per_arm[arm] = list(alphas)
+      continue
     from admrl_jax import envs  # pylint: disable=g-import-not-at-top
     from experiments import presets  # pylint: disable=g-import-not-at-top
     if _ENV.value not in envs.names():
       raise UsageError(f'--env: unknown environment {_ENV.value!r}; valid: '
                        f'{", ".join(envs.names())}')
     base = presets.default_alpha(_ENV.value, presets.apply_overrides(
-        presets.preset(_ENV.value, scale.preset)[0], dict(scale.sets)))
-    alphas = [round(f * base, 6) for f in scale.alpha_factors]
+        presets.preset(_ENV.value, scale.preset)[0], arm_sets(scale, arm)))
+    per_arm[arm] = [round(f * base, 6) for f in scale.alpha_factors]
   return dict(env=_ENV.value, scale=_SCALE.value, algos=algos, seeds=seeds,
-              alphas=alphas)
-
-
-def training_runs(settings):
-  """{algo: (family, config, alphas, seeds, record)} via the driver's
-  `resolve`; UsageError on a bad family or configuration."""
-  from experiments import training as driver  # pylint: disable=g-import-not-at-top
-  scale = SCALES[settings['scale']]
-  runs = {}
-  for algo in settings['algos']:
-    alphas = settings['alphas'] if algo == 'admrl' else None
-    family, config, alphas, seeds, record = driver.resolve(
-        env=settings['env'], algo=algo, preset=scale.preset, alphas=alphas,
-        seeds=settings['seeds'], ntasks=scale.ntasks, sets=dict(scale.sets))
-    if algo != 'admrl':
-      alphas = alphas[:1]  # the baselines ignore α: one member per seed
-      record['alphas'] = alphas
-    runs[algo] = (family, config, alphas, seeds, record)
-  return runs
+              alphas=per_arm)
 
 
 def check_study_dir(workdir, settings):
@@ -262,17 +192,6 @@ class StopStudy(Exception):
   """--stop_after_pieces reached."""
 
 
-def eval_tasks(family, scale):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.envs import base  # pylint: disable=g-import-not-at-top
-  tasks = np.asarray(family.eval_tasks(), np.float32)
-  if scale.eval_grid is None or len(scale.eval_grid) != family.task_dim:
-    return tasks
-  # A coarser grid over the same box (corners, edge midpoints, centre).
-  low, high = tasks.min(axis=0), tasks.max(axis=0)
-  return np.asarray(base.grid(low, high, scale.eval_grid), np.float32)
-
-
 # --------------------------------------------------------------------- run
 def run():
   start = time.time()
@@ -295,8 +214,9 @@ def run():
   family0, config0 = runs[settings['algos'][0]][:2]
   tasks = eval_tasks(family0, scale)
   stage_samples = scale.stage_envs * family0.horizon
-  adapt_config = adaptation.AdaptationConfig(stage_samples=stage_samples,
-                                             stages=scale.stages)
+  adapt_config = adaptation.AdaptationConfig(
+      stage_samples=stage_samples, stages=scale.stages,
+      eval_episodes=scale.eval_episodes)
   method = optimum.default_method(family0)
   astar_budget = (None if method == 'closed_form'
                   else scale.astar_stages * stage_samples)
@@ -317,7 +237,7 @@ def run():
   total += n_astar * scale.astar_stages * config0.slbo.n_inner
   log(f'study of {", ".join(settings["algos"])} on {settings["env"]} '
       f'({settings["scale"]} scale) in {workdir}: seeds {settings["seeds"]}, '
-      f'admrl alphas {runs.get("admrl", runs[settings["algos"][0]])[2]}; '
+      f'alphas {settings["alphas"]}; '
       f'{len(tasks)} evaluation tasks, A_n at n = {list(adapt_config.budgets)}'
       f', A* {method}'
       + (f' ({astar_budget} real samples per task)' if astar_budget else ''))
@@ -428,8 +348,12 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
                tasks=np.asarray(tasks, np.float64).tolist(),
                budgets=list(adapt_config.budgets),
                a0=[[None] * len(tasks) for _ in members],
-               an=[[None] * len(tasks) for _ in members])
+               an=[[None] * len(tasks) for _ in members],
+               a0_se=[[None] * len(tasks) for _ in members],
+               an_se=[[None] * len(tasks) for _ in members])
   result = read_json(path, blank)
+  for k in ('a0_se', 'an_se'):  # absent from evaluations of older versions
+    result.setdefault(k, blank[k])
   if (result['members'] != blank['members']
       or not np.allclose(result['tasks'], blank['tasks'])
       or result['budgets'] != blank['budgets']):
@@ -456,6 +380,8 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
     an = [float(v) for v in np.asarray(out.an)]
     result['a0'][m][i] = a0 if math.isfinite(a0) else 'nan'
     result['an'][m][i] = [v if math.isfinite(v) else 'nan' for v in an]
+    result['a0_se'][m][i] = json_safe(float(out.a0_se))
+    result['an_se'][m][i] = [json_safe(float(v)) for v in np.asarray(out.an_se)]
     write_json(path, result)
     pieces.finished(units, f'{algo} member {m + 1}/{len(members)} (seed '
                     f'{seed}, alpha {members[m][1]:g}), task {i + 1}/'
@@ -484,14 +410,16 @@ def summarize(settings, runs, members, tasks, adapt_config, astar, method,
     an = np.asarray([[[json_number(v) for v in cell] for cell in row]
                      for row in result['an']])
     returns = np.concatenate([a0[:, :, None], an], axis=-1)  # (m, t, 1 + b)
+    se = _standard_errors(result)
     alphas = sorted({a for _, a in members[algo]})
     for alpha in alphas:
       idx = [j for j, (_, a) in enumerate(members[algo]) if a == alpha]
-      label = f'admrl α={alpha:g}' if algo == 'admrl' else algo
+      label = arm_label(algo, alpha)
       r = returns[idx]
       gn = astar_v[None, :, None] - r                            # (s, t, b+1)
       methods[label] = dict(
-          algo=algo, alpha=alpha if algo == 'admrl' else None,
+          algo=algo, alpha=alpha if is_adversary(algo) else None,
+          an_se=None if se is None else se[idx],
           seeds=[members[algo][j][0] for j in idx], returns=r, gn=gn,
           per_seed=dict(Gmax_n=gn.max(axis=1), mean_Gn=gn.mean(axis=1),
                         CVaR_Gn=stats.cvar(gn, CVAR_LEVEL, axis=1),
@@ -502,11 +430,16 @@ def summarize(settings, runs, members, tasks, adapt_config, astar, method,
                            for k, v in stats.mean_ci(values).items()}
                     for name, values in m['per_seed'].items()}
   paired = {}
-  for label, m in methods.items():
-    if m['algo'] != 'admrl':
+  labels = list(methods)
+  for i, label in enumerate(labels):
+    m = methods[label]
+    if not is_adversary(m['algo']):
       continue
-    for base_label, b in methods.items():
-      if b['algo'] == 'admrl' or b['seeds'] != m['seeds']:
+    for j, base_label in enumerate(labels):
+      b = methods[base_label]
+      # Every gradient arm against every other arm, each pair once.
+      if (base_label == label or b['seeds'] != m['seeds']
+          or (is_adversary(b['algo']) and j < i)):
         continue
       paired[f'{label} − {base_label}'] = {
           name: _paired(m['per_seed'][name], b['per_seed'][name])
@@ -519,14 +452,40 @@ def summarize(settings, runs, members, tasks, adapt_config, astar, method,
       negative_gaps={label: int(np.sum(m['gn'] < 0))
                      for label, m in methods.items()},
       real_samples=_real_samples(workdir, runs),
+      eval_episodes=(adapt_config.eval_episodes or adapt_config.stage_samples
+                     // next(iter(runs.values()))[0].horizon),
       methods={label: dict(algo=m['algo'], alpha=m['alpha'], seeds=m['seeds'],
                            Gn_mean=m['gn'].mean(axis=0).tolist(),
+                           An_se_quantiles=(
+                               None if m['an_se'] is None else
+                               [stats.quantiles(m['an_se'][..., j].ravel())
+                                for j in range(len(budgets))]),
                            per_seed={k: np.asarray(v).tolist()
                                      for k, v in m['per_seed'].items()})
                for label, m in methods.items()},
       table=table, paired=paired,
-      diagnostics=diagnostics(workdir, runs))
+      diagnostics=diagnostics(workdir, runs),
+      boundary_fraction=boundary_fractions(workdir, runs))
   return metrics_lib.to_jsonable(report)
+
+
+def _standard_errors(result):
+  """The standard errors of A0 and A_n of an evaluation,
+  (members, tasks, 1 + budgets), NaN where not measured; None when the
+  evaluation predates them."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if any(v is None for row in result['a0_se'] for v in row):
+    return None
+  a0 = np.asarray([[json_number(v) for v in row] for row in result['a0_se']])
+  an = np.asarray([[[json_number(v) for v in cell] for cell in row]
+                   for row in result['an_se']])
+  return np.concatenate([a0[:, :, None], an], axis=-1)
+
+
+def json_safe(value: float):
+  """A float for JSON: 'nan' for a non-finite value (read back by
+  `json_number`)."""
+  return value if math.isfinite(value) else 'nan'
 
 
 def _metrics_lines(workdir, algo):
@@ -561,49 +520,75 @@ def _paired(a, b):
 
 
 def diagnostics(workdir, runs):
-  """The admrl runs' task-gradient diagnostics per α (from metrics.jsonl)."""
+  """Task-gradient diagnostics of every gradient arm, per α (from its
+  metrics.jsonl), keyed by the arm's label ('admrl α=0.5')."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
-  if 'admrl' not in runs:
-    return {}
-  lines = _metrics_lines(workdir, 'admrl')
-  normalized = runs['admrl'][1].step_rule == 'normalized'
   out = {}
-  for alpha in sorted({line['alpha'] for line in lines}):
-    rows = [line for line in lines if line['alpha'] == alpha]
-    by_seed = {}
-    for line in rows:
-      by_seed.setdefault(line['seed'], []).append(line)
-    raised, pairs, steps, clipped, cosines, norms = 0, 0, [], 0, [], []
-    for seq in by_seed.values():
-      seq = sorted(seq, key=lambda r: r['task_index'])
-      for a, b in zip(seq, seq[1:]):
-        if a['gap'] is not None and b['gap'] is not None and a['grad_accepted']:
-          pairs += 1
-          raised += int(b['gap'] > a['gap'])
-      for r in seq:
-        if r['gap'] is None or r['grad_u'] is None:
-          continue
-        g = np.asarray([json_number(v) for v in r['grad_u']])
-        if not r['grad_accepted']:
-          continue
-        norms.append(float(np.linalg.norm(g)))
-        step = alpha * g / (np.linalg.norm(g) if normalized else 1.0)
-        steps.append(float(np.linalg.norm(step)))
-        raw = np.asarray(r['u']) + step
-        clipped += int(np.any(np.abs(raw) > 1.0))
-        if r.get('grad_u_repeat') is not None:
-          rep = np.asarray([json_number(v) for v in r['grad_u_repeat']])
-          cosines.append(float(stats.cosine(g, rep)))
-    out[f'{alpha:g}'] = dict(
-        steps=len(steps),
-        gap_raised_fraction=(raised / pairs) if pairs else None,
-        gap_pairs=pairs,
-        grad_norm_quantiles=stats.quantiles(norms),
-        step_length_quantiles=stats.quantiles(steps),
-        clipped_fraction=(clipped / len(steps)) if steps else None,
-        repeat_cosine_quantiles=stats.quantiles(cosines),
-        repeat_cosine_mean=(float(np.nanmean(cosines)) if cosines else None))
+  for arm, run in runs.items():
+    if not is_adversary(arm):
+      continue
+    lines = _metrics_lines(workdir, arm)
+    normalized = run[1].step_rule == 'normalized'
+    for alpha in sorted({line['alpha'] for line in lines}):
+      rows = [line for line in lines if line['alpha'] == alpha]
+      out[arm_label(arm, alpha)] = _gradient_diagnostics(
+          rows, alpha, normalized, np, stats)
+  return out
+
+
+def _gradient_diagnostics(rows, alpha, normalized, np, stats):
+  by_seed = {}
+  for line in rows:
+    by_seed.setdefault(line['seed'], []).append(line)
+  raised, pairs, steps, clipped, cosines, norms = 0, 0, [], 0, [], []
+  for seq in by_seed.values():
+    seq = sorted(seq, key=lambda r: r['task_index'])
+    for a, b in zip(seq, seq[1:]):
+      if a['gap'] is not None and b['gap'] is not None and a['grad_accepted']:
+        pairs += 1
+        raised += int(b['gap'] > a['gap'])
+    for r in seq:
+      if r['gap'] is None or r['grad_u'] is None:
+        continue
+      g = np.asarray([json_number(v) for v in r['grad_u']])
+      if not r['grad_accepted']:
+        continue
+      norms.append(float(np.linalg.norm(g)))
+      step = alpha * g / (np.linalg.norm(g) if normalized else 1.0)
+      steps.append(float(np.linalg.norm(step)))
+      raw = np.asarray(r['u']) + step
+      clipped += int(np.any(np.abs(raw) > 1.0))
+      if r.get('grad_u_repeat') is not None:
+        rep = np.asarray([json_number(v) for v in r['grad_u_repeat']])
+        cosines.append(float(stats.cosine(g, rep)))
+  return dict(
+      steps=len(steps),
+      gap_raised_fraction=(raised / pairs) if pairs else None,
+      gap_pairs=pairs,
+      grad_norm_quantiles=stats.quantiles(norms),
+      step_length_quantiles=stats.quantiles(steps),
+      clipped_fraction=(clipped / len(steps)) if steps else None,
+      repeat_cosine_quantiles=stats.quantiles(cosines),
+      repeat_cosine_mean=(float(np.nanmean(cosines)) if cosines else None))
+
+
+def boundary_fractions(workdir, runs):
+  """{label: fraction of the training tasks after the first (every seed)
+  on the boundary of the box (some |u_j| ≥ 0.999)}: how much of each arm's
+  training happened on faces, edges and corners."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = {}
+  for arm in runs:
+    groups = {}
+    for line in _metrics_lines(workdir, arm):
+      if line['task_index'] < 1 or line.get('u') is None:
+        continue
+      u = np.asarray([json_number(v) for v in line['u']])
+      groups.setdefault(arm_label(arm, line['alpha']), []).append(
+          bool(np.any(np.abs(u) >= 0.999)))
+    for label, flags_ in groups.items():
+      out[label] = float(np.mean(flags_))
   return out
 
 
@@ -648,6 +633,18 @@ def markdown(report) -> str:
             + f'; real samples per training run: {report["real_samples"]}.',
             '', 'Mean over seeds [95% t-interval]; n = 0 is zero-shot (A0).',
             '']
+  se_rows = [(label, m['An_se_quantiles'])
+             for label, m in report['methods'].items()
+             if m.get('An_se_quantiles')]
+  if se_rows:
+    worst = [max(q[4] for q in qs if q is not None) for _, qs in se_rows
+             if any(q is not None for q in qs)]
+    median = [q[2] for _, qs in se_rows for q in qs if q is not None]
+    lines += [f'Each A_n is the mean real return of {report["eval_episodes"]} '
+              'episodes of the adapted mean policy; its standard error over '
+              'those episodes (the measurement\'s own noise, per member and '
+              f'task) has median {sorted(median)[len(median) // 2]:.3g} and '
+              f'maximum {max(worst):.3g} over every method and n.', '']
   budgets = report['budgets']
   for key, title in MEASURES:
     lines += [f'## {title}', '',
@@ -660,14 +657,14 @@ def markdown(report) -> str:
   if report['paired']:
     n_seeds = len(s['seeds'])
     few = n_seeds < stats.MIN_BOOTSTRAP_SEEDS
-    lines += ['## Paired differences AdMRL − baseline (per seed)', '',
+    lines += ['## Paired differences, gradient arm − other arm (per seed)', '',
               'Mean difference [95% paired t-interval] (two-sided p of a '
               'paired t-test); '
               + (f'with {n_seeds} seeds a bootstrap has too few distinct '
                  'resamples, so its interval is not shown. ' if few else
                  'then the 95% bootstrap interval. ')
               + 'Negative Gmax_n, CVaR or mean G_n differences favour '
-              'AdMRL.', '']
+              'the first arm.', '']
     for key, title in MEASURES:
       lines += [f'### {title}', '',
                 '| comparison | ' + ' | '.join(f'n = {b}' for b in budgets)
@@ -692,19 +689,25 @@ def markdown(report) -> str:
       lines.append(f'| {", ".join(f"{v:.3g}" for v in r["psi"])} | '
                    f'{r["astar"]:.4g} | {r["astar_repeat"]:.4g} |')
     lines.append('')
+  if report.get('boundary_fraction'):
+    lines += ['## Training tasks on the box\'s boundary', '',
+              'Fraction of the training tasks after the first (every seed) '
+              'with some |u_j| ≥ 0.999: ' + ', '.join(
+                  f'{k} {v:.2f}' for k, v in
+                  report['boundary_fraction'].items()) + '.', '']
   if report['diagnostics']:
-    lines += ['## Task-gradient diagnostics (admrl training runs)', '',
-              '| α | steps | next gap > current | ‖∂L/∂u‖ median [min, max] '
+    lines += ['## Task-gradient diagnostics (gradient arms)', '',
+              '| arm | steps | next gap > current | ‖∂L/∂u‖ median [min, max] '
               '| step length ‖Δu‖ median [min, max] | step clipped by the box '
               '| cosine of two estimates, mean (median) |',
               '|---|---|---|---|---|---|---|']
-    for alpha, d in report['diagnostics'].items():
+    for label, d in report['diagnostics'].items():
       def q(v):
         return 'n/a' if v is None else f'{v[2]:.3g} [{v[0]:.3g}, {v[4]:.3g}]'
       frac = d['gap_raised_fraction']
       cos_q = d['repeat_cosine_quantiles']
       lines.append(
-          f'| {alpha} | {d["steps"]} | '
+          f'| {label} | {d["steps"]} | '
           + ('n/a' if frac is None else f'{frac:.2f} of {d["gap_pairs"]}')
           + f' | {q(d["grad_norm_quantiles"])} | '
           f'{q(d["step_length_quantiles"])} | '
@@ -749,8 +752,8 @@ def draw(report, runs, workdir) -> None:
                        f'{report["env"]}; {note}')
     fig.savefig(os.path.join(out, f'{key}.png'), dpi=100)
   alphas = [(m['alpha'], label) for label, m in report['methods'].items()
-            if m['algo'] == 'admrl']
-  if len(alphas) > 1:
+            if is_adversary(m['algo'])]
+  if len(alphas) > 1 and len({label.split(' ')[0] for _, label in alphas}) == 1:
     from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
     fig = Figure(figsize=(5.0, 3.6), layout='constrained')
     ax = fig.subplots()
@@ -761,7 +764,7 @@ def draw(report, runs, workdir) -> None:
                                        for v in mean], marker='o',
               label=f'n = {b}')
     for label, m in report['methods'].items():
-      if m['algo'] != 'admrl':
+      if not is_adversary(m['algo']):
         v = report['table'][label]['Gmax_n']['mean'][0]
         if v is not None:
           ax.axhline(v, linestyle='--', linewidth=0.8, color='0.4')
@@ -777,7 +780,7 @@ def draw(report, runs, workdir) -> None:
   for algo in runs:
     for line in _metrics_lines(workdir, algo):
       if line['seed'] == report['settings']['seeds'][0]:
-        label = (f'admrl α={line["alpha"]:g}' if algo == 'admrl' else algo)
+        label = arm_label(algo, line['alpha'])
         visited.append((label, line['task_index'], line['psi']))
   labels = list(dict.fromkeys(v[0] for v in visited))
   runs_v = [(f'{label}, seed {report["settings"]["seeds"][0]}',

@@ -299,6 +299,15 @@ def test_adaptation_returns_every_task_and_budget(adapted, tasks):
   # A_n after stages (1, 2, 3) is the return after those stages.
   np.testing.assert_array_equal(adapted.an, adapted.stage_returns)
   assert np.all(np.isfinite(adapted.a0)) and np.all(np.isfinite(adapted.an))
+  # Standard errors over the evaluation episodes: positive (lq has process
+  # noise), and small against the spread of returns between tasks.
+  se = np.concatenate([np.asarray(adapted.a0_se)[:, None],
+                       np.asarray(adapted.an_se)], axis=1)
+  assert se.shape == (len(tasks), 4) and np.all(se > 0)
+  assert np.max(se) < np.ptp(np.asarray(adapted.a0))
+  # The model's own return after the zero-shot phase and each stage.
+  assert adapted.virtual_returns.shape == (len(tasks), 4)
+  assert np.all(np.isfinite(adapted.virtual_returns))
 
 
 def test_returns_never_beat_the_closed_form_optimum(lq, adapted, tasks):

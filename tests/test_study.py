@@ -130,7 +130,7 @@ def test_report_holds_every_measure_with_intervals(studies):
   a = np.asarray(report['methods']['admrl α=0.5']['per_seed']['Gmax_n'])
   b = np.asarray(report['methods']['mb_unif']['per_seed']['Gmax_n'])
   np.testing.assert_allclose(diff, (a - b).mean(axis=0))
-  diag = report['diagnostics']['0.5']
+  diag = report['diagnostics']['admrl α=0.5']
   assert diag['steps'] == 2 * 2  # 2 seeds × task iterations 2 and 3
   assert -1.0 <= diag['repeat_cosine_mean'] <= 1.0
   assert 0.0 <= diag['clipped_fraction'] <= 1.0

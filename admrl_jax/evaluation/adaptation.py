@@ -142,10 +142,22 @@ class AdaptationResult:
     a0: zero-shot return A0(ψ), (n_tasks,).
     an: A_n(ψ) at the config's budgets, (n_tasks, n_budgets).
     stage_returns: the return after every stage, (n_tasks, n_stages).
+    a0_se, an_se: the standard errors of a0 and an over the evaluation
+      episodes (sample s.d. / √eval_episodes; the noise of the measurement
+      alone, not of the adaptation), shapes of a0 and an.
+    virtual_returns: the model's return of the policy after each phase
+      (zero-shot, then every stage: the virtual return of the phase's last
+      TRPO step, `VirtualMetrics.virtual_return`), (n_tasks, 1 +
+      n_stages); NaN for a zero-shot phase of no iterations. Beside the
+      real returns it shows how much the policy exploits the model's
+      errors.
   """
   a0: jax.Array
   an: jax.Array
   stage_returns: jax.Array
+  a0_se: jax.Array
+  an_se: jax.Array
+  virtual_returns: jax.Array
 
 
 class Adaptation:
@@ -195,14 +207,24 @@ class Adaptation:
 
     def mean_return(s, metrics, phase):
       del metrics
-      return jnp.mean(self._evaluate(s, psi, phase.key).first_return)
+      r = self._evaluate(s, psi, phase.key).first_return
+      se = (jnp.std(r, ddof=1) / jnp.sqrt(r.shape[0]) if r.shape[0] > 1
+            else jnp.full((), jnp.nan, r.dtype))
+      return jnp.mean(r), se
 
-    _, _, returns = self.engine.phase_scan(
+    _, metrics, (returns, se) = self.engine.phase_scan(
         s, psi, key_phases, 1 + self.config.n_stages,
         n_zeroshot=self.n_zeroshot, observe=mean_return)
-    return AdaptationResult(a0=returns[0],
-                            an=returns[jnp.asarray(self.config.stages)],
-                            stage_returns=returns[1:])
+    stages = jnp.asarray(self.config.stages)
+    # The last iteration each phase ran (phase 0: n_zeroshot, else n_inner).
+    last = jnp.asarray([self.n_zeroshot - 1]
+                       + [self.n_inner - 1] * self.config.n_stages)
+    virtual = metrics.virtual_return[jnp.arange(last.shape[0]),
+                                     jnp.maximum(last, 0)]
+    virtual = jnp.where(last >= 0, virtual, jnp.nan)
+    return AdaptationResult(a0=returns[0], an=returns[stages],
+                            stage_returns=returns[1:], a0_se=se[0],
+                            an_se=se[stages], virtual_returns=virtual)
 
   def adapt_tasks(self, state: slbo_lib.SLBOState, psis,
                   key) -> AdaptationResult:

@@ -1,0 +1,83 @@
+"""The arms of a study and the summary of the adaptation check, on
+synthetic data (no training)."""
+import numpy as np
+import pytest
+
+from experiments import adaptation_analysis
+from experiments import study_design
+
+
+def test_arms_train_what_their_names_say():
+  settings = dict(env='lq', scale='controls', seeds=[0, 1],
+                  algos=list(study_design.ALGOS),
+                  alphas={'admrl': [0.5], 'admrl_paper': [1.0]})
+  runs = study_design.training_runs(settings)
+  assert list(runs) == list(study_design.ALGOS)
+  ours, paper = runs['admrl'][1], runs['admrl_paper'][1]
+  # The validated estimator and the normalised step against the paper's.
+  assert (ours.task_gradient.hessian, ours.task_gradient.linear_solver,
+          ours.step_rule) == ('pathwise', 'minres', 'normalized')
+  assert (paper.task_gradient.hessian, paper.task_gradient.linear_solver,
+          paper.task_gradient.normalization, paper.step_rule) == (
+              'reinforce', 'cg_normal', 'per_sample', 'paper')
+  assert paper.task_gradient.iters == 50
+  # Every arm shares the scale's training sizes and differs in its algo.
+  for arm, (_, config, alphas, seeds, _) in runs.items():
+    assert config.algo == study_design.ARMS[arm].algo
+    assert config.n_tasks == 12 and config.slbo.n_inner == 3
+    assert seeds == [0, 1]
+    assert len(alphas) == 1
+  assert runs['admrl'][2] == [0.5] and runs['admrl_paper'][2] == [1.0]
+  assert study_design.arm_label('admrl_paper', 1.0) == 'admrl_paper α=1'
+  assert study_design.arm_label('mb_cem', 1.0) == 'mb_cem'
+
+
+def _result(a, se, virtual, budgets):
+  """The JSON of an adaptation check from arrays (s, t, r, 1 + b)."""
+  s, t, r, _ = a.shape
+  cells = {}
+  for m in range(s):
+    for i in range(t):
+      for k in range(r):
+        cells[f'{m},{i},{k}'] = dict(
+            a0=a[m, i, k, 0], an=list(a[m, i, k, 1:]), a0_se=se[m, i, k, 0],
+            an_se=list(se[m, i, k, 1:]), virtual=list(virtual[m, i, k]))
+  check = dict(arm='mb_unif', members=list(range(s)), repeats=r,
+               stages=list(range(1, len(budgets) + 1)), episodes=100,
+               study=dict(env='lq', scale='controls'))
+  result = dict(tasks=[[0.0, 0.0]] * t, budgets=budgets, cells=cells,
+                astar=[0.0] * t)
+  return result, check
+
+
+def test_adaptation_check_separates_noise_from_a_change_with_n():
+  rng = np.random.default_rng(0)
+  s, t, r, budgets = 4, 3, 50, [10, 20]
+  # A_n falls by 1 from the first to the second stage for every member;
+  # adaptations of a cell spread with s.d. 0.5 (first stage) and 2
+  # (second); the evaluation's standard error is 0.3 everywhere and is
+  # already inside the values (it must be taken out of the spread).
+  base = np.array([-5.0, -4.0, -5.0])
+  sd_adapt = np.array([0.0, 0.5, 2.0])
+  a = (base + rng.normal(size=(s, t, r, 3)) * np.sqrt(sd_adapt ** 2 + 0.09))
+  se = np.full_like(a, 0.3)
+  virtual = np.zeros_like(a)
+  result, check = _result(a, se, virtual, budgets)
+  summary = adaptation_analysis.summarize(result, check, None)
+  change = summary['change_from_first_stage']
+  assert change['mean'][1] == 0.0
+  assert change['mean'][2] == pytest.approx(-1.0, abs=0.3)
+  assert change['hi'][2] < 0  # a fall, seen at 4 members
+  np.testing.assert_allclose(summary['eval_sd'], [0.3] * 3)
+  np.testing.assert_allclose(summary['eval_sd_first_study'],
+                             [0.3 * np.sqrt(10)] * 3)
+  np.testing.assert_allclose(summary['adaptation_sd'][1:], [0.5, 2.0],
+                             rtol=0.15)
+  # Gmax_n of one noisy adaptation exceeds that of the mean over repeats.
+  assert (summary['gmax_one_adaptation']['mean'][2]
+          > summary['gmax_mean_of_repeats']['mean'][2] + 1.0)
+  # The model's return is 0 here: virtual − real = −A_n.
+  np.testing.assert_allclose(summary['virtual_minus_real']['mean'],
+                             -a.mean(axis=(1, 2)).mean(axis=0))
+  text = adaptation_analysis.markdown(summary, result, check)
+  assert '| A_n − A_first stage |' in text and 'n = 20' in text
