@@ -91,38 +91,10 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def family_from_record(record, env=None):
-  """The task family of a run record (config.json): `envs.make` of its
-  family with its horizon, physics (pipeline, frame skip), --family_set
-  fields and, for the run's own family, its calibration (Cheetah-Highdim's
-  μ, σ); records written before a key existed simply lack it.
-
-  Args:
-    record: the run record (a dict, as `training.resolve` writes it).
-    env: another registered family to build with the run's horizon and
-      physics (an evaluation family such as ant2d_ood); None: the run's.
-  Raises:
-    ValueError, TypeError: `envs.make` refuses the name or a field.
-  """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
-  overrides = {name: record[name] for name in ('pipeline', 'frame_skip')
-               if record.get(name) is not None}
-  overrides.update({name: _tuples(value) for name, value in
-                    record.get('family_set', {}).items()})
-  calibration = record.get('calibration') if env is None else None
-  if calibration:
-    overrides['state_mean'] = np.asarray(calibration['state_mean'],
-                                         np.float32)
-    overrides['state_std'] = np.asarray(calibration['state_std'], np.float32)
-  return envs.make(record['env'] if env is None else env,
-                   horizon=record['horizon'], **overrides)
-
-
-def _tuples(value):
-  """JSON lists back to (nested) tuples: family fields are hashable."""
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
+  """`admrl_jax.config_io.family_from_record`, imported when called (this
+  module is imported before JAX is)."""
+  from admrl_jax import config_io  # pylint: disable=g-import-not-at-top
+  return config_io.family_from_record(record, env)
 
 
 def import_family_modules(modules, what: str = '--family_module'
@@ -220,11 +192,12 @@ def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None,
   """The family named by --env with flag overrides (`fields`: parsed
   --family_set values); UsageError on bad input."""
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  from admrl_jax.config_io import tuples_from_json  # pylint: disable=g-import-not-at-top
   if env_name not in envs.names():
     raise UsageError(f'--env: unknown environment {env_name!r}; valid: '
                      f'{", ".join(envs.names())} (a family of another '
                      'module: --family_module)')
-  overrides = {name: _tuples(v) for name, v in (fields or {}).items()}
+  overrides = {name: tuples_from_json(v) for name, v in (fields or {}).items()}
   if horizon is not None:
     if horizon < 1:
       raise UsageError(f'--horizon must be >= 1, got {horizon}')

@@ -17,6 +17,7 @@ import typing
 from typing import Any, Dict, Tuple
 
 from admrl_jax.config import RolloutConfig
+from admrl_jax.config_io import config_from_dict  # pylint: disable=unused-import (re-exported)
 from admrl_jax.meta import admrl
 from admrl_jax.meta import task_gradient as tg
 from admrl_jax.models.dynamics import ModelConfig
@@ -188,26 +189,3 @@ def _parse(hint, text, dotted):
                      f'{"optional " if optional else ""}{name}'
                      f'{" (finite)" if base is float else ""}') from None
   raise ValueError(f'{dotted}: a {name} cannot be set from a flag')
-
-
-def config_from_dict(values: Dict[str, Any],
-                     like=admrl.AdMRLConfig()):
-  """Rebuilds a config from `dataclasses.asdict`-style values (as stored in
-  a run's config.json): nested sections recurse, lists become tuples, and a
-  function-valued field (an activation) must name the default's function."""
-  kwargs = {}
-  for field in dataclasses.fields(like):
-    if field.name not in values:
-      continue
-    default, value = getattr(like, field.name), values[field.name]
-    if dataclasses.is_dataclass(default):
-      kwargs[field.name] = config_from_dict(value, default)
-    elif callable(default):
-      name = getattr(default, '__name__', None)
-      if value != name:
-        raise ValueError(f'{field.name}: cannot rebuild function {value!r}')
-    elif isinstance(value, list):
-      kwargs[field.name] = tuple(value)
-    else:
-      kwargs[field.name] = value
-  return dataclasses.replace(like, **kwargs)

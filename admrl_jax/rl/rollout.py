@@ -190,3 +190,55 @@ def linear_gaussian_policy(action_std: float) -> PolicyFn:
     mean = gain @ obs + offset
     return mean + action_std * jax.random.normal(key, mean.shape, mean.dtype)
   return policy_fn
+
+
+@struct.dataclass
+class Episode:
+  """One real episode, with the simulator's states (to render it).
+
+  Attributes:
+    env_states: the `EnvState` before every step, leaves (n_steps, ...)
+      (Brax families: `pipeline_state` for `brax.io.html.render`).
+    obs, action, reward, next_obs, done: per step, (n_steps, ...).
+    length: steps up to and including the first termination (n_steps if
+      none); the steps after it continue the simulation and are not part
+      of the episode.
+    episode_return: the sum of the rewards of the first `length` steps.
+  """
+  env_states: EnvState
+  obs: jax.Array
+  action: jax.Array
+  reward: jax.Array
+  next_obs: jax.Array
+  done: jax.Array
+  length: jax.Array
+  episode_return: jax.Array
+
+
+def episode(family: TaskFamily, policy: Callable[[jax.Array, jax.Array],
+                                                 jax.Array],
+            psi, key: jax.Array, n_steps=None) -> Episode:
+  """One episode of `policy(obs, key) -> action` (e.g. from
+  `admrl_jax.agents.make_policy_factory`) on task ψ (k,), no exploration
+  noise, actions clipped as in collection (`make_collect_fn`). Pure; one
+  `lax.scan` of `n_steps` (default: the horizon) steps."""
+  n_steps = family.horizon if n_steps is None else n_steps
+  key_reset, key_steps = jax.random.split(key)
+
+  def step(env_state, key):
+    obs = env_state.obs
+    action = family.clip_action(policy(obs, key))
+    next_state = family.step(env_state, action)
+    reward = family.reward(psi, obs, action, next_state.obs)
+    done = family.done(next_state.obs)
+    return next_state, (env_state, obs, action, reward, next_state.obs, done)
+
+  _, (states, obs, action, reward, next_obs, done) = jax.lax.scan(
+      step, family.reset(key_reset), jax.random.split(key_steps, n_steps))
+  # Steps up to and including the first done: no done before them.
+  dones = done.astype(jnp.int32)
+  inside = jnp.cumsum(dones) - dones == 0
+  length = jnp.sum(inside.astype(jnp.int32))
+  return Episode(env_states=states, obs=obs, action=action, reward=reward,
+                 next_obs=next_obs, done=done, length=length,
+                 episode_return=jnp.sum(jnp.where(inside, reward, 0.0)))

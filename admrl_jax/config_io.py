@@ -1,0 +1,66 @@
+"""Run records to objects: the `AdMRLConfig` and the task family of a run's
+config.json (written by `experiments.run` and `admrl_jax.train`)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict
+
+from admrl_jax.meta import admrl
+
+
+def config_from_dict(values: Dict[str, Any],
+                     like=admrl.AdMRLConfig()):
+  """Rebuilds a config from `dataclasses.asdict`-style values (as stored in
+  a run's config.json): nested sections recurse, lists become tuples, and a
+  function-valued field (an activation) must name the default's function."""
+  kwargs = {}
+  for field in dataclasses.fields(like):
+    if field.name not in values:
+      continue
+    default, value = getattr(like, field.name), values[field.name]
+    if dataclasses.is_dataclass(default):
+      kwargs[field.name] = config_from_dict(value, default)
+    elif callable(default):
+      name = getattr(default, '__name__', None)
+      if value != name:
+        raise ValueError(f'{field.name}: cannot rebuild function {value!r}')
+    elif isinstance(value, list):
+      kwargs[field.name] = tuple(value)
+    else:
+      kwargs[field.name] = value
+  return dataclasses.replace(like, **kwargs)
+
+
+def family_from_record(record, env=None):
+  """The task family of a run record (config.json): `envs.make` of its
+  family with its horizon, physics (pipeline, frame skip), --family_set
+  fields and, for the run's own family, its calibration (Cheetah-Highdim's
+  μ, σ); records written before a key existed simply lack it.
+
+  Args:
+    record: the run record (a dict, as `training.resolve` writes it).
+    env: another registered family to build with the run's horizon and
+      physics (an evaluation family such as ant2d_ood); None: the run's.
+  Raises:
+    ValueError, TypeError: `envs.make` refuses the name or a field.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  overrides = {name: record[name] for name in ('pipeline', 'frame_skip')
+               if record.get(name) is not None}
+  overrides.update({name: tuples_from_json(value) for name, value in
+                    record.get('family_set', {}).items()})
+  calibration = record.get('calibration') if env is None else None
+  if calibration:
+    overrides['state_mean'] = np.asarray(calibration['state_mean'],
+                                         np.float32)
+    overrides['state_std'] = np.asarray(calibration['state_std'], np.float32)
+  return envs.make(record['env'] if env is None else env,
+                   horizon=record['horizon'], **overrides)
+
+
+def tuples_from_json(value):
+  """JSON lists back to (nested) tuples: family fields are hashable."""
+  if isinstance(value, list):
+    return tuple(tuples_from_json(v) for v in value)
+  return value
