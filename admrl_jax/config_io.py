@@ -9,17 +9,36 @@ from admrl_jax.meta import admrl
 
 
 def config_from_dict(values: Dict[str, Any],
-                     like=admrl.AdMRLConfig()):
+                     like=admrl.AdMRLConfig(), strict: bool = False,
+                     _where: str = ''):
   """Rebuilds a config from `dataclasses.asdict`-style values (as stored in
   a run's config.json): nested sections recurse, lists become tuples, and a
-  function-valued field (an activation) must name the default's function."""
+  function-valued field (an activation) must name the default's function.
+  Fields absent from `values` keep `like`'s values.
+
+  Raises:
+    ValueError: a function other than the default's; with `strict`, a key
+      that is not a field (named with its dotted path), or a section that
+      is not a mapping.
+  """
+  if not isinstance(values, dict):
+    raise ValueError(f'{_where or "config"}: expected a mapping of fields, '
+                     f'got {type(values).__name__}')
+  if strict:
+    names = {f.name for f in dataclasses.fields(like)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ValueError(
+          'unknown field(s) ' + ', '.join(f'{_where}{k}' for k in unknown)
+          + f' of {type(like).__name__}; valid: {", ".join(sorted(names))}')
   kwargs = {}
   for field in dataclasses.fields(like):
     if field.name not in values:
       continue
     default, value = getattr(like, field.name), values[field.name]
     if dataclasses.is_dataclass(default):
-      kwargs[field.name] = config_from_dict(value, default)
+      kwargs[field.name] = config_from_dict(value, default, strict,
+                                            f'{_where}{field.name}.')
     elif callable(default):
       name = getattr(default, '__name__', None)
       if value != name:

@@ -87,6 +87,10 @@ _FRAME_SKIP = flags.DEFINE_integer(
 _SET = flags.DEFINE_multi_string(
     'set', [], 'field=value override of the config, e.g. '
     'slbo.n_inner=5 or task_gradient.linear_solver=minres.')
+_CONFIG = flags.DEFINE_string(
+    'config', None, 'A JSON file of the config\'s fields (a run\'s '
+    'config.json, or its "config" section alone, edited or not) applied '
+    'over --preset; --algo (when given), --ntasks and --set apply on top.')
 _FAMILY_MODULE = flags.DEFINE_string(
     'family_module', None, 'Comma list of modules to import first, e.g. '
     'my_pkg.tasks, which envs.register()s the --env family; recorded in '
@@ -134,13 +138,16 @@ def resolve_settings():
   modules = common.import_family_modules(_FAMILY_MODULE.value)
   alphas = None if _ALPHA.value is None else parse_floats(_ALPHA.value,
                                                           'alpha')
-  return resolve(env=_ENV.value, algo=_ALGO.value, preset=_PRESET.value,
+  # With --config, the file's algorithm unless --algo is given.
+  algo = (None if _CONFIG.value is not None and not flags.FLAGS['algo'].present
+          else _ALGO.value)
+  return resolve(env=_ENV.value, algo=algo, preset=_PRESET.value,
                  alphas=alphas, seeds=parse_seeds(_SEED.value),
                  sweep=_SWEEP.value, ntasks=_NTASKS.value,
                  sets=parse_sets(_SET.value), pipeline=_PIPELINE.value,
                  horizon=_HORIZON.value, frame_skip=_FRAME_SKIP.value,
                  x64=_X64.value, family_modules=modules,
-                 family_sets=_FAMILY_SET.value)
+                 family_sets=_FAMILY_SET.value, config_file=_CONFIG.value)
 
 
 # --------------------------------------------------------------- run

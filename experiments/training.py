@@ -16,20 +16,24 @@ from experiments.progress import Progress, format_seconds, plan
 def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
             sweep='vmap', ntasks=None, sets=None, pipeline=None, horizon=None,
             frame_skip=None, x64=False, family_modules=None,
-            family_sets=()):
+            family_sets=(), config_file=None):
   """A run's settings → (family, config, alphas, seeds, record).
 
   The arguments are the driver's flags, parsed (alphas None:
-  `presets.default_alpha` of the resolved config; sets: {dotted field: text}; family_modules: the modules
-  already imported that registered `env`; family_sets: --family_set
-  field=value items). `record` is what config.json holds. Raises
-  UsageError naming the flag on bad input.
+  `presets.default_alpha` of the resolved config; sets: {dotted field:
+  text}; family_modules: the modules already imported that registered
+  `env`; family_sets: --family_set field=value items; config_file:
+  --config, a JSON file of the config's fields — a run's config.json, whose
+  'config' section is used, or the section alone — applied over the preset
+  before --ntasks and --set; algo None keeps the file's, or the preset's,
+  algorithm). `record` is what config.json holds. Raises UsageError
+  naming the flag on bad input.
   """
   from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
   from experiments import presets  # pylint: disable=g-import-not-at-top
 
-  if algo not in admrl.ALGOS:
+  if algo is not None and algo not in admrl.ALGOS:
     raise UsageError(f'--algo: unknown algorithm {algo!r}; valid: '
                      f'{", ".join(admrl.ALGOS)}')
   if preset not in presets.NAMES:
@@ -42,12 +46,14 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
                      'module: --family_module)')
   fields = parse_family_sets(env, family_sets)
   config, family_overrides, _ = presets.preset(env, preset)
+  if config_file is not None:
+    config = _config_from_file(config_file, config)
   if alphas is not None and (not alphas or any(not a > 0 for a in alphas)):
     raise UsageError(f'--alpha: step sizes must be > 0, got {alphas}')
   seeds = list(seeds)
   if sweep not in ('vmap', 'map'):
     raise UsageError(f'--sweep: expected vmap or map, got {sweep!r}')
-  overrides = {'algo': algo}
+  overrides = {} if algo is None else {'algo': algo}
   if ntasks is not None:
     if ntasks < 1:
       raise UsageError(f'--ntasks must be >= 1, got {ntasks}')
@@ -316,3 +322,22 @@ def train(family, config, alphas, seeds, record, workdir, log,
   log(f'finished {done}/{config.n_tasks} task iterations; metrics in '
       f'{os.path.join(workdir, "metrics.jsonl")}')
   return state
+
+
+def _config_from_file(path, like):
+  """--config: the config of a JSON file over `like`; UsageError naming the
+  file and the problem."""
+  from admrl_jax import config_io  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except OSError as e:
+    raise UsageError(f'--config: cannot read {path} ({e.strerror})') from None
+  except ValueError as e:
+    raise UsageError(f'--config: {path} is not JSON ({e})') from None
+  if isinstance(values, dict) and isinstance(values.get('config'), dict):
+    values = values['config']  # a run's config.json
+  try:
+    return config_io.config_from_dict(values, like, strict=True)
+  except (ValueError, TypeError) as e:
+    raise UsageError(f'--config {path}: {e}') from None
