@@ -21,6 +21,7 @@ def run_main(argv, run: Callable[[], object]) -> None:
   if len(argv) > 1:
     print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
     sys.exit(2)
+  install_interrupt_handler()
   try:
     run()
   except UsageError as e:
@@ -30,14 +31,39 @@ def run_main(argv, run: Callable[[], object]) -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   except KeyboardInterrupt:
-    print('interrupted: everything finished so far is saved; rerun the same '
-          'command to continue', file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    # Not sys.exit: it would wait for the compiled call still running.
-    # os._exit is the standard library's documented immediate exit (its
-    # underscore is not privacy; linters that flag it are wrong here).
-    import os  # pylint: disable=g-import-not-at-top
-    os._exit(130)
+    _exit_interrupted()
+
+
+INTERRUPTED_MESSAGE = ('interrupted: everything finished so far is saved; '
+                       'rerun the same command to continue')
+
+
+def _exit_interrupted(*_):
+  print(INTERRUPTED_MESSAGE, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  # Not sys.exit: it would wait for the compiled call still running.
+  # os._exit is the standard library's documented immediate exit (its
+  # underscore is not privacy; linters that flag it are wrong here).
+  import os  # pylint: disable=g-import-not-at-top
+  os._exit(130)
+
+
+def install_interrupt_handler() -> None:
+  """Ctrl-C (SIGINT) exits at once with the one line and status 130.
+
+  Python's default handler raises KeyboardInterrupt wherever the main
+  thread is; when that is a callback that the interpreter calls itself
+  (JAX's `_xla_gc_callback` during compilation, for one) the exception is
+  printed as "Exception ignored" and the run goes on. Exiting from the
+  handler cannot be swallowed. Everything this library saves is written
+  atomically (orbax's renamed step directories, `write_json`'s replace,
+  fsynced metrics lines), so an exit at any moment keeps what was saved.
+  A process that ignores SIGINT (started in the background by a shell)
+  keeps ignoring it.
+  """
+  import signal  # pylint: disable=g-import-not-at-top
+  if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    signal.signal(signal.SIGINT, _exit_interrupted)
 
 
 def timed_log(start: float) -> Callable[[str], None]:
@@ -346,8 +372,10 @@ def quiet_startup(verbose=None) -> bool:
     (anything else it prints passes through);
   - absl logging shows WARNING and above (orbax writes ≈170 INFO lines per
     run); an explicit --verbosity flag still wins.
-  Returns the verbosity in effect.
+  Ctrl-C exits with one line from here on (`install_interrupt_handler`),
+  the slow imports that follow included. Returns the verbosity in effect.
   """
+  install_interrupt_handler()
   import os  # pylint: disable=g-import-not-at-top
   if verbose is None:
     verbose = verbose_requested()
