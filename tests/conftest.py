@@ -49,7 +49,8 @@ LONGEST_FIRST = ('test_study.py', 'test_admrl.py', 'test_envs.py',
 # programs each): marked `slow`, so that `pytest -m "not slow"` is the fast
 # tier of the edit-test loop. The full suite (README, CI) runs them all.
 SLOW_FILES = ('test_driver.py', 'test_driver_resume.py', 'test_study.py',
-              'test_evaluation.py', 'test_sharding.py', 'test_slbo_curve.py')
+              'test_evaluation.py', 'test_sharding.py', 'test_slbo_curve.py',
+              'test_interrupt.py')
 
 
 def pytest_configure(config):
