@@ -83,19 +83,33 @@ class MetricsLog:
       f.write('\n'.join(lines) + '\n')
       f.flush()
       os.fsync(f.fileno())
-    first = json.loads(lines[0])
-    psi = ', '.join(f'{v:.2f}' for v in first['psi'][:4])
-    gap = first['gap']
-    # Non-finite real transitions kept out of the data, over all members.
-    dropped = sum(json.loads(line).get('dropped_transitions', 0)
-                  for line in lines)
-    self.last_summary = (
-        f'psi=({psi}{", …" if len(first["psi"]) > 4 else ""}) '
-        f'gap={"n/a" if gap is None else f"{gap:.1f}"} '
-        f'real samples {first["real_samples"]}'
-        + (f', dropped {dropped} non-finite transitions' if dropped else '')
-        + (f' [{len(lines)} members]' if len(lines) > 1 else ''))
+    rows = [json.loads(line) for line in lines]
+    self.last_summary = summary_line(rows)
 
   def close(self):
     for writer in self._writers or []:
       writer.close()
+
+
+def summary_line(rows) -> str:
+  """The progress line's account of one task iteration's metrics rows
+  (one per member): one member's ψ, gap and real samples; for several
+  members, the gap's median and range over members and the ψ of the first
+  member, labelled with its seed and α."""
+  first = rows[0]
+  psi = ', '.join(f'{v:.2f}' for v in first['psi'][:4])
+  psi = f'({psi}{", …" if len(first["psi"]) > 4 else ""})'
+  # Non-finite real transitions kept out of the data, over all members.
+  dropped = sum(row.get('dropped_transitions', 0) for row in rows)
+  tail = (f'real samples {first["real_samples"]}'
+          + (f', dropped {dropped} non-finite transitions' if dropped else ''))
+  if len(rows) == 1:
+    gap = first['gap']
+    return (f'psi={psi} gap={"n/a" if gap is None else f"{gap:.1f}"} '
+            + tail)
+  gaps = sorted(r['gap'] for r in rows if r['gap'] is not None)
+  gap = ('gap n/a' if not gaps else
+         f'gap median {gaps[len(gaps) // 2]:.1f} [{gaps[0]:.1f}, '
+         f'{gaps[-1]:.1f}] over {len(gaps)} members')
+  return (f'{len(rows)} members: {gap}; member 1 (seed {first["seed"]}, '
+          f'alpha {first["alpha"]:g}) psi={psi}; ' + tail)

@@ -58,3 +58,16 @@ def test_psi_and_u_of_each_iteration_go_to_tensorboard(tmp_path):
                                [u[j] for _, u in tasks])
     assert [step for step, _ in scalars[f'u/{j}']] == [0, 1]
   assert 'gap' in scalars and 'real_samples' in scalars
+
+
+def test_progress_summary_labels_a_sweeps_members():
+  rows = [dict(seed=s, alpha=a, psi=[0.5, 1.0], gap=g, real_samples=300)
+          for s, a, g in ((0, 0.5, 2.0), (1, 0.5, -1.0), (2, 0.5, 5.0))]
+  line = logs.summary_line(rows)
+  assert line.startswith('3 members: gap median 2.0 [-1.0, 5.0] over 3')
+  assert 'member 1 (seed 0, alpha 0.5) psi=(0.50, 1.00)' in line
+  one = logs.summary_line(rows[:1])
+  assert one == 'psi=(0.50, 1.00) gap=2.0 real samples 300'
+  rows[0]['gap'] = None
+  assert 'gap median 5.0 [-1.0, 5.0] over 2 members' in logs.summary_line(
+      rows)
