@@ -1,4 +1,6 @@
 """Task families: rewards, derivatives in ψ, task boxes, evaluation sets, done rules."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -281,3 +283,32 @@ def test_ant_families_default_to_the_authors_control_step(families):
     assert abs(family.dt - 0.01) < 1e-9, (name, family.dt)
   assert families('ant2d', frame_skip=5).frame_skip == 5
   assert families('hopper2d').frame_skip > 1
+
+
+def test_halfcheetah_loads_without_deprecated_settotalmass_and_unchanged():
+  """halfcheetah_highdim is built without MuJoCo's deprecated compiler
+  attribute (no warning at build) and its System equals brax's own load
+  of half_cheetah.xml, which applies settotalmass="14"."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  probe = ('from admrl_jax import envs\n'
+           'envs.make("halfcheetah_highdim")\nprint("built")\n')
+  out = subprocess.run([sys.executable, '-c', probe], capture_output=True,
+                       text=True, check=True)
+  assert 'built' in out.stdout
+  assert 'settotalmass' not in out.stdout + out.stderr
+  import brax  # pylint: disable=g-import-not-at-top
+  from brax.io import mjcf  # pylint: disable=g-import-not-at-top
+  ours = envs.make('halfcheetah_highdim').sys
+  theirs = mjcf.load(os.path.join(os.path.dirname(brax.__file__), 'envs',
+                                  'assets', 'half_cheetah.xml'))
+  expected = dict(jax.tree_util.tree_leaves_with_path(theirs))
+  compared = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(ours):
+    if path in expected and np.asarray(leaf).dtype.kind in 'fiub':
+      np.testing.assert_allclose(np.asarray(leaf), np.asarray(expected[path]),
+                                 rtol=1e-6, atol=1e-9,
+                                 err_msg=jax.tree_util.keystr(path))
+      compared += 1
+  assert compared > 100
+  assert float(np.sum(ours.body_mass)) == pytest.approx(14.0)

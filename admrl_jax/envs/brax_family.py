@@ -7,8 +7,11 @@ github.com/LinZichuan/AdMRL), not Brax's gym-style ones.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import os
+import re
 from typing import Any, Optional
 
 import jax
@@ -35,9 +38,49 @@ def _brax_env(brax_name: str, pipeline: str, frame_skip: Optional[int]):
   if frame_skip is not None:
     kwargs['n_frames'] = int(frame_skip)
   # Brax warns on every load that its own pipelines are unmaintained.
-  with warnings.catch_warnings():
+  with warnings.catch_warnings(), _without_settotalmass():
     warnings.simplefilter('ignore', UserWarning)
     return brax_envs.get_environment(brax_name, **kwargs)
+
+
+_TOTAL_MASS = re.compile(r'\s+settotalmass="([^"]+)"')
+
+
+@contextlib.contextmanager
+def _without_settotalmass():
+  """Brax's models load without MuJoCo's deprecated compiler attribute
+  `settotalmass` (half_cheetah.xml has settotalmass="14"; MuJoCo prints a
+  deprecation warning on every compile): the attribute is removed and
+  `mj_setTotalmass` applied to the compiled model, the replacement MuJoCo's
+  warning names (with `mj_setConst`, which recomputes the constants that
+  depend on the masses). Both scale every body's mass and inertia by the
+  same factor: the System equals brax's own load (tests/test_envs.py)."""
+  import brax  # pylint: disable=g-import-not-at-top
+  import mujoco  # pylint: disable=g-import-not-at-top
+  from brax.io import mjcf  # pylint: disable=g-import-not-at-top
+  original = mjcf.load_mjmodel
+  assets = os.path.join(os.path.dirname(brax.__file__), 'envs', 'assets')
+
+  def load_mjmodel(path):
+    text = open(path).read()  # pylint: disable=unspecified-encoding
+    match = _TOTAL_MASS.search(text)
+    if match is None or os.path.realpath(os.path.dirname(str(path))) != os.path.realpath(assets):
+      return original(path)
+    model = mujoco.MjModel.from_xml_string(_TOTAL_MASS.sub('', text))
+    factor = float(match.group(1)) / float(model.body_mass.sum())
+    mujoco.mj_setTotalmass(model, float(match.group(1)))
+    mujoco.mj_setConst(model, mujoco.MjData(model))  # masses' constants
+    # The compiler's statistics of the masses (the solver's scale): mean
+    # body mass, and the mean diagonal of the inertia matrix at qpos0.
+    model.stat.meanmass *= factor
+    model.stat.meaninertia = float(model.dof_M0.mean())
+    return model
+
+  mjcf.load_mjmodel = load_mjmodel
+  try:
+    yield
+  finally:
+    mjcf.load_mjmodel = original
 
 
 def torso_com(pipeline_state, sys) -> tuple[jax.Array, jax.Array]:
