@@ -92,6 +92,13 @@ _N_ZEROSHOT = flags.DEFINE_integer('n_zeroshot', None, 'Zero-shot '
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint (task iteration) to '
                              'evaluate; default the latest.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the evaluation roll-outs.')
+_OUT = flags.DEFINE_string(
+    'out', None, 'Directory of eval.json, its pieces and the figures '
+    '(default: --workdir).')
+_OVERWRITE = flags.DEFINE_bool(
+    'overwrite', False, 'Replace an evaluation of other settings (budgets, '
+    'checkpoint, seed …) found in the output directory; without it such an '
+    'evaluation, finished or in pieces, is refused (exit 2) and kept.')
 _FAMILY_MODULE = flags.DEFINE_string(
     'family_module', None, 'Comma list of modules to import first (e.g. '
     'my_pkg.tasks, which envs.register()s families), besides those the run '
@@ -177,7 +184,12 @@ def run():
   report = evaluate(family, target, config, record, plan, state, step,
                     all_tasks, index, log)
   report['wall_time_s'] = time.time() - start
-  save(report, outputs(options['workdir'], record, _EVAL_ENV.value), log)
+  save(report, outputs(output_dir(options), record, _EVAL_ENV.value), log)
+
+
+def output_dir(options) -> str:
+  """--out, default the run directory."""
+  return _OUT.value or options['workdir']
 
 
 def read_flags() -> dict:
@@ -285,8 +297,19 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
   method, astar_budget = plan['method'], plan['astar_budget']
   tasks = all_tasks[index]
   members = workdir_lib.members(record)
-  paths = outputs(workdir, record, _EVAL_ENV.value)
+  out = _OUT.value or workdir
+  paths = outputs(out, record, _EVAL_ENV.value)
   adapter = adaptation.Adaptation(target, config.slbo, plan['adapt_config'])
+  settings = dict(step=int(step), eval_env=target.name, budgets=budgets,
+                  stage_samples=stage_samples,
+                  eval_episodes=adapter.eval_episodes,
+                  n_zeroshot=adapter.n_zeroshot, n_inner=adapter.n_inner,
+                  seed=plan['seed'],
+                  members=[dict(seed=s, alpha=a) for s, a in members])
+  # Before anything is computed: an evaluation of other settings in the
+  # output directory is refused unless --overwrite.
+  check_outputs(paths, settings, _OVERWRITE.value)
+  os.makedirs(out, exist_ok=True)
   log(f'{workdir}: {record["env"]} {config.algo}, checkpoint {step}: '
       f'{len(members)} member(s) x {len(tasks)} {target.name} task(s)'
       + (f' (spread over the {len(all_tasks)} of the set)'
@@ -308,12 +331,6 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
   log(f'A* of {len(tasks)} task(s) ({computed} computed, '
       f'{len(tasks) - computed} cached) in {cache_path}')
 
-  settings = dict(step=int(step), eval_env=target.name, budgets=budgets,
-                  stage_samples=stage_samples,
-                  eval_episodes=adapter.eval_episodes,
-                  n_zeroshot=adapter.n_zeroshot, n_inner=adapter.n_inner,
-                  seed=plan['seed'],
-                  members=[dict(seed=s, alpha=a) for s, a in members])
   a0, an = adapt_pieces(adapter, state.slbo, members, all_tasks, index,
                         settings, paths['pieces'], log, hooks.THROTTLE_S.value)
   result = metrics.evaluation(a0, an, astar, tasks, budgets, method,
@@ -322,7 +339,7 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
   iterations = np.asarray(state.iteration)
   visited = [v[:int(n)] for v, n in zip(visited, iterations)]
   return dict(
-      workdir=os.path.abspath(workdir), env=record['env'],
+      workdir=os.path.abspath(workdir), env=record['env'], settings=settings,
       eval_env=target.name, algo=config.algo, preset=record.get('preset'),
       step=int(step), members=[dict(seed=s, alpha=a) for s, a in members],
       budgets=budgets, stage_samples=stage_samples,
@@ -358,6 +375,45 @@ def family_set_tag(record) -> str:
   return ','.join(f'{k}={json.dumps(v)}' for k, v in sorted(fields.items()))
 
 
+# The fields of `settings` that an eval.json written before it recorded
+# them holds at its top level (older files lack the seed).
+_REPORT_SETTINGS = ('step', 'eval_env', 'budgets', 'stage_samples',
+                    'eval_episodes', 'n_zeroshot', 'n_inner', 'members')
+
+
+def check_outputs(paths, settings, overwrite: bool) -> None:
+  """UsageError if the output directory holds an evaluation (eval.json, or
+  its pieces) of other settings, unless `overwrite`; the message names the
+  settings that differ and the ways out. Nothing is written."""
+  now = json.loads(json.dumps(settings))
+  for kind, path in (('a finished evaluation', paths['json']),
+                     ('an unfinished evaluation', paths['pieces'])):
+    if overwrite or not os.path.exists(path):
+      continue
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UsageError(f'{path} is unreadable ({e}); move it aside, or '
+                       'write this evaluation elsewhere with --out') from None
+    old = saved.get('settings') if isinstance(saved, dict) else None
+    if old is None and isinstance(saved, dict) and kind.startswith('a fin'):
+      old = {k: saved.get(k) for k in _REPORT_SETTINGS}
+      now_cmp = {k: now[k] for k in _REPORT_SETTINGS}
+    else:
+      now_cmp = now
+    if old == now_cmp:
+      continue
+    diffs = ([f'{k}: saved {old.get(k)!r}, now {now_cmp.get(k)!r}'
+              for k in sorted(set(old) | set(now_cmp))
+              if old.get(k) != now_cmp.get(k)] if isinstance(old, dict)
+             else ['its settings are unreadable'])
+    raise UsageError(
+        f'{path} holds {kind} of other settings ({"; ".join(diffs)}); it is '
+        'kept: write this one elsewhere with --out=DIR, or replace it with '
+        '--overwrite')
+
+
 def read_pieces(path, settings, log) -> dict:
   """The saved pieces {"m/i": piece} of an evaluation with `settings`;
   those of other settings (another checkpoint, budgets, seed …) are
@@ -371,7 +427,7 @@ def read_pieces(path, settings, log) -> dict:
     raise UsageError(f'{path} is unreadable ({e}); move it aside') from None
   if not isinstance(saved, dict) or saved.get('settings') != json.loads(
       json.dumps(settings)):
-    log(f'{path} holds pieces of other settings; starting over')
+    log(f'{path} holds pieces of other settings; replacing them (--overwrite)')
     return {}
   return dict(saved.get('pieces', {}))
 

@@ -103,6 +103,22 @@ def _pipeline(base, results):
     plot = _script('experiments.plot', f'--workdirs={workdir},{other}',
                    f'--out={base}/figures')
     results['plot'] = plot.communicate(timeout=600) + (plot.returncode,)
+    # Other budgets: refused beside the finished evaluation, written with
+    # --out into another directory.
+    with open(os.path.join(workdir, 'eval.json'), 'rb') as f:
+      results['eval_before'] = f.read()
+    refused = _script('experiments.evaluate', f'--workdir={workdir}',
+                      '--budgets=50', '--max_tasks=1')
+    results['refused'] = refused.communicate(timeout=600) + (
+        refused.returncode,)
+    with open(os.path.join(workdir, 'eval.json'), 'rb') as f:
+      results['eval_after'] = f.read()
+    results['out_dir'] = os.path.join(base, 'eval-50')
+    elsewhere = _script('experiments.evaluate', f'--workdir={workdir}',
+                        '--budgets=50', '--max_tasks=1',
+                        f'--out={results["out_dir"]}')
+    results['elsewhere'] = elsewhere.communicate(timeout=600) + (
+        elsewhere.returncode,)
     _interrupt_and_resume(interrupted, results)
   except Exception as e:  # pylint: disable=broad-except
     results['error'] = repr(e)
@@ -637,6 +653,22 @@ def test_bad_input_exits_2_with_one_line(scripts):
     assert len(lines) == 1, (what, err[-2000:])
   assert not os.path.exists(os.path.join(results['base'], 'no-checkpoint',
                                          'eval.json'))
+
+
+def test_a_finished_evaluation_is_never_overwritten_silently(scripts):
+  scripts['thread'].join(timeout=600)
+  results = scripts['results']
+  assert 'refused' in results, results.get('error', 'the pipeline failed')
+  _, err, code = results['refused']
+  assert code == 2, err[-2000:]
+  assert 'holds a finished evaluation of other settings' in err
+  assert "budgets: saved [50, 100], now [50]" in err and '--out' in err
+  assert results['eval_after'] == results['eval_before']
+  _, err, code = results['elsewhere']
+  assert code == 0, err[-2000:]
+  report = _read_json(os.path.join(results['out_dir'], 'eval.json'))
+  assert report['budgets'] == [50] and report['settings']['budgets'] == [50]
+  assert os.path.exists(os.path.join(results['out_dir'], 'gmax.png'))
 
 
 def test_evaluate_says_what_it_will_do_and_reports_each_task(scripts):
