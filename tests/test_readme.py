@@ -1,15 +1,18 @@
-"""Every ```python snippet of README.md runs as written.
+"""Every ```python snippet of README.md and of the pages in docs/ runs as
+written.
 
-Each block is executed in process, in a fresh namespace, so the README's
-examples cannot drift from the API. The snippets use the `lq` family at
-CPU sizes (seconds each).
+Each block is executed in process, in a fresh namespace, so the
+documentation's examples cannot drift from the API. The snippets use the
+`lq` family at CPU sizes (seconds each).
 """
 import pathlib
 import re
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[1] / 'README.md'
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / 'README.md'
+PAGES = [README] + sorted((ROOT / 'docs').glob('*.md'))
 
 
 def python_blocks(text):
@@ -21,11 +24,17 @@ def python_blocks(text):
   return blocks
 
 
-BLOCKS = python_blocks(README.read_text(encoding='utf-8'))
+BLOCKS = [(page.relative_to(ROOT).as_posix(), line, source)
+          for page in PAGES
+          for line, source in python_blocks(page.read_text(encoding='utf-8'))]
 
 
-def test_readme_has_python_snippets():
-  assert len(BLOCKS) >= 3
+def test_readme_has_python_snippet():
+  assert any(name == 'README.md' for name, _, _ in BLOCKS)
+
+
+def test_docs_have_python_snippets():
+  assert len([name for name, _, _ in BLOCKS if name.startswith('docs/')]) >= 3
 
 
 def test_python_blocks_finds_each_fenced_block():
@@ -33,8 +42,8 @@ def test_python_blocks_finds_each_fenced_block():
   assert python_blocks(text) == [(3, 'x = 1\n'), (10, 'y = 2\n')]
 
 
-@pytest.mark.parametrize('line,source', BLOCKS,
-                         ids=[f'README.md:{line}' for line, _ in BLOCKS])
-def test_readme_snippet_runs(line, source):
-  code = compile(source, f'README.md:{line}', 'exec')
-  exec(code, {'__name__': f'readme_snippet_{line}'})  # pylint: disable=exec-used
+@pytest.mark.parametrize('name,line,source', BLOCKS,
+                         ids=[f'{name}:{line}' for name, line, _ in BLOCKS])
+def test_snippet_runs(name, line, source):
+  code = compile(source, f'{name}:{line}', 'exec')
+  exec(code, {'__name__': f'doc_snippet_{line}'})  # pylint: disable=exec-used
