@@ -19,4 +19,6 @@ setup(
     packages=find_packages(include=["admrl_jax", "admrl_jax.*", "experiments"]),
     python_requires=">=3.10",
     install_requires=_REQUIREMENTS,
+    # Optional Weights & Biases logging (experiments.run --wandb_project).
+    extras_require={"wandb": ["wandb==0.31.0"]},
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 
 import numpy as np
 
@@ -31,9 +32,19 @@ class MetricsLog:
   """Appends metrics of batched task iterations; on resume, drops lines of
   iterations at or after `keep_below` (they are redone)."""
 
-  def __init__(self, workdir: str, members, keep_below: int):
+  def __init__(self, workdir: str, members, keep_below: int,
+               wandb_project=None, config=None):
+    """`wandb_project`: also log to Weights & Biases (imported only then;
+    `wandb` must be installed: pip install -e .[wandb]), one W&B run per
+    driver run whose id is kept in <workdir>/wandb_run_id so that a resume
+    continues it, with `config` (the run record) as its config. Offline
+    with WANDB_MODE=offline."""
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.workdir = workdir
     self.members = members
+    self.wandb_project = wandb_project
+    self.config = config
+    self._wandb = None
     self.last_summary = ''
     if os.path.exists(self.path):
       with open(self.path) as f:
@@ -79,6 +90,8 @@ class MetricsLog:
           if value is not None:
             writer.add_scalar(f'{name}/{j}', value, row['task_index'])
       writer.flush()
+    if self.wandb_project:
+      self._log_wandb([json.loads(line) for line in lines])
     with open(self.path, 'a') as f:
       f.write('\n'.join(lines) + '\n')
       f.flush()
@@ -89,6 +102,50 @@ class MetricsLog:
   def close(self):
     for writer in self._writers or []:
       writer.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
+
+  def _log_wandb(self, rows) -> None:
+    """The TensorBoard scalars of every member, prefixed by the member's
+    tag (seed0_alpha0.5/gap), at step = task_index."""
+    if self._wandb is None:
+      self._wandb = wandb_run(self.workdir, self.wandb_project, self.config)
+    values = {}
+    for row, (seed, alpha) in zip(rows, self.members):
+      tag = f'seed{seed}_alpha{alpha:g}'
+      for name in _SCALARS + ('real_samples',):
+        if row.get(name) is not None:
+          values[f'{tag}/{name}'] = row[name]
+      for name in ('psi', 'u'):
+        for j, value in enumerate(row.get(name) or []):
+          if value is not None:
+            values[f'{tag}/{name}/{j}'] = value
+    self._wandb.log(values, step=rows[0]['task_index'])
+
+
+def wandb_run(workdir: str, project: str, config=None):
+  """A W&B run for the driver run in `workdir` (resumed by the id kept in
+  <workdir>/wandb_run_id). ImportError with the install command when wandb
+  is missing."""
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError('--wandb_project needs wandb: pip install -e .[wandb] '
+                      '(or pip install wandb)') from None
+  path = os.path.join(workdir, 'wandb_run_id')
+  if os.path.exists(path):
+    with open(path) as f:
+      run_id = f.read().strip()
+  else:
+    run_id = uuid.uuid4().hex[:12]
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.write(run_id + '\n')
+    os.replace(tmp, path)
+  return wandb.init(project=project, id=run_id, resume='allow', dir=workdir,
+                    name=os.path.basename(os.path.abspath(workdir)),
+                    config=config)
 
 
 def summary_line(rows) -> str:

@@ -53,8 +53,8 @@ common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from admrl_jax import envs
-from experiments.common import (parse_floats, parse_seeds, parse_sets,
-                                run_main)
+from experiments.common import (UsageError, parse_floats, parse_seeds,
+                                parse_sets, run_main)
 from experiments.training import (member_sharding, resolve,
                                   train)
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -121,6 +121,10 @@ _SHARD = flags.DEFINE_string(
     'shard', 'auto', 'Shard the members (seeds x alphas) over all devices: '
     'on | off | auto (on when there is more than one device, the sweep is '
     'vmap and the members divide evenly over the devices).')
+_WANDB_PROJECT = flags.DEFINE_string(
+    'wandb_project', None, 'Also log the metrics and the config to this '
+    'Weights & Biases project (off by default; needs pip install -e '
+    '.[wandb]; WANDB_MODE=offline logs locally).')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() first, for a '
     'run over several hosts (one process per host, the coordinator from '
@@ -159,6 +163,12 @@ def run():
 
   configure_jax()
   family, config, alphas, seeds, record = resolve_settings()
+  if _WANDB_PROJECT.value:
+    try:
+      import wandb  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise UsageError('--wandb_project needs wandb: pip install -e .[wandb]'
+                       ' (or pip install wandb)') from None
   # Refused (exit 2) before anything is written.
   sharding, shard_note = member_sharding(_SHARD.value, len(seeds) * len(alphas),
                                          record['sweep'])
@@ -166,7 +176,8 @@ def run():
     log(shard_note)
   train(family, config, alphas, seeds, record, workdir_of(family, config),
         log, stop_after=_STOP_AFTER.value, throttle_s=hooks.THROTTLE_S.value,
-        phase_progress=_PHASE_PROGRESS.value, sharding=sharding)
+        phase_progress=_PHASE_PROGRESS.value, sharding=sharding,
+        wandb_project=_WANDB_PROJECT.value)
 
 
 def configure_jax() -> None:

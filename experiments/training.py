@@ -177,7 +177,7 @@ def _latest_saved_step(workdir) -> int:
 
 def train(family, config, alphas, seeds, record, workdir, log,
           stop_after=None, throttle_s=0.0, phase_progress=True,
-          sharding=None):
+          sharding=None, wandb_project=None):
   """Runs (or resumes) the task iterations of every (seed, α) member in
   `workdir`; returns the final batched `AdMRLState`.
 
@@ -195,6 +195,8 @@ def train(family, config, alphas, seeds, record, workdir, log,
       compilation cache). False: one line per task iteration.
     sharding: from `member_sharding`: the members' state and the vmapped
       task iteration are split over the devices along the member axis.
+    wandb_project: also log the metrics to this Weights & Biases project
+      (`logs.MetricsLog`).
   Raises:
     UsageError: the workdir holds another run. CheckpointError: an
       unreadable record or checkpoint (left in place).
@@ -266,7 +268,8 @@ def train(family, config, alphas, seeds, record, workdir, log,
     os.replace(tmp, config_path)
 
   done = int(np.asarray(state.iteration)[0])
-  metrics_log = logs.MetricsLog(workdir, members, keep_below=done)
+  metrics_log = logs.MetricsLog(workdir, members, keep_below=done,
+                                wandb_project=wandb_project, config=record)
   # The state is donated: its buffers (the dataset, up to ~350 MB per
   # member at paper capacity) become the new state's instead of being held
   # twice during a call (benchmarks/donation_memory.py).

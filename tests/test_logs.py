@@ -6,6 +6,7 @@ import struct
 import types
 
 import numpy as np
+import pytest
 
 from experiments import logs
 
@@ -71,3 +72,62 @@ def test_progress_summary_labels_a_sweeps_members():
   rows[0]['gap'] = None
   assert 'gap median 5.0 [-1.0, 5.0] over 2 members' in logs.summary_line(
       rows)
+
+
+def _wandb_records(path):
+  """The records of a W&B offline run file (a LevelDB-style log of
+  `wandb_internal_pb2.Record`s after a 7-byte header)."""
+  import struct as struct_lib  # pylint: disable=g-import-not-at-top
+  from wandb.proto import wandb_internal_pb2  # pylint: disable=g-import-not-at-top
+  with open(path, 'rb') as f:
+    data = f.read()
+  assert data[:4] == b':W&B'
+  block, pos, chunks, records = 32768, 7, b'', []
+  while pos + 7 <= len(data):
+    if block - pos % block < 7:
+      pos += block - pos % block
+      continue
+    _, length, kind = struct_lib.unpack('<IHB', data[pos:pos + 7])
+    if kind == 0:
+      pos += block - pos % block
+      continue
+    chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+    chunks = chunk if kind in (1, 2) else chunks + chunk
+    if kind in (1, 4):
+      record = wandb_internal_pb2.Record()
+      record.ParseFromString(chunks)
+      records.append(record)
+  return records
+
+
+def test_metrics_go_to_weights_and_biases_offline(tmp_path, monkeypatch):
+  pytest.importorskip('wandb')
+  monkeypatch.setenv('WANDB_MODE', 'offline')
+  monkeypatch.setenv('WANDB_SILENT', 'true')
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  record = {'env': 'lq', 'alphas': [0.5]}
+  log = logs.MetricsLog(workdir, [(0, 0.5)], keep_below=0,
+                        wandb_project='admrl-test', config=record)
+  for i in range(3):
+    log.write(_metrics(i, [0.1 * i, 0.2], [0.3, 0.4]), wall_time=1.0)
+  log.close()
+  with open(os.path.join(workdir, 'wandb_run_id')) as f:
+    run_id = f.read().strip()
+  (path,) = [os.path.join(root, name)
+             for root, _, names in os.walk(os.path.join(workdir, 'wandb'))
+             for name in names if name == f'run-{run_id}.wandb']
+  history = []
+  for r in _wandb_records(path):
+    if r.WhichOneof('record_type') == 'history':
+      history.append({(i.key or '/'.join(i.nested_key)): json.loads(
+          i.value_json) for i in r.history.item})
+    if r.WhichOneof('record_type') == 'run':
+      config = {i.key: json.loads(i.value_json) for i in r.run.config.update}
+  assert [h['_step'] for h in history] == [0, 1, 2]
+  assert [h['seed0_alpha0.5/real_samples'] for h in history] == [100, 200,
+                                                                  300]
+  assert [h['seed0_alpha0.5/psi/0'] for h in history] == pytest.approx(
+      [0.0, 0.1, 0.2])
+  assert history[0]['seed0_alpha0.5/gap'] == 1.5
+  assert config['env'] == 'lq' and config['alphas'] == [0.5]
