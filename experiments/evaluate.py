@@ -12,8 +12,9 @@ A0, then SLBO stages of --stage_samples real samples each → A_n at each
 --budgets n. A*(ψ) is the closed form where the family has one (lq), else the
 best return of a long SLBO run from scratch with --astar_budget real samples; it
 is cached per (family, ψ, budget) in --astar_cache (default
-<workdir>/../astar_cache.json), so every method evaluated beside it uses the
-same A*.
+$ADMRL_JAX_ASTAR_CACHE, else ~/.cache/admrl_jax/astar_cache.json, beside
+JAX's compilation cache; the path is printed), so every method evaluated
+uses the same A*.
 
 Writes <workdir>/eval.json (eval_<env>.json for another --eval_env) with A0,
 An, A*, Gn, Gmax_n, average An per member, their mean/std over members, the
@@ -73,8 +74,9 @@ _ASTAR_BUDGET = flags.DEFINE_integer(
     'astar_budget', 100_000, 'Real samples of the long SLBO run that '
     'estimates A* (method slbo).')
 _ASTAR_CACHE = flags.DEFINE_string(
-    'astar_cache', None, 'JSON cache of A* (default '
-    '<workdir>/../astar_cache.json).')
+    'astar_cache', None, 'JSON cache of A* (default $ADMRL_JAX_ASTAR_CACHE, '
+    'else ~/.cache/admrl_jax/astar_cache.json; its entries are keyed by '
+    'family, task, budget and seed, so runs share it).')
 _EVAL_ENV = flags.DEFINE_string(
     'eval_env', None, 'Evaluate on this family\'s evaluation set (same '
     'dynamics and observations as the run\'s), e.g. ant2d_ood.')
@@ -185,6 +187,12 @@ def run():
                     all_tasks, index, log)
   report['wall_time_s'] = time.time() - start
   save(report, outputs(output_dir(options), record, _EVAL_ENV.value), log)
+
+
+def default_astar_cache() -> str:
+  """$ADMRL_JAX_ASTAR_CACHE, else ~/.cache/admrl_jax/astar_cache.json."""
+  return os.environ.get('ADMRL_JAX_ASTAR_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'admrl_jax', 'astar_cache.json')
 
 
 def output_dir(options) -> str:
@@ -322,8 +330,7 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
       + (f' ({astar_budget} real samples per task, cached)' if astar_budget
          else ''))
 
-  cache_path = _ASTAR_CACHE.value or os.path.join(
-      os.path.dirname(os.path.abspath(workdir)), 'astar_cache.json')
+  cache_path = _ASTAR_CACHE.value or default_astar_cache()
   astar, computed = astar_values(target, config.slbo, tasks, method,
                                  astar_budget, stage_samples, cache_path,
                                  plan['seed'], log,

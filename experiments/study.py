@@ -286,9 +286,12 @@ def train(algo, family, config, alphas, seeds, record, workdir, pieces,
 
   def train_log(message):
     # The driver's line after each saved task iteration; raising StopStudy
-    # here stops between two checkpoints.
+    # here stops between two checkpoints. Its compile lines pass through
+    # (a minute of silence otherwise).
     if message.startswith('task ') and ' done in ' in message:
       pieces.finished(units_per_task, f'{algo}: {message.split(":")[0]}')
+    elif 'compiling' in message or message.startswith('compiled in'):
+      log(f'{algo}: {message}')
 
   driver.train(family, config, alphas, seeds, dict(record), run_dir,
                train_log, phase_progress=False)
@@ -369,6 +372,8 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
   adapter = adaptation.Adaptation(family, config.slbo, adapt_config)
   adapt = jax.jit(adapter.adapt)
   base_key = jax.random.key(EVAL_SEED)
+  log(f'{algo}: evaluating {len(todo)} (member, task) piece(s); compiling '
+      'the adaptation first')
   for m, i in todo:
     t0 = time.time()
     seed = members[m][0]

@@ -30,6 +30,11 @@ if 'ADMRL_JAX_CACHE_DIR' not in os.environ:
   _SESSION_CACHE = tempfile.mkdtemp(prefix='admrl_jax_cache_')
   os.environ['ADMRL_JAX_CACHE_DIR'] = _SESSION_CACHE
 common.enable_compilation_cache()
+# A* values the tests' evaluations cache stay out of the user's home.
+if 'ADMRL_JAX_ASTAR_CACHE' not in os.environ:
+  os.environ['ADMRL_JAX_ASTAR_CACHE'] = os.path.join(
+      _SESSION_CACHE or tempfile.mkdtemp(prefix='admrl_jax_astar_'),
+      'astar_cache.json')
 
 
 # The README's test command spreads the test files over every core

@@ -89,7 +89,9 @@ def _pipeline(base, results):
     }
     t0 = time.time()
     evaluate = _script('experiments.evaluate', f'--workdir={workdir}',
-                       '--budgets=50,100', '--max_tasks=3')
+                       '--budgets=50,100', '--max_tasks=3',
+                       env=dict(os.environ, ADMRL_JAX_ASTAR_CACHE=os.path.join(
+                           base, 'astar_cache.json')))
     bad_procs = {what: _script(*args) for what, args in bad.items()}
     results['bad'] = {what: p.communicate(timeout=600)[1:] + (p.returncode,)
                       for what, p in bad_procs.items()}
@@ -624,7 +626,8 @@ def test_evaluate_and_plot_end_to_end(scripts):
     path = os.path.join(workdir, f'{name}.png')
     with open(path, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n', path
-  # A* cached beside the run (the default place) for every task.
+  # A* cached for every task where $ADMRL_JAX_ASTAR_CACHE says (the
+  # default's override; else ~/.cache/admrl_jax/astar_cache.json).
   with open(os.path.join(base, 'astar_cache.json')) as f:
     entries = json.load(f)
   assert len(entries) == 3
