@@ -94,7 +94,10 @@ def write_html(family, ep, n, path) -> int:
 
 
 def _write_json(path, value):
+  """Standard JSON, atomically: NaN and infinities (a diverged model's
+  predictions) are written as null."""
+  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(value, f, indent=1, allow_nan=False)
+    json.dump(metrics.to_jsonable(value), f, indent=1, allow_nan=False)
   os.replace(tmp, path)
