@@ -38,6 +38,7 @@ import numpy as np
 from flax import struct
 
 from admrl_jax import envs
+from admrl_jax import fileio
 from admrl_jax import networks as networks_lib
 from admrl_jax.envs.base import TaskFamily
 from admrl_jax.meta import admrl
@@ -200,11 +201,7 @@ def _open_run(workdir, family, config, seed, alpha, like):
       raise ValueError(f'checkpoint_dir {workdir} holds another run (its '
                        f'{", ".join(diffs)} differ); use another directory')
   else:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(record, f, indent=2)
-    os.replace(tmp, path)
+    fileio.write_json(path, record, indent=2)
   manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
   step = manager.latest_step()
   state = like if step is None else manager.restore(step, like)

@@ -419,16 +419,9 @@ def read_json(path: str, default=None, what: str = ''):
 
 
 def write_json(path: str, value) -> None:
-  """Writes `value` as JSON atomically (a temporary file, then a rename), so
-  a kill never leaves a half-written file; NaN is refused."""
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=1, allow_nan=False)
-  os.replace(tmp, path)
+  """`admrl_jax.fileio.write_json`: atomically, NaN refused."""
+  from admrl_jax import fileio  # pylint: disable=g-import-not-at-top
+  fileio.write_json(path, value)
 
 
 def json_array(x, k=None):

@@ -11,6 +11,8 @@ import uuid
 
 import numpy as np
 
+from admrl_jax import fileio
+
 _SCALARS = ('gap', 'return_hat', 'return_star', 'grad_norm', 'residual',
             'model_loss', 'virtual_return', 'trpo_accepted', 'step_scale',
             'dropped_transitions')
@@ -51,10 +53,7 @@ class MetricsLog:
         lines = [line for line in f if line.strip()]
       kept = [line for line in lines
               if json.loads(line)['task_index'] < keep_below]
-      tmp = self.path + '.tmp'
-      with open(tmp, 'w') as f:
-        f.writelines(kept)
-      os.replace(tmp, self.path)
+      fileio.write_text(self.path, ''.join(kept))
     self._writers = None
     self._tb_dir = os.path.join(workdir, 'tb')
 
@@ -139,10 +138,7 @@ def wandb_run(workdir: str, project: str, config=None):
       run_id = f.read().strip()
   else:
     run_id = uuid.uuid4().hex[:12]
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.write(run_id + '\n')
-    os.replace(tmp, path)
+    fileio.write_text(path, run_id + '\n')
   return wandb.init(project=project, id=run_id, resume='allow', dir=workdir,
                     name=os.path.basename(os.path.abspath(workdir)),
                     config=config)

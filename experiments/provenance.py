@@ -17,6 +17,8 @@ import os
 import subprocess
 from typing import Any, Callable, Dict, List, Optional
 
+from admrl_jax import fileio
+
 FILENAME = 'provenance.json'
 PACKAGES = ('jax', 'jaxlib', 'brax', 'mujoco', 'flax', 'optax',
             'orbax-checkpoint', 'numpy')
@@ -105,11 +107,7 @@ def record_or_check(workdir: str, current: Dict[str, Any],
   """
   path = os.path.join(workdir, FILENAME)
   if not os.path.exists(path):
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(current, f, indent=2)
-    os.replace(tmp, path)
+    fileio.write_json(path, current, indent=2)
     return None
   with open(path) as f:
     saved = json.load(f)

@@ -129,11 +129,9 @@ def run() -> dict:
     summary['state_mean'] = [round(float(v), 6) for v in family.state_mean]
     summary['state_std'] = [round(float(v), 6) for v in family.state_std]
   if _WORKDIR.value:
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    path = os.path.join(_WORKDIR.value, 'rollout.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump(summary, f, indent=2)
-    os.replace(path + '.tmp', path)
+    from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+    common.write_json(os.path.join(_WORKDIR.value, 'rollout.json'),
+                      metrics.to_jsonable(summary))
   return summary
 
 

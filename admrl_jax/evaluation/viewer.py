@@ -5,12 +5,12 @@ diagnostics of model-based RL libraries (e.g. mbrl-lib's model-error plots).
 `python -m experiments.watch` runs it on a run directory."""
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
 
+from admrl_jax import fileio
 from admrl_jax.rl import rollout
 
 # Coordinates of the state drawn in model.png.
@@ -97,7 +97,4 @@ def _write_json(path, value):
   """Standard JSON, atomically: NaN and infinities (a diverged model's
   predictions) are written as null."""
   from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(metrics.to_jsonable(value), f, indent=1, allow_nan=False)
-  os.replace(tmp, path)
+  fileio.write_json(path, metrics.to_jsonable(value))
