@@ -23,8 +23,9 @@ VirtualTraining iterations and keys: repeat 0 is the study's own cell, so
 its A_n must agree with the study's within their standard errors) runs
 `--repeats` times with independent keys, for `--stages` stages, and every
 return is measured with `--episodes` episodes. Pieces (member, task, repeat)
-are saved as they finish into <study>/adaptation_check/<arm>.json; rerun the
-same command to continue. The summary (<arm>.md) gives, per n: mean A_n and
+are saved as they finish into <study>/adaptation_check/<name>.json (--name,
+default the arm); rerun the same command to continue. The summary
+(<name>.md) gives, per n: mean A_n and
 its change from the first stage with 95% t-intervals over members; the
 standard deviations of the evaluation noise (a 10-episode and a
 --episodes-episode mean) and of the adaptation (between repeats, evaluation
@@ -67,6 +68,8 @@ _STAGES = flags.DEFINE_string('stages', '1,2,3,4', 'A_n after these numbers '
                               'of SLBO stages of the study\'s size.')
 _EPISODES = flags.DEFINE_integer('episodes', 200, 'Real episodes per '
                                  'measured return.')
+_NAME = flags.DEFINE_string('name', None, 'Stem of the output files in '
+                            '<study>/adaptation_check/ (default: --arm).')
 _VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
 
 def main(argv):
@@ -124,7 +127,8 @@ def run():
       stage_samples=stage_samples, stages=tuple(check['stages']),
       eval_episodes=check['episodes'])
   out_dir = os.path.join(_STUDY.value, 'adaptation_check')
-  path = os.path.join(out_dir, f'{check["arm"]}.json')
+  name = _NAME.value or check['arm']
+  path = os.path.join(out_dir, f'{name}.json')
   blank = dict(settings={k: v for k, v in check.items() if k != 'study'},
                tasks=np.asarray(tasks, np.float64).tolist(),
                budgets=list(adapt_config.budgets), cells={})
@@ -174,9 +178,9 @@ def run():
   summary = summarize(result, check, _study_cells(check['arm'], seeds))
   result['summary'] = summary
   write_json(path, result)
-  with open(os.path.join(out_dir, f'{check["arm"]}.md'), 'w') as f:
+  with open(os.path.join(out_dir, f'{name}.md'), 'w') as f:
     f.write(markdown(summary, result, check))
-  log(f'wrote {path} and {check["arm"]}.md')
+  log(f'wrote {path} and {name}.md')
 
 
 def _num(x):
