@@ -268,7 +268,7 @@ def load_state(workdir: str, step: Optional[int] = None, member: int = 0,
       jnp.stack([jax.random.key(s) for s, _ in pairs]),
       jnp.asarray([a for _, a in pairs], jnp.float32))
   manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
-  steps = sorted(manager._manager.all_steps())  # TODO: Manager.all_steps
+  steps = manager.all_steps()
   if not steps:
     raise FileNotFoundError(f'{workdir} has no checkpoint yet')
   step = steps[-1] if step is None else step

@@ -22,7 +22,9 @@ budgets and the A* budget; and PNGs beside it: gap_heatmap (G_n over the grid,
 a column per budget; slices over the last coordinate for 3-D boxes), gmax
 (Gmax_n vs n), average_return (average A_n vs n, n = 0 is A0), visited_tasks
 (the run's training tasks over the box). Bad input: one line on stderr,
-exit status 2 (an unreadable checkpoint: exit status 1).
+exit status 2 (a --step without a checkpoint: the saved steps are listed).
+A corrupt checkpoint (it does not read, or its leaves differ from the
+SHA-256 digests saved with it): one line naming its step, exit status 1.
 
 It says first what it will do (members × tasks, budgets, A*), then adapts
 one (member, task) piece at a time, one line each with an ETA (an estimate
@@ -259,24 +261,42 @@ def plan_evaluation(target, config, options) -> dict:
 
 def restore(workdir, family, config, record):
   """(batched AdMRLState, step) of --step's checkpoint (default the
-  latest); UsageError for a missing one, CheckpointError for one that does
-  not restore."""
+  latest), its leaves checked against the digests saved with it.
+
+  Raises:
+    UsageError: no such checkpoint (the message lists the saved steps).
+    CheckpointError: it does not read or does not match its digests (one
+      line naming the step and its directory, and the other saved steps).
+  """
+  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
   from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if _STEP.value is not None:
     _positive(_STEP, 'step')
-    if not os.path.isdir(os.path.join(workdir, 'checkpoints',
-                                      str(_STEP.value))):
-      raise UsageError(f'--step: {workdir} has no checkpoint {_STEP.value}')
   try:
     return workdir_lib.load_state(workdir, family, config, record,
                                   _STEP.value)
-  except UsageError:
+  except checkpoints.StepNotFound as e:
+    keep = record.get('keep_checkpoints', 3)
+    older = e.steps and e.step < e.steps[0] and keep != 'all'
+    raise UsageError(f'--step: {e}' + (
+        f' (the run keeps its latest {keep}: experiments.run '
+        '--keep_checkpoints)' if older else '')) from None
+  except checkpoints.CorruptCheckpoint as e:
+    others = [s for s in checkpoints.Manager(
+        os.path.join(workdir, 'checkpoints')).all_steps() if s != e.step]
+    raise CheckpointError(
+        f'{e}; it was left untouched' + (
+            f'; --step=N evaluates another '
+            f'({checkpoints.describe_steps(others)})' if others else '')
+    ) from None
+  except (UsageError, CheckpointError):
     raise
   except Exception as e:  # pylint: disable=broad-except
     what = ('the latest checkpoint' if _STEP.value is None
             else f'checkpoint {_STEP.value}')
+    detail = (str(e).strip() or '-').splitlines()[0][:200]
     raise CheckpointError(f'{workdir}: cannot restore {what} '
-                          f'({type(e).__name__}: {str(e)[:200]})') from None
+                          f'({type(e).__name__}: {detail})') from None
 
 
 def select_tasks(target, max_tasks):

@@ -11,14 +11,18 @@ or one member after another (--sweep=map, each member bitwise identical to a
 run of it alone; batched kernels round differently and RL amplifies that). After every task iteration
 it appends one JSON line per member to <workdir>/metrics.jsonl, writes
 TensorBoard scalars under <workdir>/tb/, and saves an orbax checkpoint
-(atomically) under <workdir>/checkpoints/; rerunning with the same workdir
-and flags resumes from the latest checkpoint. <workdir>/config.json records
-the resolved configuration; a different configuration in an existing
-workdir is refused, and nothing there is touched. <workdir>/provenance.json
-records the library versions, jax_threefry_partitionable, x64, the device
-and the code's git commit; a resume with other values warns (its
-continuation may not be bitwise that of an uninterrupted run) but is not
-refused.
+(atomically, with the SHA-256 digests of its leaves) under
+<workdir>/checkpoints/, keeping the latest --keep_checkpoints (3, or all);
+rerunning with the same workdir and flags resumes from the latest
+checkpoint. A corrupt one (it does not read, or does not match its digests)
+is refused in one line (exit status 1) and left alone; with
+--fallback_to_intact the run resumes from the latest intact one instead.
+<workdir>/config.json records the resolved configuration; a different
+configuration in an existing workdir is refused, and nothing there is
+touched. <workdir>/provenance.json records the library versions,
+jax_threefry_partitionable, x64, the device and the code's git commit; a
+resume with other values warns (its continuation may not be bitwise that of
+an uninterrupted run) but is not refused.
 
 One seed and one α is still a batch of one: with --sweep=vmap its program
 is the vmapped one, which rounds differently from the library's unbatched
@@ -55,8 +59,8 @@ common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 from admrl_jax import envs
 from experiments.common import (UsageError, parse_floats, parse_seeds,
                                 parse_sets, run_main)
-from experiments.training import (member_sharding, resolve,
-                                  train)
+from experiments.training import (member_sharding,
+                                  parse_keep_checkpoints, resolve, train)
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim',
@@ -107,6 +111,20 @@ _X64 = flags.DEFINE_bool(
 _STOP_AFTER = flags.DEFINE_integer(
     'stop_after', None, 'Stop (cleanly, checkpoint saved) after this many '
     'task iterations in total; rerun to continue.')
+_KEEP_CHECKPOINTS = flags.DEFINE_string(
+    'keep_checkpoints', None, 'How many of the latest checkpoints to keep '
+    '(a checkpoint is saved after every task iteration; older ones are '
+    'deleted as new ones are saved): N >= 1, or all. Default: the value '
+    'recorded in the workdir\'s config.json, else 3 (a checkpoint holds '
+    'the dataset, up to ~350 MB per member at paper size). Recorded in '
+    'config.json, so that a resume keeps as many; a resume with another '
+    'value records it from then on.')
+_FALLBACK_TO_INTACT = flags.DEFINE_bool(
+    'fallback_to_intact', False, 'When the latest checkpoint is corrupt (it '
+    'does not read, or its leaves differ from the SHA-256 digests saved '
+    'with it), resume from the latest one that restores intact instead of '
+    'refusing (exit 1): the corrupt later ones are moved to '
+    '<workdir>/checkpoints.corrupt/ and their task iterations run again.')
 _COMPILATION_CACHE = flags.DEFINE_string(
     'compilation_cache', None, 'Directory of JAX\'s persistent compilation '
     'cache, so that a rerun or resume loads its compiled programs (default: '
@@ -170,6 +188,7 @@ def run():
       raise UsageError('--wandb_project needs wandb: pip install -e .[wandb]'
                        ' (or pip install wandb)') from None
   # Refused (exit 2) before anything is written.
+  keep_checkpoints = parse_keep_checkpoints(_KEEP_CHECKPOINTS.value)
   sharding, shard_note = member_sharding(_SHARD.value, len(seeds) * len(alphas),
                                          record['sweep'])
   if shard_note:
@@ -177,7 +196,8 @@ def run():
   train(family, config, alphas, seeds, record, workdir_of(family, config),
         log, stop_after=_STOP_AFTER.value, throttle_s=hooks.THROTTLE_S.value,
         phase_progress=_PHASE_PROGRESS.value, sharding=sharding,
-        wandb_project=_WANDB_PROJECT.value)
+        wandb_project=_WANDB_PROJECT.value, keep_checkpoints=keep_checkpoints,
+        fallback_to_intact=_FALLBACK_TO_INTACT.value)
 
 
 def configure_jax() -> None:

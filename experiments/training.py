@@ -98,6 +98,41 @@ def _differences(saved, current, prefix=''):
   return out
 
 
+# Entries of config.json that a resume does not compare: the calibration
+# (measured by the run itself) and how many checkpoints are kept (a resume
+# may change it).
+_NOT_COMPARED = ('calibration', 'keep_checkpoints')
+
+# Checkpoints kept by default: the latest three. A checkpoint holds the
+# whole state, the dataset included (up to ~350 MB per member at paper
+# size), so keeping every task iteration's is a choice (--keep_checkpoints).
+DEFAULT_KEEP_CHECKPOINTS = 3
+
+
+def parse_keep_checkpoints(value, what='--keep_checkpoints'):
+  """--keep_checkpoints → an int >= 1 or 'all' (None stays None).
+
+  Args:
+    value: the flag's text ('3', 'all'), or a value recorded in config.json.
+    what: where it came from, for the error message.
+  Raises:
+    UsageError: anything else.
+  """
+  if value is None:
+    return None
+  text = str(value).strip().lower()
+  if text == 'all':
+    return 'all'
+  try:
+    keep = int(text)
+  except ValueError:
+    keep = 0
+  if keep < 1:
+    raise UsageError(f'{what}: expected a number of checkpoints >= 1 or '
+                     f'all, got {value!r}')
+  return keep
+
+
 def check_workdir(workdir, record):
   """The saved record of `workdir` (None for a new run); UsageError if it
   describes another run, CheckpointError if it is unreadable."""
@@ -112,8 +147,9 @@ def check_workdir(workdir, record):
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{config_path} is unreadable ({e}); move the '
                           'workdir aside or choose another --workdir') from None
-  comparable = {k: v for k, v in saved.items() if k != 'calibration'}
-  diffs = _differences(comparable, record)
+  comparable = {k: v for k, v in saved.items() if k not in _NOT_COMPARED}
+  diffs = _differences(comparable, {k: v for k, v in record.items()
+                                    if k not in _NOT_COMPARED})
   if diffs:
     raise UsageError(
         f'--workdir {workdir} holds a run of another configuration '
@@ -177,7 +213,8 @@ def _latest_saved_step(workdir) -> int:
 
 def train(family, config, alphas, seeds, record, workdir, log,
           stop_after=None, throttle_s=0.0, phase_progress=True,
-          sharding=None, wandb_project=None):
+          sharding=None, wandb_project=None, keep_checkpoints=None,
+          fallback_to_intact=False):
   """Runs (or resumes) the task iterations of every (seed, α) member in
   `workdir`; returns the final batched `AdMRLState`.
 
@@ -197,15 +234,31 @@ def train(family, config, alphas, seeds, record, workdir, log,
       task iteration are split over the devices along the member axis.
     wandb_project: also log the metrics to this Weights & Biases project
       (`logs.MetricsLog`).
+    keep_checkpoints: how many of the latest checkpoints are kept (older
+      ones are deleted as new ones are saved), an int >= 1 or 'all';
+      recorded in config.json. None: the recorded value, else
+      DEFAULT_KEEP_CHECKPOINTS (3).
+    fallback_to_intact: when the latest checkpoint is corrupt, resume from
+      the latest one that restores intact; the corrupt later ones are moved
+      to <workdir>/checkpoints.corrupt/ (a warning line each) and their task
+      iterations are run again.
   Raises:
-    UsageError: the workdir holds another run. CheckpointError: an
-      unreadable record or checkpoint (left in place).
+    UsageError: the workdir holds another run, or a bad keep_checkpoints.
+    CheckpointError: an unreadable record or checkpoint (left in place),
+      one line naming the step and its directory; with fallback_to_intact,
+      no checkpoint that restores intact.
   """
   # Another configuration is refused before anything is written. The first
   # line, before anything is written or compiled (calibration included),
   # says what is to be run and an estimate of how long it takes; then the
   # libraries and settings are recorded (new run) or compared (resume).
   saved = check_workdir(workdir, record)
+  recorded = parse_keep_checkpoints(
+      (saved or {}).get('keep_checkpoints', DEFAULT_KEEP_CHECKPOINTS),
+      f'{os.path.join(workdir, "config.json")} keep_checkpoints')
+  keep = (recorded if keep_checkpoints is None
+          else parse_keep_checkpoints(keep_checkpoints))
+  record['keep_checkpoints'] = keep
   target = config.n_tasks if stop_after is None else min(config.n_tasks,
                                                            stop_after)
   first = min(_latest_saved_step(workdir), target)
@@ -246,26 +299,16 @@ def train(family, config, alphas, seeds, record, workdir, log,
       jax.numpy.stack([jax.random.key(seed) for seed, _ in members]),
       jax.numpy.asarray([alpha for _, alpha in members]))
 
-  manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
-  step = manager.latest_step()
-  if step is not None:
-    try:
-      state = manager.restore(step, state)
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f'the checkpoint {manager.path(step)} is corrupt or unreadable, '
-          'or of another state layout (written by another version of '
-          f'admrl_jax?) ({type(e).__name__}: {str(e)[:200]}); it was left '
-          'untouched — move it aside to resume from an earlier one, or rerun '
-          'with the version that wrote it (see provenance.json)') from None
-    log(f'resumed from task iteration {step}')
+  manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'),
+                                max_to_keep=None if keep == 'all' else keep)
+  if manager.latest_step() is not None:
+    state = _resume(manager, state, fallback_to_intact, log)
+    if keep != recorded:
+      _write_record(workdir, dict(saved or record, keep_checkpoints=keep))
+      log(f'keeping {"every checkpoint" if keep == "all" else keep} from '
+          f'now on (was {recorded}; recorded in config.json)')
   else:
-    os.makedirs(workdir, exist_ok=True)
-    config_path = os.path.join(workdir, 'config.json')
-    tmp = config_path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(record, f, indent=2)
-    os.replace(tmp, config_path)
+    _write_record(workdir, record)
 
   done = int(np.asarray(state.iteration)[0])
   metrics_log = logs.MetricsLog(workdir, members, keep_below=done,
@@ -324,6 +367,52 @@ def train(family, config, alphas, seeds, record, workdir, log,
   metrics_log.close()
   log(f'finished {done}/{config.n_tasks} task iterations; metrics in '
       f'{os.path.join(workdir, "metrics.jsonl")}')
+  return state
+
+
+def _write_record(workdir, record) -> None:
+  """<workdir>/config.json, written atomically."""
+  os.makedirs(workdir, exist_ok=True)
+  config_path = os.path.join(workdir, 'config.json')
+  tmp = config_path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=2)
+  os.replace(tmp, config_path)
+
+
+def _resume(manager, like, fallback_to_intact, log):
+  """The state of the latest checkpoint of `manager` (structured like
+  `like`), with a line saying which; with `fallback_to_intact`, of the
+  latest that restores intact, the corrupt later ones moved aside.
+
+  Raises:
+    CheckpointError: the latest checkpoint is corrupt (one line naming it,
+      and the ways out; nothing is moved), or with `fallback_to_intact`
+      none restores intact.
+  """
+  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
+  if fallback_to_intact:
+    step, state, corrupt = manager.restore_intact(like)
+    for error in corrupt:
+      aside = manager.set_aside(error.step)
+      log(f'warning: {error}; moved to {aside}, resuming from an earlier '
+          'checkpoint (--fallback_to_intact)')
+  else:
+    step = manager.latest_step()
+    try:
+      state = manager.restore(step, like)
+    except checkpoints.CorruptCheckpoint as e:
+      raise CheckpointError(
+          f'{e}; left untouched. --fallback_to_intact resumes from the '
+          'latest intact checkpoint ('
+          f'{checkpoints.describe_steps(manager.all_steps())}) and moves the '
+          'corrupt ones aside; if another version of admrl_jax wrote it (a '
+          'state of another layout), rerun with that version (see '
+          'provenance.json)') from None
+  verified = manager.digests(step) is not None
+  log(f'resumed from task iteration {step}'
+      + ('' if verified else ' (saved by an earlier version without the '
+         'digests of its leaves: not verified)'))
   return state
 
 

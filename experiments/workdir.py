@@ -45,7 +45,15 @@ def members(record):
 
 
 def load_state(workdir: str, family, config, record, step=None):
-  """(batched AdMRLState, step) of the latest (or given) checkpoint."""
+  """(batched AdMRLState, step) of the latest (or given) checkpoint, its
+  leaves checked against the digests saved with it.
+
+  Raises:
+    UsageError: no checkpoint yet; `checkpoints.StepNotFound` (a
+      UsageError) for a step without one, the saved steps listed.
+    checkpoints.CorruptCheckpoint: (a CheckpointError) it does not read or
+      does not match its digests; one line naming the step.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
@@ -58,7 +66,8 @@ def load_state(workdir: str, family, config, record, step=None):
       jnp.stack([jax.random.key(seed) for seed, _ in pairs]),
       jnp.asarray([alpha for _, alpha in pairs]))
   manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
-  step = manager.latest_step() if step is None else step
   if step is None:
-    raise UsageError(f'{workdir} has no checkpoint yet')
+    step = manager.latest_step()
+    if step is None:
+      raise UsageError(f'{workdir} has no checkpoint yet')
   return manager.restore(step, like), step
