@@ -18,7 +18,9 @@ import pytest
 from admrl_jax.evaluation import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = ['--env=lq', '--scale=smoke']
+# mb_cem, not mb_gauss: the arm that measures gaps to choose its tasks
+# (MB-Gauss differs from MB-Unif only in its sampler, tested in test_admrl).
+SMOKE = ['--env=lq', '--scale=smoke', '--algos=admrl,mb_unif,mb_cem']
 
 
 def _study(args, env):
@@ -110,7 +112,7 @@ def test_report_holds_every_measure_with_intervals(studies):
   report = _report(studies['whole'])
   assert report['budgets'] == [0, 100, 200]
   assert report['astar_method'] == 'closed_form'
-  assert set(report['methods']) == {'admrl α=0.5', 'mb_unif', 'mb_gauss'}
+  assert set(report['methods']) == {'admrl α=0.5', 'mb_unif', 'mb_cem'}
   for label, row in report['table'].items():
     for measure in ('Gmax_n', 'CVaR_Gn', 'mean_Gn', 'average_An'):
       cell = row[measure]
@@ -124,7 +126,7 @@ def test_report_holds_every_measure_with_intervals(studies):
     assert np.all(np.asarray(per_seed['CVaR_Gn'])
                   >= np.asarray(per_seed['mean_Gn']) - 1e-9)
   assert set(report['paired']) == {'admrl α=0.5 − mb_unif',
-                                   'admrl α=0.5 − mb_gauss'}
+                                   'admrl α=0.5 − mb_cem'}
   # Paired differences are the differences of the per-seed values.
   diff = report['paired']['admrl α=0.5 − mb_unif']['Gmax_n']['mean']
   a = np.asarray(report['methods']['admrl α=0.5']['per_seed']['Gmax_n'])
@@ -140,7 +142,7 @@ def test_report_holds_every_measure_with_intervals(studies):
                                         f'{name}.png')) > 1000
   with open(os.path.join(studies['whole'], 'study.md')) as f:
     md = f.read()
-  assert '## Gmax_n' in md and 'admrl α=0.5 − mb_gauss' in md
+  assert '## Gmax_n' in md and 'admrl α=0.5 − mb_cem' in md
   # Two seeds: paired t-intervals with p-values, no bootstrap interval.
   assert '(p = ' in md and 'boot.' not in md and 'too few distinct' in md
   paired = report['paired']['admrl α=0.5 − mb_unif']['Gmax_n']
@@ -287,13 +289,23 @@ def test_corrupt_piece_file_is_refused_and_left_alone(studies, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'copy'
   shutil.copytree(studies['whole'], workdir)
-  piece = workdir / 'eval' / 'mb_gauss.json'
+  piece = workdir / 'eval' / 'mb_cem.json'
   piece.write_text('{"members": [')
   proc = subprocess.run(
       [sys.executable, '-m', 'experiments.study', *SMOKE,
        f'--workdir={workdir}'], cwd=ROOT, capture_output=True, text=True,
       timeout=600)
   assert proc.returncode == 2, proc.stderr[-2000:]
-  assert 'mb_gauss.json is unreadable' in proc.stderr
+  assert 'mb_cem.json is unreadable' in proc.stderr
   assert 'Traceback' not in proc.stderr
   assert piece.read_text() == '{"members": ['
+
+
+def test_the_study_says_when_it_compiles(studies):
+  """No minute of silence: the driver's compile lines of each arm, and the
+  evaluation's, reach the study's output."""
+  first = studies['first']
+  for arm in ('admrl', 'mb_unif', 'mb_cem'):
+    assert f'{arm}: task 1/3: compiling the task iteration' in first, first
+    assert f'{arm}: evaluating ' in first and 'compiling the adaptation' in (
+        first)
