@@ -115,6 +115,8 @@ def test_a_bare_driver_run_first_says_what_it_will_do_and_how_long(tmp_path):
   assert f'{iterations} VirtualTraining iterations' in line, line
   assert f'estimated {hours:.1f} h on a CPU' in line, line
   assert 'measured ETA follows the first task iteration' in line
+  # The estimate says what it leaves out (a quick run compiles for minutes).
+  assert 'compilation and real collection not included' in line
   # A resumed run counts only what is left; a finished one says so.
   assert '21..20' not in progress.plan(family, config, 1, 20)
   assert 'about to run task iterations 20..20' in progress.plan(
