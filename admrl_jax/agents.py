@@ -249,17 +249,10 @@ def load_state(workdir: str, step: Optional[int] = None, member: int = 0,
   """
   from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from admrl_jax import config_io  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{workdir} holds no run (no config.json)')
-  with open(path) as f:
-    record = json.load(f)
-  if record.get('x64'):
-    jax.config.update('jax_enable_x64', True)
-  config = config_io.config_from_dict(record['config'])
+  record, config = config_io.read_run(workdir)
   if family is None:
     family = config_io.family_from_record(record)
-  pairs = [(s, a) for s in record['seeds'] for a in record['alphas']]
+  pairs = config_io.members(record)
   if not 0 <= member < len(pairs):
     raise ValueError(f'member {member} does not exist; the run has '
                      f'{len(pairs)} (seed, alpha) members {pairs}')
@@ -268,13 +261,11 @@ def load_state(workdir: str, step: Optional[int] = None, member: int = 0,
       jnp.stack([jax.random.key(s) for s, _ in pairs]),
       jnp.asarray([a for _, a in pairs], jnp.float32))
   manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
-  steps = manager.all_steps()
-  if not steps:
-    raise FileNotFoundError(f'{workdir} has no checkpoint yet')
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise ValueError(f'no checkpoint of step {step} in {workdir}; saved '
-                     f'steps: {", ".join(map(str, steps))}')
+  if step is None:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{workdir} has no checkpoint yet')
+  # A step not saved: `StepNotFound` (a ValueError) lists the saved ones.
   state = manager.restore(step, like)
   return family, config, jax.tree.map(lambda x: x[member], state)
 

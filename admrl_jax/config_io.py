@@ -3,6 +3,8 @@ config.json (written by `experiments.run` and `admrl_jax.train`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Dict
 
 from admrl_jax.meta import admrl
@@ -83,3 +85,27 @@ def tuples_from_json(value):
   if isinstance(value, list):
     return tuple(tuples_from_json(v) for v in value)
   return value
+
+
+def read_run(workdir: str):
+  """(record, AdMRLConfig) of the run directory `workdir` (its
+  config.json); turns float64 on when the run computed in it.
+
+  Raises:
+    FileNotFoundError: no config.json there.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{workdir} holds no run (no config.json)')
+  with open(path) as f:
+    record = json.load(f)
+  if record.get('x64'):
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_enable_x64', True)  # the run's dtypes
+  return record, config_from_dict(record['config'])
+
+
+def members(record):
+  """The (seed, α) pairs of a run, in batch order (seeds outer)."""
+  return [(seed, alpha) for seed in record['seeds']
+          for alpha in record['alphas']]

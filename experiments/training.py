@@ -372,12 +372,8 @@ def train(family, config, alphas, seeds, record, workdir, log,
 
 def _write_record(workdir, record) -> None:
   """<workdir>/config.json, written atomically."""
-  os.makedirs(workdir, exist_ok=True)
-  config_path = os.path.join(workdir, 'config.json')
-  tmp = config_path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(record, f, indent=2)
-  os.replace(tmp, config_path)
+  from admrl_jax import fileio  # pylint: disable=g-import-not-at-top
+  fileio.write_json(os.path.join(workdir, 'config.json'), record, indent=2)
 
 
 def _resume(manager, like, fallback_to_intact, log):

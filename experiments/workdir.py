@@ -1,7 +1,6 @@
 """Reading a run directory written by `experiments.run`."""
 from __future__ import annotations
 
-import json
 import os
 
 from experiments.common import (UsageError, family_from_record,
@@ -16,17 +15,13 @@ def load_config(workdir: str):
     UsageError: no run there, or its family cannot be built (a module not
       importable, an unregistered name, a bad field).
   """
-  from experiments import presets  # pylint: disable=g-import-not-at-top
+  from admrl_jax import config_io  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise UsageError(f'{workdir} holds no run (no config.json)')
-  with open(path) as f:
-    record = json.load(f)
-  if record.get('x64'):
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update('jax_enable_x64', True)  # the run's dtypes
-  config = presets.config_from_dict(record['config'])
+  try:
+    record, config = config_io.read_run(workdir)
+  except FileNotFoundError as e:
+    raise UsageError(str(e)) from None
   import_family_modules(record.get('family_module'),
                         f'{path} (family_module)')
   try:
@@ -39,9 +34,10 @@ def load_config(workdir: str):
 
 
 def members(record):
-  """The (seed, α) pairs of the run, in batch order."""
-  return [(seed, alpha) for seed in record['seeds']
-          for alpha in record['alphas']]
+  """The (seed, α) pairs of the run, in batch order
+  (`config_io.members`)."""
+  from admrl_jax import config_io  # pylint: disable=g-import-not-at-top
+  return config_io.members(record)
 
 
 def load_state(workdir: str, family, config, record, step=None):
