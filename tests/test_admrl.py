@@ -446,3 +446,32 @@ def test_mb_cem_measures_gaps_and_chooses_from_them(setup):
   assert np.all(np.abs(np.asarray(metrics.u_next)) <= 1.0)
   with pytest.raises(ValueError, match='cem_quantile'):
     admrl.AdMRLConfig(cem_quantile=0.0)
+
+
+def test_zero_shot_is_the_task_iterations_theta_hat(setup):
+  """`AdMRL.zero_shot(state, state.u)` is the θ̂ the task iteration builds
+  its gradient from: its real return with the iteration's roll-out key is
+  the iteration's return_hat; at another task it is another policy."""
+  from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
+  from admrl_jax.rl import rollout  # pylint: disable=g-import-not-at-top
+  family, config, algorithm, states, _ = setup
+  state = states[0]
+  _, metrics = algorithm.jitted(state, False)
+  zero_shot = jax.jit(algorithm.zero_shot)
+  policy, _, norm = zero_shot(state, state.u)
+  # The iteration's key chain down to θ̂'s real roll-outs (`_next_task`,
+  # `_task_gradient`, `_estimate`).
+  key_next = admrl.iteration_keys(state)[3]
+  key_grad = jax.random.split(key_next)[1]
+  key_estimate = jax.random.split(key_grad)[0]
+  key_hat = jax.random.split(key_estimate, 4)[0]
+  collect = rollout.make_collect_fn(
+      family, algorithm.engine.policy_fn,
+      RolloutConfig(n_envs=config.gradient_envs))
+  real = collect((policy, norm), family.from_u(state.u), key_hat,
+                 jnp.zeros((), state.u.dtype))
+  np.testing.assert_allclose(float(jnp.mean(real.first_return)),
+                             float(metrics.return_hat), rtol=2e-3, atol=2e-3)
+  other = zero_shot(state, -state.u)[0]
+  assert not all(np.allclose(a, b) for a, b in zip(
+      jax.tree.leaves(policy), jax.tree.leaves(other)))

@@ -81,3 +81,52 @@ def test_adaptation_check_separates_noise_from_a_change_with_n():
                              -a.mean(axis=(1, 2)).mean(axis=0))
   text = adaptation_analysis.markdown(summary, result, check)
   assert '| A_n − A_first stage |' in text and 'n = 20' in text
+
+
+def test_step_truth_recovers_a_known_gradient():
+  """The step check's finite differences, cosines and summary on gaps of a
+  known quadratic L(u) = a·u + ½|u|² seen through 4 noisy draws."""
+  from experiments import step_truth_analysis as sta  # pylint: disable=g-import-not-at-top
+  h, k, n_keys = 0.1, 3, 4
+  rng = np.random.default_rng(0)
+  a = np.array([1.0, -2.0, 0.5])
+  members = []
+  for m in range(3):
+    u = rng.uniform(-0.5, 0.5, k)
+    offsets = np.zeros((2 * k + 1, k))
+    for i in range(k):
+      offsets[1 + 2 * i, i], offsets[2 + 2 * i, i] = h, -h
+    us = u + offsets
+    gaps = np.stack([us @ a + 0.5 * np.sum(us ** 2, axis=1)
+                     + 0.01 * rng.normal() for _ in range(n_keys)])
+    members.append((u, gaps))
+  truth = [a + u for u, _ in members]
+  # Member 0 steps along the truth, member 1 against it, member 2 nearly
+  # across it (slightly against).
+  across = np.cross(truth[2], [0.0, 0.0, 1.0])
+  across *= np.linalg.norm(truth[2]) / np.linalg.norm(across)
+  grads = [3.0 * truth[0], -truth[1], across - 0.1 * truth[2]]
+  out = dict(u=np.stack([u for u, _ in members]),
+             gaps=np.stack([g for _, g in members]),
+             grad_u=np.stack(grads), return_hat=np.zeros(3))
+  cells = sta.cells(out, h, [grads[0], None, grads[2] + 0.5])
+  for cell, t in zip(cells, truth):
+    np.testing.assert_allclose(cell['truth'], t, atol=1e-9)
+    assert cell['truth_halves_cos'] > 0.999
+  cos = [c['cos'] for c in cells]
+  np.testing.assert_allclose(cos, [1.0, -1.0, -0.1 / np.sqrt(1.01)],
+                             atol=1e-9)
+  assert cells[0]['logged_grad_diff'] == 0.0
+  assert 'logged_grad_diff' not in cells[1]
+  assert cells[2]['logged_grad_diff'] == 0.5
+  result = dict(settings=dict(h=h, keys=n_keys, episodes=10),
+                members=[[0, 1.0], [1, 1.0], [2, 1.0]],
+                cells={'1': cells, '2': cells})
+  summary = sta.summarize(result)
+  assert summary['n'] == 6 and summary['n_members'] == 3
+  assert summary['ascent_fraction'] == 1 / 3
+  np.testing.assert_allclose(summary['cos_mean'][0], np.mean(cos),
+                             atol=1e-9)
+  assert summary['cos_mean'][1] < -0.5 and summary['cos_mean'][2] > 0.5
+  text = sta.markdown(summary, result, 'runs/x')
+  assert '| 2 | 1, 1 |' in text and '-1.00' in text

@@ -320,18 +320,20 @@ class AdMRL:
     return 2 * self.config.gradient_envs * self.family.horizon
 
   # ------------------------------------------------------------ pieces
-  def _phases(self, s, psi, key, first, iteration):
+  def _phases(self, s, psi, key, first, iteration, n_stages=None):
     """Zero-shot (phase 0) and the SLBO stages (phases 1…) as one scan
     (`SLBO.phase_scan`; Algorithm 1, lines 4-7).
 
     A phase is skipped by a branch on `first` and the phase index, never on
     batched data: the first task has no zero-shot phase and runs
-    n_slbo_first stages, the others n_slbo. Returns the state, θ̂ =
-    (policy, value, state normaliser) after zero-shot, the last active
-    stage's last VirtualTraining metrics, and the number of stages run.
+    n_slbo_first stages, the others n_slbo (or `n_stages`, when given).
+    Returns the state, θ̂ = (policy, value, state normaliser) after
+    zero-shot, the last active stage's last VirtualTraining metrics, and
+    the number of stages run.
     """
     config = self.config
-    n_stages = jnp.where(first, config.n_slbo_first, config.n_slbo)
+    if n_stages is None:
+      n_stages = jnp.where(first, config.n_slbo_first, config.n_slbo)
     n_phases = 1 + max(config.n_slbo, config.n_slbo_first)
 
     def observe(s, metrics, phase):
@@ -521,6 +523,36 @@ class AdMRL:
           family.to_u(sample(key_random)), -1.0, 1.0).astype(u.dtype))
     return self._no_gradient(u)  # slbo: one fixed task
 
+  def zero_shot(self, state: AdMRLState, u: jax.Array,
+                key: Optional[jax.Array] = None):
+    """θ̂(u): the zero-shot phase of the task iteration `state` runs next
+    (Lin et al. 2020, arXiv:2006.08875, Algorithm 1, line 4: VirtualTraining
+    of a fresh policy on r_ψ with the model and data of `state`), at the
+    task u instead of `state.u`.
+
+    The gap L(ψ) = η(θ*, ψ) − η(θ̂(ψ), ψ) whose gradient the adversary
+    estimates depends on ψ through this θ̂; finite differences of it in u
+    are the ground truth for an ascent step of a run on a learned model.
+
+    Args:
+      state: a run's state before a task iteration that is not its first.
+      u: the task in normalised coordinates, (k,).
+      key: the phase's PRNG key; None uses the key `task_iteration(state,
+        first=False)` uses, so that at u = state.u it returns that
+        iteration's θ̂ (to rounding under a different batch). Pure;
+        vmappable over u and key.
+    Returns:
+      (policy params, value params, state normaliser) after the zero-shot
+      phase.
+    """
+    _, key_agent, key_phases, _ = iteration_keys(state)
+    if key is not None:
+      key_phases = key
+    s = self.engine.new_task(state.slbo, key_agent)
+    return self._phases(s, self.family.from_u(u), key_phases,
+                        jnp.zeros((), bool), state.iteration,
+                        n_stages=jnp.zeros((), jnp.int32))[1]
+
   # --------------------------------------------------- task iteration
   def task_iteration(self, state: AdMRLState, first
                      ) -> tuple[AdMRLState, IterationMetrics]:
@@ -532,7 +564,7 @@ class AdMRL:
         unbatched under vmap).
     """
     first = jnp.asarray(first, bool)
-    key, key_agent, key_phases, key_next = jax.random.split(state.key, 4)
+    key, key_agent, key_phases, key_next = iteration_keys(state)
     u = state.u
     psi = self.family.from_u(u)
     s = self.engine.new_task(state.slbo, key_agent)
@@ -563,6 +595,13 @@ class AdMRL:
         dropped_transitions=s.data.dropped - state.slbo.data.dropped,
         **grad_metrics)
     return new_state, metrics
+
+
+def iteration_keys(state: AdMRLState) -> jax.Array:
+  """The keys `AdMRL.task_iteration(state, ...)` splits `state.key` into,
+  (4,): the next state's key, the fresh agent's, the phases' (zero-shot
+  and SLBO stages) and the next task's."""
+  return jax.random.split(state.key, 4)
 
 
 def run(algorithm: AdMRL, state: AdMRLState):
