@@ -4,27 +4,28 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+# An unreadable checkpoint or run record (CheckpointError): reported in one
+# line, exit status 1, files left alone. A step without a checkpoint
+# (StepNotFound): exit status 2, as a bad flag value.
+from admrl_jax.errors import CheckpointError, StepNotFound  # noqa: F401
+
 
 class UsageError(ValueError):
   """A bad flag value: reported in one line, exit status 2."""
 
 
-class CheckpointError(RuntimeError):
-  """An unreadable checkpoint or run record: reported in one line, exit
-  status 1, files left alone."""
-
-
 def run_main(argv, run: Callable[[], object]) -> None:
   """Runs a script's `run()`, turning its errors into one line and an exit
-  status: UsageError → 2, CheckpointError → 1; extra arguments → 2; Ctrl-C
-  → 130 (what was saved stays; rerunning the command continues)."""
+  status: UsageError or StepNotFound → 2, CheckpointError → 1; extra
+  arguments → 2; Ctrl-C → 130 (what was saved stays; rerunning the command
+  continues)."""
   if len(argv) > 1:
     print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
     sys.exit(2)
   install_interrupt_handler()
   try:
     run()
-  except UsageError as e:
+  except (UsageError, StepNotFound) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except CheckpointError as e:

@@ -268,7 +268,7 @@ def restore(workdir, family, config, record):
     CheckpointError: it does not read or does not match its digests (one
       line naming the step and its directory, and the other saved steps).
   """
-  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
+  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if _STEP.value is not None:
     _positive(_STEP, 'step')

@@ -151,7 +151,7 @@ def run():
   from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
   from admrl_jax.models import dataset  # pylint: disable=g-import-not-at-top
   from admrl_jax.models.dynamics import ModelConfig  # pylint: disable=g-import-not-at-top
-  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
+  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from experiments import presets  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import slbo  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation.metrics import to_jsonable  # pylint: disable=g-import-not-at-top

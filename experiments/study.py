@@ -274,7 +274,7 @@ def train(algo, family, config, alphas, seeds, record, workdir, pieces,
           units_per_task, log):
   """Trains (or resumes) one algorithm's members; one piece per task
   iteration (counted through the driver's checkpoint lines)."""
-  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
+  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from experiments import training as driver  # pylint: disable=g-import-not-at-top
   run_dir = os.path.join(workdir, 'train', algo)
   done = checkpoints.Manager(os.path.join(run_dir, 'checkpoints')

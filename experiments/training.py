@@ -270,7 +270,8 @@ def train(family, config, alphas, seeds, record, workdir, log,
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
-  from experiments import checkpoints, logs  # pylint: disable=g-import-not-at-top
+  from admrl_jax import checkpoints
+  from experiments import logs  # pylint: disable=g-import-not-at-top
 
   # Calibration (Cheetah-Highdim's μ, σ) is part of the run: reuse it.
   if saved is not None and saved.get('calibration'):
@@ -386,7 +387,7 @@ def _resume(manager, like, fallback_to_intact, log):
       and the ways out; nothing is moved), or with `fallback_to_intact`
       none restores intact.
   """
-  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
+  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
   if fallback_to_intact:
     step, state, corrupt = manager.restore_intact(like)
     for error in corrupt:

@@ -54,7 +54,7 @@ def load_state(workdir: str, family, config, record, step=None):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
-  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
+  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
 
   algorithm = admrl.AdMRL(family, config)
   pairs = members(record)

@@ -1,4 +1,4 @@
-"""experiments.checkpoints: a restored state is the saved one, keys
+"""admrl_jax.checkpoints: a restored state is the saved one, keys
 included, placed as the tree it is restored like, so that a resumed run
 lowers the very program of the run that saved it (and JAX's persistent
 compilation cache serves it instead of compiling it again). A corrupt
@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import checkpoints
+from admrl_jax import checkpoints
+from experiments import common
 from experiments.common import CheckpointError, UsageError
 
 
@@ -164,14 +165,23 @@ def test_a_checkpoint_saved_without_digests_still_restores(tmp_path):
   _assert_equal(manager.restore(2, _bits_state()), state)
 
 
-def test_a_missing_step_lists_the_saved_steps(tmp_path):
+def test_a_missing_step_lists_the_saved_steps(tmp_path, monkeypatch, capsys):
   manager, _ = _saved(tmp_path, steps=(1, 2, 3, 4))
   assert manager.all_steps() == [2, 3, 4]   # the latest 3, by default
   with pytest.raises(checkpoints.StepNotFound,
                      match=r'no checkpoint of step 1 in .*; saved steps: '
                      r'2, 3, 4$'):
     manager.restore(1, _bits_state())
-  assert isinstance(checkpoints.StepNotFound(1, '', []), UsageError)
+  # A ValueError for the library; a script exits 2 on it, as on a bad flag.
+  assert isinstance(checkpoints.StepNotFound(1, '', []), ValueError)
+
+  def missing():
+    manager.restore(1, _bits_state())
+  monkeypatch.setattr(common, 'install_interrupt_handler', lambda: None)
+  with pytest.raises(SystemExit) as exited:
+    common.run_main(['script'], missing)
+  assert exited.value.code == 2
+  assert capsys.readouterr().err.startswith('error: no checkpoint of step 1')
 
 
 def test_max_to_keep_none_keeps_every_step(tmp_path):
