@@ -11,12 +11,15 @@ Measures, each in a fresh process, against a fresh cache directory:
                    (its own timers) and the share of the optimised
                    program's instructions that are random-number code
   driver           the first task iteration's wall time (compile_s, as the
-                   driver reports it, + run_s) of
+                   driver reports it, + run_s) and the process's of
                    `python -m experiments.run --env=lq --preset=quick
                    --stop_after=1`, cold and warm, with --nophase_progress
-                   (the task iteration is cached) and with the default
-                   per-phase progress (a host callback: JAX does not cache
-                   that program, so it is compiled again on every run)
+                   (one program per task iteration) and with the default
+                   per-phase progress (three programs driven from the host,
+                   `training.PhasedIteration`; both are cached)
+  smoke            the whole process of the default `python -m
+                   experiments.run --env=lq --preset=smoke`, cold and warm,
+                   and their ratio
 Writes benchmarks/results/compile.json.
 """
 from __future__ import annotations
@@ -131,6 +134,18 @@ def _driver_first_iteration(cache_dir, workdir, extra) -> dict:
               process_s=round(time.time() - t0, 1))
 
 
+def _driver_process(cache_dir, workdir) -> dict:
+  """The whole default lq smoke run in a fresh process."""
+  t0 = time.time()
+  out = subprocess.run(
+      [sys.executable, '-m', 'experiments.run', '--env=lq', '--preset=smoke',
+       f'--workdir={workdir}', f'--compilation_cache={cache_dir}'], cwd=ROOT,
+      capture_output=True, text=True, check=True).stdout
+  line = re.search(r'compiled in ([0-9.]+)s(.*?);', out)
+  return dict(process_s=round(time.time() - t0, 1),
+              compile_s=float(line.group(1)), cache=line.group(2).strip())
+
+
 def main(argv):
   del argv
   if _CHILD.value:
@@ -154,6 +169,11 @@ def main(argv):
               cache, os.path.join(tmp, f'{progress}_{state}'), extra)
           for state in ('cold', 'warm')}
       cache = os.path.join(tmp, 'cache_driver_progress')
+    cache = os.path.join(tmp, 'cache_smoke')
+    smoke = {state: _driver_process(cache, os.path.join(tmp, f'smoke_{state}'))
+             for state in ('cold', 'warm')}
+    smoke['warm_over_cold'] = round(smoke['warm']['process_s']
+                                    / smoke['cold']['process_s'], 3)
   import jax  # pylint: disable=g-import-not-at-top
   result = dict(
       meta=dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -171,7 +191,10 @@ def main(argv):
                   '--preset=quick --stop_after=1: the first task '
                   "iteration's wall time (compilation included) and the "
                   "process's; warm = a second process with the cache the "
-                  'first filled'))
+                  'first filled'),
+      smoke=dict(smoke, what='python -m experiments.run --env=lq '
+                 '--preset=smoke (per-phase progress, the default): the '
+                 'whole process, cold (empty cache) and warm'))
   os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
   with open(_OUT.value, 'w') as f:
     json.dump(result, f, indent=2)

@@ -1,8 +1,10 @@
 """One progress line per phase of a run, with an ETA.
 
 The phases of a task iteration (zero-shot, each SLBO stage, the task update)
-run inside one compiled program; `admrl.AdMRL(on_phase=...)` reports each
-from the program as it ends, and `Progress` turns those reports into lines.
+are reported as `admrl.PhaseEvent`s as each ends — by the driver, which
+runs them as programs of their own (`training.PhasedIteration`), or from
+inside one program by `admrl.AdMRL(on_phase=...)` — and `Progress` turns
+those reports into lines.
 Work is counted in VirtualTraining iterations (zero-shot: nzeroshot; a
 stage: ninner plus one for its real collection; the task update: one), and
 the ETA is the remaining work at the rate measured since the first report,
@@ -20,7 +22,8 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-  """Callable for `AdMRL(on_phase=...)` that writes phase lines via `log`.
+  """Callable on `PhaseEvent`s (`AdMRL(on_phase=...)`, or the driver's
+  `PhasedIteration`) that writes phase lines via `log`.
 
   Args:
     config: the run's `AdMRLConfig` (its n_tasks is the run's length).

@@ -35,9 +35,10 @@ Any hyperparameter: --set=slbo.trpo.max_kl=0.02 --set=task_gradient.solver=per_d
 
 Compiled programs are kept in JAX's persistent compilation cache
 (--compilation_cache, default $ADMRL_JAX_CACHE_DIR or
-~/.cache/admrl_jax/jax_cache; '' turns it off). The per-phase progress
-lines are a host callback inside the task iteration, which JAX never
-caches: with --nophase_progress the task iteration is cached too. With
+~/.cache/admrl_jax/jax_cache; '' turns it off), the task iteration's
+included: with the per-phase progress lines (the default) it runs as
+three programs driven from the host (start, a phase, end), with
+--nophase_progress as one. With
 several devices the members are sharded over them along the member axis
 (--shard=auto|on|off); --distributed calls jax.distributed.initialize()
 for a run over several hosts (untested).
@@ -131,10 +132,10 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     '$ADMRL_JAX_CACHE_DIR, else ~/.cache/admrl_jax/jax_cache); an empty '
     'value turns it off.')
 _PHASE_PROGRESS = flags.DEFINE_bool(
-    'phase_progress', True, 'A progress line per phase from inside the '
-    'compiled task iteration (a host callback: JAX never caches such a '
-    'program, so it is compiled again by every run). --nophase_progress: '
-    'one line per task iteration, and a cached task iteration.')
+    'phase_progress', True, 'A progress line after each phase: the task '
+    'iteration runs as three compiled programs (start, one phase, end) '
+    'driven from the host, a device sync per phase. --nophase_progress: '
+    'one program and one line per task iteration.')
 _SHARD = flags.DEFINE_string(
     'shard', 'auto', 'Shard the members (seeds x alphas) over all devices: '
     'on | off | auto (on when there is more than one device, the sweep is '

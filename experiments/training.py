@@ -227,9 +227,10 @@ def train(family, config, alphas, seeds, record, workdir, log,
     log: a function of one message line.
     stop_after: stop after this many task iterations in total.
     throttle_s: seconds to sleep after each saved task iteration.
-    phase_progress: report every phase from inside the compiled program
-      (a host callback; such programs are not kept in JAX's persistent
-      compilation cache). False: one line per task iteration.
+    phase_progress: a line after every phase (`PhasedIteration`: the task
+      iteration as three programs driven from the host, each kept in JAX's
+      persistent compilation cache). False: one program per task iteration
+      (`WholeIteration`) and one line per task iteration.
     sharding: from `member_sharding`: the members' state and the vmapped
       task iteration are split over the devices along the member axis.
     wandb_project: also log the metrics to this Weights & Biases project
@@ -294,9 +295,9 @@ def train(family, config, alphas, seeds, record, workdir, log,
         f'{sharding.mesh.devices.flat[0].platform} device(s), '
         f'{len(members) // devices} per device')
   progress = Progress(config, len(members), record['sweep'], log)
-  algorithm = admrl.AdMRL(family, config,
-                          on_phase=progress if phase_progress else None)
-  state = jax.vmap(algorithm.init)(
+  algorithm = admrl.AdMRL(family, config)
+  # One program (kept in the persistent cache), not a dispatch per op.
+  state = jax.jit(jax.vmap(algorithm.init))(
       jax.numpy.stack([jax.random.key(seed) for seed, _ in members]),
       jax.numpy.asarray([alpha for _, alpha in members]))
 
@@ -314,45 +315,28 @@ def train(family, config, alphas, seeds, record, workdir, log,
   done = int(np.asarray(state.iteration)[0])
   metrics_log = logs.MetricsLog(workdir, members, keep_below=done,
                                 wandb_project=wandb_project, config=record)
-  # The state is donated: its buffers (the dataset, up to ~350 MB per
-  # member at paper capacity) become the new state's instead of being held
-  # twice during a call (benchmarks/donation_memory.py).
   if sharding is not None:
-    # Every leaf (state and metrics) has the member axis first; XLA
-    # partitions the vmapped program along it, one block per device.
     state = jax.device_put(state, sharding)
-    iteration = jax.jit(
-        jax.vmap(algorithm.task_iteration, in_axes=(0, None)),
-        in_shardings=(sharding, None), out_shardings=sharding,
-        donate_argnums=0)
-  elif record['sweep'] == 'vmap':
-    iteration = jax.jit(jax.vmap(algorithm.task_iteration, in_axes=(0, None)),
-                        donate_argnums=0)
-  else:
-    # Batched kernels round differently from unbatched ones (and by batch
-    # size), and RL amplifies rounding; `map` runs each member's unbatched
-    # program in turn, so a sweep member is bitwise a single run.
-    iteration = jax.jit(lambda s, first: jax.lax.map(
-        lambda member: algorithm.task_iteration(member, first), s),
-                        donate_argnums=0)
+  runner = (PhasedIteration if phase_progress else WholeIteration)(
+      algorithm, record['sweep'], sharding, progress, len(members))
   target = config.n_tasks
   if stop_after is not None:
     target = min(target, stop_after)
   progress.start(done, target)
-  compiled = None
+  compiled = False
   start = time.time()
   while done < target:
-    if compiled is None:
+    if not compiled:
       log(f'task {done + 1}/{config.n_tasks}: compiling the task iteration')
       t0 = time.time()
-      # Ahead of time, so that the compile (or the persistent cache's load)
-      # is timed apart from the run.
-      compiled = iteration.lower(state, done == 0).compile()
-      log(f'compiled in {time.time() - t0:.1f}s; running task {done + 1}'
+      with CacheCount() as cache:
+        runner.compile(state, done == 0)
+      log(f'compiled in {time.time() - t0:.1f}s{cache.describe()}; running '
+          f'task {done + 1}'
           + (' (a line per phase follows)' if phase_progress else ''))
+      compiled = True
     t0 = time.time()
-    # `wait` polls, so Ctrl-C is not held up by a long compiled call.
-    state, metrics = wait(compiled(state, done == 0))
+    state, metrics = runner(state, done)
     elapsed = time.time() - t0
     metrics_log.write(metrics, wall_time=time.time() - start)
     manager.save(done + 1, state)
@@ -369,6 +353,146 @@ def train(family, config, alphas, seeds, record, workdir, log,
   log(f'finished {done}/{config.n_tasks} task iterations; metrics in '
       f'{os.path.join(workdir, "metrics.jsonl")}')
   return state
+
+
+def batched(fn, sweep, sharding=None, n_args=1):
+  """`fn(member, *args)` over the members of a batched first argument (and
+  `n_args` shared ones), as one jitted program that donates that argument (the dataset, up to ~350 MB
+  per member at paper capacity, is not held twice during a call:
+  benchmarks/donation_memory.py). The other arguments are shared.
+
+  sweep 'vmap' batches the members (`jax.vmap`; with `sharding`, XLA
+  partitions the program along the member axis, one block per device);
+  'map' runs each member's unbatched program in turn (`lax.map`): batched
+  kernels round differently from unbatched ones, and RL amplifies
+  rounding, so a `map` member is bitwise a single run.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def over_members(x, *args):
+    if sweep == 'map':
+      return jax.lax.map(lambda member: fn(member, *args), x)
+    return jax.vmap(lambda member: fn(member, *args))(x)
+
+  if sharding is not None:
+    return jax.jit(over_members, in_shardings=(sharding,) + (None,) * n_args,
+                   out_shardings=sharding, donate_argnums=0)
+  return jax.jit(over_members, donate_argnums=0)
+
+
+class WholeIteration:
+  """A task iteration as one compiled program (`AdMRL.task_iteration`):
+  the fastest, and a line per task iteration only."""
+
+  def __init__(self, algorithm, sweep, sharding, progress, n_members):
+    del progress, n_members
+    self._program = batched(algorithm.task_iteration, sweep, sharding)
+    self._compiled = None
+
+  def compile(self, state, first):
+    # Ahead of time, so that the compile (or the persistent cache's load)
+    # is timed apart from the run.
+    self._compiled = self._program.lower(state, first).compile()
+
+  def __call__(self, state, done):
+    # `wait` polls, so Ctrl-C is not held up by a long compiled call.
+    return wait(self._compiled(state, done == 0))
+
+
+class PhasedIteration:
+  """A task iteration as three compiled programs driven from the host
+  (`AdMRL.begin`, `AdMRL.phase` for every phase, `AdMRL.end`), so that a
+  progress line follows each phase while every program stays free of host
+  callbacks and JAX's persistent compilation cache serves it to the next
+  run or resume. The same computation as `WholeIteration`; a device sync
+  per phase."""
+
+  def __init__(self, algorithm, sweep, sharding, progress, n_members):
+    self._algorithm = algorithm
+    self._progress = progress
+    self._n_members = n_members
+    self._begin = batched(algorithm.begin, sweep, sharding)
+    self._phase = batched(algorithm.phase, sweep, sharding)
+    self._end = batched(algorithm.end, sweep, sharding, n_args=0)
+    self._compiled = None
+
+  def compile(self, state, first):
+    import warnings  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    carry = jax.eval_shape(self._begin, state, first)
+    with warnings.catch_warnings():
+      # `end` donates the whole carry for its dataset; θ̂'s parameters and
+      # the keys have no output to reuse their buffers, which JAX warns of.
+      warnings.filterwarnings('ignore', 'Some donated buffers were not usable')
+      self._compiled = (self._begin.lower(state, first).compile(),
+                        self._phase.lower(carry, np.int32(0)).compile(),
+                        self._end.lower(carry).compile())
+
+  def __call__(self, state, done):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from admrl_jax.meta.admrl import PhaseEvent  # pylint: disable=g-import-not-at-top
+    begin, phase, end = self._compiled
+    first = done == 0
+    indices = self._algorithm.phase_indices(first)
+    n_stages = len(indices) - (0 if first else 1)
+    carry = begin(state, first)
+    for index in indices:
+      carry, report = wait(phase(carry, np.int32(index)))
+      values = np.asarray(report.virtual_return), np.asarray(report.model_loss)
+      for lane in range(self._n_members):
+        self._progress(PhaseEvent(
+            task_index=done, phase='zero_shot' if index == 0 else 'stage',
+            stage=index, n_stages=n_stages, first=first,
+            virtual_return=float(values[0][lane]),
+            model_loss=float(values[1][lane]), gap=float('nan')))
+    state, metrics = wait(end(carry))
+    gaps = np.asarray(metrics.gap)
+    for lane in range(self._n_members):
+      self._progress(PhaseEvent(
+          task_index=done, phase='task_update', stage=0, n_stages=n_stages,
+          first=first, virtual_return=float('nan'), model_loss=float('nan'),
+          gap=float(gaps[lane])))
+    return state, metrics
+
+
+class CacheCount:
+  """Counts, while entered, the programs JAX compiled and those its
+  persistent compilation cache served (`jax.monitoring` events)."""
+
+  _active = []
+
+  def __enter__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    if not CacheCount._active:
+      jax.monitoring.register_event_listener(CacheCount._listen)
+    self.requests = self.hits = 0
+    CacheCount._active.append(self)
+    return self
+
+  def __exit__(self, *exc):
+    import jax  # pylint: disable=g-import-not-at-top
+    CacheCount._active.remove(self)
+    if not CacheCount._active:
+      jax.monitoring.unregister_event_listener(CacheCount._listen)
+
+  @staticmethod
+  def _listen(event, **kwargs):
+    del kwargs
+    for count in CacheCount._active:
+      if event == '/jax/compilation_cache/compile_requests_use_cache':
+        count.requests += 1
+      elif event == '/jax/compilation_cache/cache_hits':
+        count.hits += 1
+
+  def describe(self) -> str:
+    """'' without the cache, else ' (2 of 3 programs from the persistent
+    compilation cache)'."""
+    if not self.requests:
+      return ''
+    return (f' ({self.hits} of {self.requests} program'
+            f'{"s" if self.requests > 1 else ""} from the persistent '
+            'compilation cache)')
 
 
 def _write_record(workdir, record) -> None:

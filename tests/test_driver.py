@@ -17,6 +17,10 @@ from driver_runs import finish as _finish
 from driver_runs import metrics as _metrics
 
 SMOKE = ['--env=lq', '--preset=smoke', '--ntasks=3', '--seed=0']
+# The driver caches programs that took >= 1 s to compile; on a fast machine
+# a smoke program may take less.
+EVERY_PROGRAM_CACHED = dict(os.environ,
+                            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
 
 
 def _wait_for_checkpoint(proc, workdir, step=1, timeout=900):
@@ -32,16 +36,15 @@ def _wait_for_checkpoint(proc, workdir, step=1, timeout=900):
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """Seven runs: a vmapped sweep α = 0.25, 0.5, 1 (normalised steps, the
+  """Eight runs: a vmapped sweep α = 0.25, 0.5, 1 (normalised steps, the
   presets' rule); the same sweep killed with SIGKILL after task iteration 1
   and then restarted; the sweep with --sweep=map; α = 0.5 alone with
-  --sweep=map; the vmapped and the mapped
-  sweep in float64 (--x64), these two with per-phase progress lines.
+  --sweep=map; the vmapped and the mapped sweep in float64 (--x64), these
+  two with per-phase progress lines (the default), and the vmapped one
+  again.
 
-  Four programs are compiled: the other runs start once the run that
-  compiles their program has checkpointed, and load it from the
-  persistent cache (programs with per-phase progress are never cached,
-  hence --nophase_progress where the lines are not under test)."""
+  The runs that repeat another's programs start once that run has
+  checkpointed, and load them from the persistent cache."""
   base = tmp_path_factory.mktemp('driver')
   dirs = {name: str(base / name)
           for name in ('sweep', 'killed', 'sweep_map', 'single_map',
@@ -53,9 +56,17 @@ def runs(tmp_path_factory):
       'sweep_map': _driver(SMOKE + quiet + ['--alpha=0.25,0.5,1', '--sweep=map',
                                             f'--workdir={dirs["sweep_map"]}']),
       'sweep_x64': _driver(SMOKE + ['--alpha=0.25,0.5,1', '--x64',
-                                    f'--workdir={dirs["sweep_x64"]}']),
+                                    f'--workdir={dirs["sweep_x64"]}'],
+                           env=EVERY_PROGRAM_CACHED),
       'map_x64': _driver(SMOKE + ['--alpha=0.25,0.5,1', '--x64', '--sweep=map',
                                   f'--workdir={dirs["map_x64"]}'])}
+  # The default run (per-phase progress) again, once the first has
+  # compiled: its three programs come from the persistent cache.
+  _wait_for_checkpoint(procs['sweep_x64'], dirs['sweep_x64'])
+  dirs['x64_again'] = str(base / 'x64_again')
+  procs['x64_again'] = _driver(SMOKE + [
+      '--alpha=0.25,0.5,1', '--x64', f'--workdir={dirs["x64_again"]}'],
+                               env=EVERY_PROGRAM_CACHED)
   _wait_for_checkpoint(procs['sweep_map'], dirs['sweep_map'])
   procs['single_map'] = _driver(SMOKE + quiet + [
       '--alpha=0.5', '--sweep=map', f'--workdir={dirs["single_map"]}'])
@@ -187,6 +198,26 @@ def test_vmapped_sweep_in_float64_tracks_single_runs(runs):
 
 def _number(value):
   return np.asarray(np.nan if value is None else value, float)  # NaN is null
+
+
+def test_a_second_default_run_loads_its_programs_from_the_cache(runs):
+  """Per-phase progress keeps the programs cacheable (three programs
+  driven from the host): the first x64 run compiles them, the identical
+  second one loads all three, and both compute the same run."""
+  dirs, outputs = runs
+  def compiled_line(out):
+    [line] = [l for l in out.splitlines() if '] compiled in ' in l]
+    return line
+  first = compiled_line(outputs['sweep_x64'])
+  again = compiled_line(outputs['x64_again'])
+  assert '(3 of 3 programs from the persistent compilation cache)' in again, (
+      again)
+  assert ' of 3 programs from the persistent compilation cache' in first, (
+      first)   # 0 of 3 unless $ADMRL_JAX_CACHE_DIR held them already
+  assert 'stage 1/1 (3 member(s))' in outputs['x64_again']
+  for a, b in zip(_metrics(dirs['sweep_x64']), _metrics(dirs['x64_again'])):
+    assert a['u_next'] == b['u_next'] and a['virtual_return'] == pytest.approx(
+        b['virtual_return'], nan_ok=True)
 
 
 def test_progress_has_a_line_per_phase_with_an_eta(runs):

@@ -35,7 +35,7 @@ converge (`IterationMetrics.step_scale`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -219,6 +219,40 @@ class IterationMetrics:
   dropped_transitions: jax.Array
 
 
+@struct.dataclass
+class TaskCarry:
+  """A task iteration between its phases (`AdMRL.begin`, `AdMRL.phase`,
+  `AdMRL.end`).
+
+  Attributes:
+    state: the run's state, its `slbo` the task's working SLBO state (fresh
+      policy and value from `begin`, then each phase's result).
+    first: whether this is the run's first task (bool).
+    n_stages: SLBO stages of this task iteration (int32).
+    keys: (4,) `iteration_keys(state)` of the state `begin` received.
+    hat: θ̂ = (policy params, value params, state normaliser) after the
+      zero-shot phase (the fresh agent until it has run).
+    last: VirtualMetrics of the last VirtualTraining iteration of the last
+      SLBO stage run so far (NaN before the first).
+    dropped_before: `state.slbo.data.dropped` when the iteration began.
+  """
+  state: AdMRLState
+  first: jax.Array
+  n_stages: jax.Array
+  keys: jax.Array
+  hat: Any
+  last: Any
+  dropped_before: jax.Array
+
+
+@struct.dataclass
+class PhaseReport:
+  """A phase's last VirtualTraining iteration (`AdMRL.phase`): its
+  virtual return and model loss (scalars)."""
+  virtual_return: jax.Array
+  model_loss: jax.Array
+
+
 class PhaseEvent(NamedTuple):
   """What `on_phase` receives as a phase of a task iteration ends.
 
@@ -250,6 +284,8 @@ class AdMRL:
     init(key, alpha) -> AdMRLState.
     task_iteration(state, first) -> (AdMRLState, IterationMetrics): pure;
       `jitted` is its jax.jit (one program for every iteration).
+    next_task(s, hat, psi, u, alpha, key, first, history) -> (u_next,
+      metrics): the iteration's choice of the next task, pure.
   """
 
   def __init__(self, family: TaskFamily, config: AdMRLConfig = AdMRLConfig(),
@@ -320,37 +356,73 @@ class AdMRL:
     return 2 * self.config.gradient_envs * self.family.horizon
 
   # ------------------------------------------------------------ pieces
-  def _phases(self, s, psi, key, first, iteration, n_stages=None):
-    """Zero-shot (phase 0) and the SLBO stages (phases 1…) as one scan
-    (`SLBO.phase_scan`; Algorithm 1, lines 4-7).
+  @property
+  def n_phases(self) -> int:
+    """Phases of the longest task iteration: the zero-shot phase (index 0)
+    and the SLBO stages 1 … max(n_slbo, n_slbo_first)."""
+    return 1 + max(self.config.n_slbo, self.config.n_slbo_first)
 
-    A phase is skipped by a branch on `first` and the phase index, never on
-    batched data: the first task has no zero-shot phase and runs
-    n_slbo_first stages, the others n_slbo (or `n_stages`, when given).
-    Returns the state, θ̂ = (policy, value, state normaliser) after
-    zero-shot, the last active stage's last VirtualTraining metrics, and
-    the number of stages run.
-    """
+  def phase_indices(self, first: bool) -> list:
+    """The phases a task iteration runs, in order (Algorithm 1, lines
+    4-7): no zero-shot phase and n_slbo_first stages for the first task,
+    the zero-shot phase and n_slbo stages for the others."""
     config = self.config
-    if n_stages is None:
-      n_stages = jnp.where(first, config.n_slbo_first, config.n_slbo)
-    n_phases = 1 + max(config.n_slbo, config.n_slbo_first)
+    if first:
+      return list(range(1, config.n_slbo_first + 1))
+    return list(range(0, config.n_slbo + 1))
 
-    def observe(s, metrics, phase):
-      if self._on_phase is not None:
-        last = phase.n_active - 1
-        self._report(iteration, phase.index, phase.active, n_stages, first,
-                     metrics.virtual_return[last], metrics.model_loss[last],
-                     jnp.full((), jnp.nan))
-      return (s.agent.policy, s.agent.value, s.model.norms.state)
+  def begin(self, state: AdMRLState, first) -> TaskCarry:
+    """Starts a task iteration: a fresh policy and value for the task
+    state.u (model and data persist).
 
-    s, metrics, hats = self.engine.phase_scan(
-        s, psi, key, n_phases, run_zero_shot=~first, n_stages=n_stages,
-        observe=observe)
-    hat = jax.tree.map(lambda x: x[0], hats)  # after phase 0 (zero-shot)
-    last = jax.tree.map(lambda x: x[n_stages, config.slbo.n_inner - 1],
-                        metrics)
-    return s, hat, last, n_stages
+    Args:
+      state: the run's state.
+      first: whether this is the run's first task (bool, may be traced).
+    """
+    first = jnp.asarray(first, bool)
+    keys = iteration_keys(state)
+    s = self.engine.new_task(state.slbo, keys[1])
+    psi = self.family.from_u(state.u)
+    hat = (s.agent.policy, s.agent.value, s.model.norms.state)
+    last = slbo_lib.skipped_metrics(
+        lambda s: self._run_phase(s, psi, jnp.ones((), jnp.int32), keys[2]),
+        s)
+    last = jax.tree.map(lambda x: x[-1], last)
+    return TaskCarry(
+        state=state.replace(slbo=s), first=first,
+        n_stages=jnp.where(first, self.config.n_slbo_first,
+                           self.config.n_slbo).astype(jnp.int32),
+        keys=keys, hat=hat, last=last,
+        dropped_before=state.slbo.data.dropped)
+
+  def _run_phase(self, s, psi, index, key_phases):
+    key_phase = jax.random.split(key_phases, self.n_phases)[index]
+    return self.engine.phase(s, psi, index, key_phase)
+
+  def phase(self, carry: TaskCarry, index) -> tuple[TaskCarry, PhaseReport]:
+    """Runs phase `index` of the task iteration: 0 the zero-shot phase
+    (VirtualTraining(n_zeroshot) of the fresh policy: θ̂; Algorithm 1,
+    line 4), i ≥ 1 SLBO stage i (real samples, then VirtualTraining(n_inner);
+    lines 5-7). `index` may be traced: one program serves every phase. A
+    caller runs `phase_indices(first)` in order; phase i uses
+    split(keys[2], n_phases)[i], whatever ran before it.
+    """
+    index = jnp.asarray(index, jnp.int32)
+    psi = self.family.from_u(carry.state.u)
+    s, metrics = self._run_phase(carry.state.slbo, psi, index,
+                                 carry.keys[2])
+    n_active = jnp.where(index > 0, self.config.slbo.n_inner,
+                         self.config.slbo.n_zeroshot)
+    final = jax.tree.map(lambda x: x[n_active - 1], metrics)
+    hat = jax.tree.map(
+        lambda new, old: jnp.where(index == 0, new, old),
+        (s.agent.policy, s.agent.value, s.model.norms.state), carry.hat)
+    last = jax.tree.map(lambda new, old: jnp.where(index > 0, new, old),
+                        final, carry.last)
+    carry = carry.replace(state=carry.state.replace(slbo=s), hat=hat,
+                          last=last)
+    return carry, PhaseReport(virtual_return=final.virtual_return,
+                              model_loss=final.model_loss)
 
   def _report(self, iteration, index, active, n_stages, first,
               virtual_return, model_loss, gap):
@@ -498,9 +570,31 @@ class AdMRL:
     return u_next, dict(metrics, return_hat=return_hat,
                         return_star=return_star, gap=gap)
 
-  def _next_task(self, s, hat, psi, u, alpha, key, first, history=None):
-    """The next task by `config.algo` (and its metrics); history =
-    (visited_u, gaps, iteration index) of the state, for mb_cem."""
+  def next_task(self, s, hat, psi, u, alpha, key, first, history=None):
+    """The next task by `config.algo`, after a task's phases (Lin et al.
+    2020, arXiv:2006.08875, Algorithm 1, lines 8-12; the module docstring
+    lists each algo's rule). Pure; the task iteration's last step.
+
+    Args:
+      s: the task's SLBO state after its stages: θ* (`s.agent`), the model
+        and its normalisers, the dataset.
+      hat: θ̂ = (policy params, value params, state normaliser) after the
+        zero-shot phase (unused by mb_unif, mb_gauss, mb_vertices, slbo).
+      psi, u: the task trained on, in the family's and in normalised
+        coordinates, (k,) each.
+      alpha: the task step size α (scalar; admrl only).
+      key: PRNG key (the task iteration passes `iteration_keys(state)[3]`).
+      first: whether this was the run's first task (bool, may be traced):
+        then admrl and mb_cem draw u ~ U[−1, 1]^k, without a gradient.
+      history: (visited_u (n_tasks, k), gaps (n_tasks,), iteration index)
+        of the run's state, for mb_cem; None for the other algos.
+    Returns:
+      (u_next (k,), metrics): a dict of the `IterationMetrics` fields
+      return_hat, return_star, gap, grad_u, grad_u_repeat, grad_norm,
+      residual, solver_iterations, grad_accepted and step_scale (NaN,
+      zeros or False where not computed). admrl rejects a non-finite
+      gradient (u_next = u, grad_u zeros, grad_accepted False).
+    """
     family, algo = self.family, self.config.algo
     key_random, key_grad = jax.random.split(key)
     uniform = lambda: jax.random.uniform(key_random, u.shape, minval=-1.0,
@@ -545,55 +639,78 @@ class AdMRL:
       (policy params, value params, state normaliser) after the zero-shot
       phase.
     """
-    _, key_agent, key_phases, _ = iteration_keys(state)
+    carry = self.begin(state.replace(u=jnp.asarray(u, state.u.dtype)),
+                       False)
     if key is not None:
-      key_phases = key
-    s = self.engine.new_task(state.slbo, key_agent)
-    return self._phases(s, self.family.from_u(u), key_phases,
-                        jnp.zeros((), bool), state.iteration,
-                        n_stages=jnp.zeros((), jnp.int32))[1]
+      carry = carry.replace(keys=carry.keys.at[2].set(key))
+    return self.phase(carry, 0)[0].hat
 
   # --------------------------------------------------- task iteration
-  def task_iteration(self, state: AdMRLState, first
-                     ) -> tuple[AdMRLState, IterationMetrics]:
-    """One task iteration of Algorithm 1 (see the module docstring).
-
-    Args:
-      state: the run's state.
-      first: whether this is the run's first task (a traced bool; keep it
-        unbatched under vmap).
-    """
-    first = jnp.asarray(first, bool)
-    key, key_agent, key_phases, key_next = iteration_keys(state)
-    u = state.u
+  def end(self, carry: TaskCarry) -> tuple[AdMRLState, IterationMetrics]:
+    """Ends a task iteration after its phases: the next task by
+    `config.algo` (Algorithm 1, lines 8-12: for admrl, ψ ← Π_Ψ(ψ + α ∂L/∂ψ)
+    from θ̂ and θ*), and the run's next state and this iteration's
+    metrics."""
+    state, first = carry.state, carry.first
+    s, u, index = state.slbo, state.u, state.iteration
     psi = self.family.from_u(u)
-    s = self.engine.new_task(state.slbo, key_agent)
-    s, hat, last, n_stages = self._phases(s, psi, key_phases, first,
-                                          state.iteration)
-    u_next, grad_metrics = self._next_task(
-        s, hat, psi, u, state.alpha, key_next, first,
-        (state.visited_u, state.gaps, state.iteration))
-    if self._on_phase is not None:
-      nan = jnp.full((), jnp.nan)
-      self._report(state.iteration, -1, jnp.ones((), bool), n_stages, first,
-                   nan, nan, grad_metrics['gap'])
+    u_next, grad_metrics = self.next_task(
+        s, carry.hat, psi, u, state.alpha, carry.keys[3], first,
+        (state.visited_u, state.gaps, index))
     real_samples = (state.real_samples
-                    + n_stages * self.samples_per_stage()
+                    + carry.n_stages * self.samples_per_stage()
                     + jnp.where(first, 0, self.gradient_samples()))
-    index = state.iteration
     new_state = AdMRLState(
-        slbo=s, u=u_next, alpha=state.alpha, key=key,
+        slbo=s, u=u_next, alpha=state.alpha, key=carry.keys[0],
         iteration=index + 1, real_samples=real_samples.astype(jnp.int32),
         visited_u=state.visited_u.at[index].set(u),
         gaps=state.gaps.at[index].set(grad_metrics['gap']))
+    last = carry.last
     metrics = IterationMetrics(
         task_index=index, u=u, psi=psi, u_next=u_next,
         model_loss=last.model_loss, virtual_return=last.virtual_return,
         trpo_accepted=last.trpo_accepted, real_samples=new_state.real_samples,
         nonfinite_model=~jnp.isfinite(last.model_loss),
         model_rejected=last.model_rejected,
-        dropped_transitions=s.data.dropped - state.slbo.data.dropped,
+        dropped_transitions=s.data.dropped - carry.dropped_before,
         **grad_metrics)
+    return new_state, metrics
+
+  def task_iteration(self, state: AdMRLState, first
+                     ) -> tuple[AdMRLState, IterationMetrics]:
+    """One task iteration of Algorithm 1 (see the module docstring) as one
+    program: `begin`, the phases of `phase_indices(first)` (a `lax.scan`
+    over every phase index, inactive ones skipped by a branch on `first`),
+    `end`.
+
+    Args:
+      state: the run's state.
+      first: whether this is the run's first task (a traced bool; keep it
+        unbatched under vmap).
+    """
+    carry = self.begin(state, first)
+    first = carry.first
+
+    def step(carry, index):
+      active = jnp.where(index == 0, ~first, index <= carry.n_stages)
+      carry, report = jax.lax.cond(
+          active, self.phase,
+          lambda c, i: (c, jax.tree.map(
+              lambda x: jnp.full_like(x, jnp.nan),
+              jax.eval_shape(self.phase, c, i)[1])), carry, index)
+      if self._on_phase is not None:
+        self._report(state.iteration, index, active, carry.n_stages, first,
+                     report.virtual_return, report.model_loss,
+                     jnp.full((), jnp.nan))
+      return carry, None
+
+    carry, _ = jax.lax.scan(step, carry,
+                            jnp.arange(self.n_phases, dtype=jnp.int32))
+    new_state, metrics = self.end(carry)
+    if self._on_phase is not None:
+      nan = jnp.full((), jnp.nan)
+      self._report(state.iteration, -1, jnp.ones((), bool), carry.n_stages,
+                   first, nan, nan, metrics.gap)
     return new_state, metrics
 
 

@@ -275,7 +275,9 @@ class SLBO:
     virtual_training(state, psi, key, n_iterations, n_active=None) ->
       (state, VirtualMetrics): Algorithm 2 of Lin et al. 2020.
     policy_step(state, psi, key): one TRPO step on virtual samples.
+    virtual_start_states(state, key): where its model roll-outs start.
     phase_scan(state, psi, key, n_phases, ...): zero-shot then SLBO stages.
+    phase(state, psi, index, key_phase): one of them, a program of its own.
     evaluate(state, psi, key) -> Rollout: the mean policy on the real env.
     new_task(state, key) -> state: a fresh agent.
   Jitted conveniences:
@@ -330,6 +332,18 @@ class SLBO:
         model_keys=True)
 
   # ---------------------------------------------------------- pieces
+  def virtual_start_states(self, state: SLBOState, key) -> jax.Array:
+    """Where `policy_step`'s model roll-outs start, (n_rollouts,
+    obs_size): real reset states (`config.virtual_start='reset'`, SLBO) or
+    observations drawn uniformly from the dataset D ('data', MBPO-style
+    branched roll-outs). Pure; `policy_step(state, psi, key)` draws them
+    with the first of `jax.random.split(key, 3)`."""
+    config = self.config
+    if config.virtual_start == 'reset':
+      return jax.vmap(self.family.reset)(
+          jax.random.split(key, config.n_rollouts)).obs
+    return dataset_lib.sample(state.data, key, config.n_rollouts).obs
+
   def policy_step(self, state: SLBOState, psi, key):
     """Virtual samples → GAE → TRPO step → value fit (one of the npolicy
     steps of a VirtualTraining iteration; Lin et al. 2020, Algorithm 2).
@@ -344,15 +358,10 @@ class SLBO:
       value_loss)), scalars: the virtual batch's mean episode return, the
       TRPO step's acceptance, its KL and the value loss.
     """
-    config, family = self.config, self.family
+    config = self.config
     key_start, key_roll, key_value = jax.random.split(key, 3)
     norm = state.model.norms.state
-    if config.virtual_start == 'reset':
-      start_obs = jax.vmap(family.reset)(
-          jax.random.split(key_start, config.n_rollouts)).obs
-    else:
-      start_obs = dataset_lib.sample(state.data, key_start,
-                                     config.n_rollouts).obs
+    start_obs = self.virtual_start_states(state, key_start)
     agent = state.agent
     value_net = self.networks.value
     tr = self._virtual_rollout((agent.policy, norm), state.model, psi,
@@ -475,21 +484,15 @@ class SLBO:
     """
     config = self.config
     n_zeroshot = config.n_zeroshot if n_zeroshot is None else n_zeroshot
-    n_iterations = max(n_zeroshot, config.n_inner)
     masked = run_zero_shot is not None or n_stages is not None
 
     def phase(s, inputs):
       index, key_phase = inputs
-      # The first two keys equal split(key_phase, 2) (threefry, partitionable).
-      key_collect, key_train, key_observe = jax.random.split(key_phase, 3)
+      key_observe = jax.random.split(key_phase, 3)[2]
       n_active = jnp.where(index > 0, config.n_inner, n_zeroshot)
 
       def run(s):
-        s = jax.lax.cond(index > 0,
-                         lambda s: self.collect_real(s, psi, key_collect),
-                         lambda s: s, s)
-        return self.virtual_training(s, psi, key_train, n_iterations,
-                                     n_active)
+        return self.phase(s, psi, index, key_phase, n_zeroshot)
 
       if masked:
         zero_shot_on = True if run_zero_shot is None else run_zero_shot
@@ -509,6 +512,33 @@ class SLBO:
         phase, state, (jnp.arange(n_phases),
                        jax.random.split(key, n_phases)))
     return state, metrics, observed
+
+  def phase(self, state: SLBOState, psi, index, key_phase,
+            n_zeroshot: Optional[int] = None):
+    """One phase of `phase_scan`, always run: the zero-shot phase
+    (VirtualTraining(n_zeroshot)) when `index` is 0, else an SLBO stage
+    (`collect_real`, then VirtualTraining(n_inner)).
+
+    Args:
+      state, psi: as `phase_scan`.
+      index: the phase (int32, may be traced: one program for every phase).
+      key_phase: the phase's key, split(key, n_phases)[index] in
+        `phase_scan`'s convention.
+      n_zeroshot: as `phase_scan`.
+    Returns:
+      (state, VirtualMetrics with leaves (max(n_zeroshot, n_inner),)); the
+      entries after the phase's own iteration count are NaN.
+    """
+    config = self.config
+    n_zeroshot = config.n_zeroshot if n_zeroshot is None else n_zeroshot
+    # The first two keys equal split(key_phase, 2) (threefry, partitionable).
+    key_collect, key_train, _ = jax.random.split(key_phase, 3)
+    n_active = jnp.where(index > 0, config.n_inner, n_zeroshot)
+    state = jax.lax.cond(index > 0,
+                         lambda s: self.collect_real(s, psi, key_collect),
+                         lambda s: s, state)
+    return self.virtual_training(state, psi, key_train,
+                                 max(n_zeroshot, config.n_inner), n_active)
 
   def evaluate(self, state: SLBOState, psi, key) -> rollout.Rollout:
     """Real roll-outs of the mean policy (no exploration noise) on task ψ
