@@ -58,11 +58,13 @@ def test_map_reports_every_member_and_counts_their_work():
   lines, clock = [], _Clock()
   progress = Progress(_config(), 2, 'map', lines.append, clock)
   progress.start(1, 3)  # resumed after task 1: 2 tasks × 2 members left
-  assert progress._remaining == 2 * 11 * 2  # pylint: disable=protected-access
   clock.t = 50.0
   progress(_event(1, 'zero_shot'))
   clock.t = 54.0
   progress(_event(1, 'stage', 1))
+  # The work left is 2 × 11 × 2 = 44 units from start(1, 3), less the
+  # zero-shot (4) and the stage (3): 37 units at 3 units in 4 s.
+  assert lines[1].endswith(f'ETA {37 * 4 / 3:.0f}s'), lines[1]
   progress(_event(1, 'zero_shot'))  # the second member
   assert lines[0].startswith('task 2/3, zero-shot (member 1/2)')
   assert lines[2].startswith('task 2/3, zero-shot (member 2/2)')
