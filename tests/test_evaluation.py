@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import compile_count
 from admrl_jax import envs
 from admrl_jax.config import RolloutConfig
 from admrl_jax.evaluation import adaptation
@@ -170,8 +171,10 @@ from admrl_jax.envs import lq
 class GainLQFamily(lq.LQFamily):
   gain: float = 1.0
 
+  # LQFamily's hook for its matrices, overridden as a subclass may: the
+  # private name is this class's own, not a reach into the library.
   def _matrices(self, dtype):
-    a, b, q, r = super()._matrices(dtype)
+    a, b, q, r = super()._matrices(dtype)  # the parent's hook, extended
     return a, self.gain * b, q, r
 
 
@@ -199,9 +202,12 @@ def _family_pipeline(base, results):
   workdir = os.path.join(base, 'gain_lq')
   results['workdir'] = workdir
   try:
-    run = _script('experiments.run', '--env=gain_lq',
+    # The task samplers that are not AdMRL's go through the same scripts:
+    # mb_cem here (its second task chosen from a measured gap), mb_vertices
+    # on plain lq below.
+    run = _script('experiments.run', '--env=gain_lq', '--algo=mb_cem',
                   '--family_module=gain_lq_family', '--family_set=gain=2',
-                  '--preset=smoke', '--ntasks=1', f'--workdir={workdir}',
+                  '--preset=smoke', '--ntasks=2', f'--workdir={workdir}',
                   env=env)
     results['run'] = run.communicate(timeout=600) + (run.returncode,)
     if run.returncode:
@@ -214,6 +220,17 @@ def _family_pipeline(base, results):
                       '--budgets=25')
     results['no_module'] = missing.communicate(timeout=600) + (
         missing.returncode,)
+    vertices = os.path.join(base, 'lq-vertices')
+    results['vertices_workdir'] = vertices
+    run = _script('experiments.run', '--env=lq', '--algo=mb_vertices',
+                  '--preset=smoke', '--ntasks=3', f'--workdir={vertices}')
+    results['vertices_run'] = run.communicate(timeout=600) + (run.returncode,)
+    if run.returncode:
+      return
+    evaluate = _script('experiments.evaluate', f'--workdir={vertices}',
+                       '--budgets=25', '--max_tasks=1')
+    results['vertices_evaluate'] = evaluate.communicate(timeout=600) + (
+        evaluate.returncode,)
   except Exception as e:  # pylint: disable=broad-except
     results['error'] = repr(e)
 
@@ -365,11 +382,12 @@ def test_tasks_adapt_independently_from_the_trained_state(
   """Task 0's result does not depend on the other tasks of the set (each
   starts from the trained model and data), and a new set of the same size
   reuses the compiled program."""
-  other = adapter.evaluate_tasks(
-      trained, np.concatenate([tasks[:1], tasks[:0:-1]]), jax.random.key(5))
+  reordered = np.concatenate([tasks[:1], tasks[:0:-1]])
+  with compile_count.compilations() as compiled:
+    other = adapter.evaluate_tasks(trained, reordered, jax.random.key(5))
   np.testing.assert_array_equal(other.a0[0], adapted.a0[0])
   np.testing.assert_array_equal(other.an[0], adapted.an[0])
-  assert adapter.evaluate_tasks._cache_size() == 1
+  assert not compiled, compiled
 
 
 # --------------------------------------------------------------- A*
@@ -793,6 +811,41 @@ def test_a_family_registered_by_a_module_trains_and_evaluates(scripts):
   assert code == 2, err[-2000:]
   [line] = [line for line in err.splitlines() if line.strip()]
   assert line.startswith('error:') and "'gain_lq_family'" in line, err
+
+
+def test_mb_cem_and_mb_vertices_runs_train_and_evaluate(scripts):
+  """The driver and evaluate on the two control arms of the study: mb_cem
+  measures the first task's gap and draws its next task from it, and
+  evaluate reports the run under its algorithm; every task mb_vertices
+  draws is a corner of the box."""
+  scripts['family_thread'].join(timeout=900)
+  results = scripts['family']
+  assert 'error' not in results, results['error']
+  _ok(results, 'run')
+  rows = [json.loads(line) for line in open(
+      os.path.join(results['workdir'], 'metrics.jsonl'))]
+  assert [r['task_index'] for r in rows] == [0, 1]
+  assert rows[0]['gap'] is None                # the first task: none measured
+  assert np.isfinite(rows[1]['gap']) and np.isfinite(rows[1]['return_star'])
+  assert not rows[1]['grad_accepted']          # no gradient: a CEM draw
+  assert np.all(np.abs(rows[1]['u_next']) <= 1.0)
+  _ok(results, 'evaluate')
+  report = _read_json(os.path.join(results['workdir'], 'eval.json'))
+  assert report['algo'] == 'mb_cem'
+  np.testing.assert_allclose(report['visited_tasks'][0],
+                             [r['psi'] for r in rows], atol=1e-6)
+
+  _ok(results, 'vertices_run')
+  rows = [json.loads(line) for line in open(
+      os.path.join(results['vertices_workdir'], 'metrics.jsonl'))]
+  assert len(rows) == 3
+  for row in rows:                   # the first task is config.first_u
+    np.testing.assert_allclose(np.abs(row['u_next']), 1.0, atol=1e-6)
+  _ok(results, 'vertices_evaluate')
+  report = _read_json(os.path.join(results['vertices_workdir'],
+                                   'eval.json'))
+  assert report['algo'] == 'mb_vertices' and len(report['tasks']) == 1
+  assert np.all(np.isfinite(report['An']))
 
 
 def test_one_task_at_a_time_matches_every_task_at_once(
