@@ -1,10 +1,8 @@
 """Matrix-free linear algebra on pytrees: Hessian-vector products, CG,
-MINRES, GMRES, a dense reference solve."""
+MINRES, GMRES, a dense reference solve (tree algebra:
+`optax.tree_utils`)."""
 from admrl_jax.linalg.cg import CGInfo
 from admrl_jax.linalg.cg import conjugate_gradient
-from admrl_jax.linalg.cg import tree_axpy
-from admrl_jax.linalg.cg import tree_norm
-from admrl_jax.linalg.cg import tree_vdot
 from admrl_jax.linalg.hvp import hvp
 from admrl_jax.linalg.krylov import METHODS
 from admrl_jax.linalg.krylov import SolveInfo
@@ -15,5 +13,4 @@ from admrl_jax.linalg.krylov import minres
 from admrl_jax.linalg.krylov import solve
 
 __all__ = ['CGInfo', 'METHODS', 'SolveInfo', 'cg_normal', 'conjugate_gradient',
-           'dense', 'gmres', 'hvp', 'minres', 'solve', 'tree_axpy', 'tree_norm',
-           'tree_vdot']
+           'dense', 'gmres', 'hvp', 'minres', 'solve']

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 from flax import struct
 
 PyTree = Any
@@ -35,22 +36,6 @@ class CGInfo:
   iterations: jax.Array
   best_iteration: jax.Array
   residual: jax.Array
-
-
-def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
-  """Σ over leaves of ⟨a, b⟩ (real pytrees of the same structure)."""
-  leaves = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.vdot(x, y), a, b))
-  return sum(leaves[1:], leaves[0])
-
-
-def tree_axpy(alpha: jax.Array, x: PyTree, y: PyTree) -> PyTree:
-  """alpha·x + y, leafwise."""
-  return jax.tree.map(lambda xi, yi: alpha * xi + yi, x, y)
-
-
-def tree_norm(x: PyTree) -> jax.Array:
-  """The Euclidean norm of all leaves of x together, a scalar."""
-  return jnp.sqrt(tree_vdot(x, x))
 
 
 @struct.dataclass
@@ -86,15 +71,15 @@ def conjugate_gradient(matvec: Callable[[PyTree], PyTree], b: PyTree,
     (x, info): the solution, structured like b, and a `CGInfo`.
   """
   if x0 is None:
-    x0 = jax.tree.map(jnp.zeros_like, b)
+    x0 = otu.tree_zeros_like(b)
     r0 = b  # saves a matvec
   else:
-    r0 = jax.tree.map(jnp.subtract, b, matvec(x0))
-  b_norm = tree_norm(b)
+    r0 = otu.tree_sub(b, matvec(x0))
+  b_norm = otu.tree_norm(b)
   # b = 0 would make the relative residual 0/0; measure ‖r‖ itself instead.
   scale = jnp.where(b_norm > 0, b_norm, jnp.ones_like(b_norm))
   threshold = (tol * scale)**2
-  rs0 = tree_vdot(r0, r0)
+  rs0 = otu.tree_vdot(r0, r0)
   zero = jnp.zeros((), jnp.int32)
   init = _CGState(k=zero, x=x0, r=r0, p=r0, rs=rs0, best_x=x0, best_rs=rs0,
                   best_k=zero)
@@ -104,14 +89,14 @@ def conjugate_gradient(matvec: Callable[[PyTree], PyTree], b: PyTree,
 
   def body(s: _CGState) -> _CGState:
     ap = matvec(s.p)
-    p_ap = tree_vdot(s.p, ap)
+    p_ap = otu.tree_vdot(s.p, ap)
     # Guards keep an exact solve (rs = 0, hence p = 0) from producing 0/0.
     alpha = s.rs / jnp.where(p_ap == 0, jnp.ones_like(p_ap), p_ap)
-    x = tree_axpy(alpha, s.p, s.x)
-    r = tree_axpy(-alpha, ap, s.r)
-    rs = tree_vdot(r, r)
+    x = otu.tree_add_scale(s.x, alpha, s.p)
+    r = otu.tree_add_scale(s.r, -alpha, ap)
+    rs = otu.tree_vdot(r, r)
     beta = rs / jnp.where(s.rs == 0, jnp.ones_like(s.rs), s.rs)
-    p = tree_axpy(beta, s.p, r)
+    p = otu.tree_add_scale(r, beta, s.p)
     k = s.k + 1
     if keep_best:
       better = rs < s.best_rs
@@ -126,6 +111,6 @@ def conjugate_gradient(matvec: Callable[[PyTree], PyTree], b: PyTree,
 
   final = jax.lax.while_loop(cond, body, init)
   x = final.best_x
-  residual = tree_norm(jax.tree.map(jnp.subtract, matvec(x), b)) / scale
+  residual = otu.tree_norm(otu.tree_sub(matvec(x), b)) / scale
   return x, CGInfo(iterations=final.k, best_iteration=final.best_k,
                    residual=residual)

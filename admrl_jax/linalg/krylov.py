@@ -31,13 +31,11 @@ from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from admrl_jax.linalg.cg import conjugate_gradient
-from admrl_jax.linalg.cg import tree_axpy
-from admrl_jax.linalg.cg import tree_norm
-from admrl_jax.linalg.cg import tree_vdot
 
 PyTree = Any
 METHODS = ('cg_normal', 'minres', 'gmres', 'dense')
@@ -55,13 +53,9 @@ class SolveInfo:
   residual: jax.Array
 
 
-def _scale(tree: PyTree, s) -> PyTree:
-  return jax.tree.map(lambda x: s * x, tree)
-
-
 def _relative_residual(matvec, x, b) -> jax.Array:
-  b_norm = tree_norm(b)
-  r = tree_norm(jax.tree.map(jnp.subtract, matvec(x), b))
+  b_norm = otu.tree_norm(b)
+  r = otu.tree_norm(otu.tree_sub(matvec(x), b))
   return r / jnp.where(b_norm > 0, b_norm, jnp.ones_like(b_norm))
 
 
@@ -108,11 +102,11 @@ def minres(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
     (x, SolveInfo) with the true relative residual of the returned x.
   """
   def op(v):
-    return tree_axpy(-shift, v, matvec(v)) if shift else matvec(v)
+    return otu.tree_add_scale(matvec(v), -shift, v) if shift else matvec(v)
 
-  beta1 = tree_norm(b)
+  beta1 = otu.tree_norm(b)
   dtype = beta1.dtype
-  zeros = jax.tree.map(jnp.zeros_like, b)
+  zeros = otu.tree_zeros_like(b)
   # ‖b‖ = 0: x = 0 is exact; dividing by a guarded 1 keeps everything finite.
   safe = lambda d: jnp.where(d == 0, jnp.ones_like(d), d)
   one = jnp.ones((), dtype)
@@ -131,13 +125,14 @@ def minres(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
             & (s.root > tol * anorm))
 
   def body(s: _MinresState) -> _MinresState:
-    v = _scale(s.r2, 1.0 / s.beta)
+    v = otu.tree_scale(1.0 / s.beta, s.r2)
     y = op(v)
     # Three-term Lanczos recurrence; the r1 term is absent on iteration 0.
-    y = tree_axpy(-jnp.where(s.k > 0, s.beta / safe(s.oldb), zero), s.r1, y)
-    alfa = tree_vdot(v, y)
-    y = tree_axpy(-alfa / s.beta, s.r2, y)
-    beta = tree_norm(y)
+    y = otu.tree_add_scale(
+        y, -jnp.where(s.k > 0, s.beta / safe(s.oldb), zero), s.r1)
+    alfa = otu.tree_vdot(v, y)
+    y = otu.tree_add_scale(y, -alfa / s.beta, s.r2)
+    beta = otu.tree_norm(y)
     tnorm2 = s.tnorm2 + alfa**2 + s.beta**2 + beta**2
     # Previous rotation, then the new one that annihilates beta.
     oldeps = s.epsln
@@ -154,9 +149,9 @@ def minres(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
     cs, sn = gbar / gamma, beta / gamma
     phi = jnp.where(singular, zero, cs * s.phibar)
     phibar = sn * s.phibar
-    w = _scale(tree_axpy(-delta, s.w, tree_axpy(-oldeps, s.w2, v)),
-               1.0 / gamma)
-    x = tree_axpy(phi, w, s.x)
+    w = otu.tree_scale(1.0 / gamma, otu.tree_add_scale(
+        otu.tree_add_scale(v, -oldeps, s.w2), -delta, s.w))
+    x = otu.tree_add_scale(s.x, phi, w)
     return _MinresState(k=s.k + 1, x=x, r1=s.r2, r2=y, w=w, w2=s.w,
                         beta=beta, oldb=s.beta, dbar=dbar, epsln=epsln,
                         phibar=jnp.where(singular, zero, jnp.abs(phibar)),
@@ -178,9 +173,10 @@ def cg_normal(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
   reported residual says how far from A x = b it is.
   """
   def normal_op(v):
-    return tree_axpy(damping, v, _scale(matvec(matvec(v)), scale))
+    return otu.tree_add_scale(otu.tree_scale(scale, matvec(matvec(v))),
+                              damping, v)
 
-  rhs = _scale(matvec(b), scale)
+  rhs = otu.tree_scale(scale, matvec(b))
   x, info = conjugate_gradient(normal_op, rhs, iters, tol=tol,
                                keep_best=True)
   return x, SolveInfo(iterations=2 * info.iterations,
@@ -198,7 +194,7 @@ def gmres(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
       smaller value saves memory at the price of convergence.
   """
   def op(v):
-    return tree_axpy(-shift, v, matvec(v)) if shift else matvec(v)
+    return otu.tree_add_scale(matvec(v), -shift, v) if shift else matvec(v)
 
   restart = iters if restart is None else restart
   restart = max(1, min(restart, iters))
@@ -224,7 +220,7 @@ def dense(matvec: Callable[[PyTree], PyTree], b: PyTree,
   flat_b, unravel = ravel_pytree(b)
 
   def op(v):
-    return tree_axpy(-shift, v, matvec(v)) if shift else matvec(v)
+    return otu.tree_add_scale(matvec(v), -shift, v) if shift else matvec(v)
 
   def column(e):
     return ravel_pytree(op(unravel(e)))[0]

@@ -36,8 +36,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional
 
+import chex
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
@@ -246,7 +248,7 @@ def implicit_term(config: TaskGradientConfig,
   xs, infos = jax.lax.map(per_dimension, jnp.eye(psi.shape[0],
                                                   dtype=psi.dtype))
   jacobian = jax.tree.map(jnp.negative, xs)  # ∂θ̂/∂ψ_i = −x_i
-  term = jax.vmap(linalg.tree_vdot, (0, None))(jacobian, g)
+  term = jax.vmap(otu.tree_vdot, (0, None))(jacobian, g)
   info = linalg.SolveInfo(iterations=jnp.sum(infos.iterations),
                           residual=jnp.max(infos.residual))
   return term, jacobian, info
@@ -269,6 +271,10 @@ def assemble(config: TaskGradientConfig, *, psi: jax.Array,
     mixed_objective: (θ, ψ) ↦ scalar whose ∂ψ∇θ at (θ̂, ψ) is B.
     dpsi_du: dψ/du, (k,) (the box's half-widths); ones if None.
   """
+  chex.assert_rank(psi, 1)
+  chex.assert_equal_shape([psi, return_grad_star, return_grad_hat]
+                          + ([] if dpsi_du is None else [dpsi_du]))
+  chex.assert_trees_all_equal_shapes(theta_hat, policy_grad)
   term, _, info = implicit_term(config, hessian_objective, mixed_objective,
                                 theta_hat, psi, policy_grad)
   grad_psi = return_grad_star - (term + return_grad_hat)
@@ -276,7 +282,7 @@ def assemble(config: TaskGradientConfig, *, psi: jax.Array,
   out = TaskGradient(
       grad_psi=grad_psi, grad_u=grad_psi * dpsi_du,
       return_grad_star=return_grad_star, return_grad_hat=return_grad_hat,
-      implicit_term=term, policy_grad_norm=linalg.tree_norm(policy_grad),
+      implicit_term=term, policy_grad_norm=otu.tree_norm(policy_grad),
       residual=info.residual, iterations=info.iterations,
       finite=jnp.zeros((), bool))
   finite = jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optax.tree_utils as otu
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
@@ -271,7 +272,7 @@ def trpo_step(policy_params: PyTree, batch: TRPOBatch,
 
   direction, cg_info = linalg.conjugate_gradient(fvp, grad, config.cg_iters)
   # sᵀ(F + λI)s: the damped curvature, as in the authors' (baselines') code.
-  curvature = linalg.tree_vdot(direction, fvp(direction))
+  curvature = otu.tree_vdot(direction, fvp(direction))
   positive = curvature > 0
   scale = jnp.sqrt(2.0 * config.max_kl
                    / jnp.where(positive, curvature, jnp.ones_like(curvature)))
