@@ -1,6 +1,8 @@
 """GAE against a plain-loop reference."""
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from admrl_jax.rl import returns
 
@@ -72,3 +74,26 @@ def test_mean_episode_return_counts_partial_episodes():
   assert int(returns.episode_count(done, timeout)) == 4
   np.testing.assert_allclose(
       returns.mean_episode_return(r, done, timeout), 10.0 / 4)
+
+
+def test_layouts_are_checked_at_the_boundaries():
+  """gae takes one (T,) segment and the estimators a (T, n) batch: another
+  layout is refused by name instead of being broadcast into wrong sums."""
+  from admrl_jax import types  # pylint: disable=g-import-not-at-top
+  from admrl_jax.meta import estimators  # pylint: disable=g-import-not-at-top
+  r = jnp.ones((5, 3))
+  done = jnp.zeros((5, 3), bool)
+  with pytest.raises(AssertionError, match='rank'):
+    returns.gae(r, r, r, done, done)
+  with pytest.raises(AssertionError, match='shape'):
+    returns.gae(r[:, 0], r[:4, 0], r[:, 0], done[:, 0], done[:, 0])
+  obs = jnp.zeros((5, 3, 2))
+  tr = types.Transition(obs=obs, action=obs[..., :1], raw_action=obs[..., :1],
+                        reward=r, next_obs=obs, done=done, timeout=done)
+  estimators.check_batch(estimators.ValuedBatch(tr, r, r))
+  with pytest.raises(AssertionError):  # values (n, T) against rewards (T, n)
+    estimators.check_batch(estimators.ValuedBatch(tr, r.T, r.T))
+  flat = jax.tree.map(lambda x: x.reshape((15,) + x.shape[2:]), tr)
+  with pytest.raises(AssertionError, match='rank'):
+    estimators.check_batch(estimators.ValuedBatch(flat, r.reshape(-1),
+                                                  r.reshape(-1)))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -66,6 +67,18 @@ class ValuedBatch:
   transitions: types.Transition
   value: jax.Array
   next_value: jax.Array
+
+
+def check_batch(batch: ValuedBatch) -> None:
+  """The (T, n) layout of a batch (time first, environments second), the
+  one every estimator sums over: rewards, ends and values all (T, n).
+  Raises AssertionError (chex) naming the shapes otherwise."""
+  tr = batch.transitions
+  chex.assert_rank(tr.reward, 2)
+  chex.assert_equal_shape([tr.reward, tr.done, tr.timeout, batch.value,
+                           batch.next_value])
+  chex.assert_equal_shape_prefix([tr.reward, tr.obs, tr.action,
+                                  tr.next_obs], 2)
 
 
 # ------------------------------------------------------------ bookkeeping
@@ -140,6 +153,7 @@ def advantages(family: TaskFamily, psi: jax.Array, batch: ValuedBatch,
                gamma: float, lam: float) -> jax.Array:
   """GAE Â_t(ψ) with the frozen value function, (T, n); linear in r_ψ."""
   tr = batch.transitions
+  check_batch(batch)
   adv, _ = returns.batched_gae(rewards(family, psi, tr), batch.value,
                                batch.next_value, tr.done, tr.timeout, gamma,
                                lam)

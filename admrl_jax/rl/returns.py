@@ -11,6 +11,7 @@ since the episode was only truncated. Defaults γ 0.99, λ 0.95 (authors' code).
 """
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -31,6 +32,9 @@ def gae(r_t: jax.Array, v_t: jax.Array, v_tp1: jax.Array, done_t: jax.Array,
     (advantages, returns), each (T,); returns = advantages + v_t.
     A segment cut mid-episode at T bootstraps from v_tp1 like a timeout.
   """
+  # One trajectory segment: a (T, n) batch goes through `batched_gae`.
+  chex.assert_rank(r_t, 1)
+  chex.assert_equal_shape([r_t, v_t, v_tp1, done_t, timeout_t])
   not_done = 1.0 - done_t.astype(r_t.dtype)
   not_end = 1.0 - (done_t | timeout_t).astype(r_t.dtype)
   delta = r_t + gamma * not_done * v_tp1 - v_t

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -65,6 +66,7 @@ def make_virtual_rollout(family: TaskFamily, policy_fn: PolicyFn,
         next_obs=next_obs, done=done, timeout=timeout)
 
   def rollout(policy_params, model, psi, start_obs, key) -> types.Transition:
+    chex.assert_shape(start_obs, (None, family.obs_size))
     key_start, key_steps = jax.random.split(key)
     n_start = start_obs.shape[0]
     index = jax.random.randint(key_start, (n_rollouts,), 0, n_start)
@@ -98,6 +100,8 @@ def make_virtual_rollout(family: TaskFamily, policy_fn: PolicyFn,
 
     _, transitions = jax.lax.scan(time_step, carry,
                                   (key_policy, restart_index, key_step))
+    # The (T, n_rollouts, ...) layout the estimators and TRPO sum over.
+    chex.assert_shape(transitions.reward, (n_steps, n_rollouts))
     return transitions
 
   return rollout
