@@ -229,19 +229,28 @@ def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None,
     if horizon < 1:
       raise UsageError(f'--horizon must be >= 1, got {horizon}')
     overrides['horizon'] = horizon
+  simulator = {}
   if frame_skip is not None:
-    if env_name in ('lq', 'lq_highdim'):
-      raise UsageError(f'--frame_skip does not apply to the {env_name} family')
     if frame_skip < 1:
       raise UsageError(f'--frame_skip must be >= 1, got {frame_skip}')
-    overrides['frame_skip'] = frame_skip
+    simulator['frame_skip'] = frame_skip
   if pipeline is not None:
-    if env_name in ('lq', 'lq_highdim'):
-      raise UsageError(f'--pipeline does not apply to the {env_name} family')
     if pipeline not in envs.PIPELINES:
       raise UsageError(f'--pipeline: unknown pipeline {pipeline!r}; valid: '
                        f'{", ".join(envs.PIPELINES)}')
-    overrides['pipeline'] = pipeline
+    simulator['pipeline'] = pipeline
+  family = _make_family(env_name, overrides, fields)
+  # The family says which simulator settings it takes (none for lq).
+  for name in simulator:
+    if name not in type(family).simulator_fields:
+      raise UsageError(f'--{name} does not apply to the {env_name} family')
+  if not simulator:
+    return family
+  return _make_family(env_name, dict(overrides, **simulator), fields)
+
+
+def _make_family(env_name, overrides, fields):
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   try:
     return envs.make(env_name, **overrides)
   except (ValueError, TypeError) as e:

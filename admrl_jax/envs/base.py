@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,9 @@ class TaskFamily(abc.ABC):
       simulator sees them; None for no clipping.
     smoke_horizon: (class attribute) the episode length of the `smoke`
       preset, a run of every code path in about a minute on a CPU.
+    simulator_fields: (class attribute) the settings of a physics
+      simulator the family takes (the Brax families: frame_skip, pipeline;
+      none for the analytic `lq` families).
   """
   name: str
   task_low: np.ndarray
@@ -62,6 +65,7 @@ class TaskFamily(abc.ABC):
   frame_skip: Optional[int] = None
   action_bound: Optional[float] = 1.0
   smoke_horizon: ClassVar[int] = 50
+  simulator_fields: ClassVar[Tuple[str, ...]] = ()
 
   def __post_init__(self):
     low = np.asarray(self.task_low, np.float32)

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import os
 import re
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +106,7 @@ class BraxTaskFamily(base.TaskFamily):
   pipeline: str = DEFAULT_PIPELINE
   reset_noise: float = 0.1
   brax_env: Any = None
+  simulator_fields: ClassVar[Tuple[str, ...]] = ('frame_skip', 'pipeline')
 
   def __post_init__(self):
     super().__post_init__()
