@@ -239,6 +239,3 @@ def make_networks(model: dynamics.ModelConfig = dynamics.ModelConfig(),
   return Networks(model=model_network, policy=gaussian_mlp_policy(policy),
                   value=mlp_value(value))
 
-
-DEFAULT_POLICY = gaussian_mlp_policy()
-DEFAULT_VALUE = mlp_value()

@@ -110,15 +110,16 @@ def main(argv):
 
   # Batches of π_θ̂ with its frozen value function (10 000 samples each).
   rollout = jax.jit(virtual.make_virtual_rollout(
-      family, slbo.policy_fn, dynamics.make_dynamics_fn(config.model),
+      family, agent.policy_fn, dynamics.make_dynamics_fn(config.model),
       config.n_rollouts, config.rollout_steps))
   policy, value_params = state.agent.policy, state.agent.value
 
   def valued(key):
     tr = rollout((policy, norm), state.model, psi, start_obs, key)
     return estimators.ValuedBatch(
-        tr, slbo.batch_value(value_params, norm, tr.obs),
-        slbo.batch_value(value_params, norm, tr.next_obs))
+        tr, slbo.batch_value(value_params, norm, tr.obs, agent.networks.value),
+        slbo.batch_value(value_params, norm, tr.next_obs,
+                         agent.networks.value))
 
   batches = [valued(jax.random.key(i)) for i in (5, 6, 7)]
 

@@ -72,7 +72,7 @@ def main(argv):
   cache_dir = common.enable_compilation_cache()
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  from admrl_jax import envs, networks  # pylint: disable=g-import-not-at-top
   from admrl_jax.models import dynamics  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import slbo, virtual  # pylint: disable=g-import-not-at-top
   from benchmarks import synthetic  # pylint: disable=g-import-not-at-top
@@ -121,7 +121,8 @@ def main(argv):
   rows = []
   for n_rollouts, steps in layouts:
     run = jax.jit(virtual.make_virtual_rollout(
-        family, slbo.policy_fn, dynamics_fn, n_rollouts, steps))
+        family, slbo.make_policy_fn(networks.gaussian_mlp_policy(
+            config.policy)), dynamics_fn, n_rollouts, steps))
     args = ((state.agent.policy, norm), state.model, psi, start_obs)
     t0 = time.perf_counter()
     jax.block_until_ready(run(*args, jax.random.key(5)))

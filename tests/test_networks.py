@@ -224,11 +224,12 @@ def test_trpo_step_through_the_interface():
                          actions=jax.random.normal(key_a, (64, 2)),
                          advantages=jax.random.normal(key_adv, (64,)))
   generic = networks.PolicyNetwork(init=None, apply=gm.policy_apply)
-  step = jax.jit(trpo.trpo_step, static_argnums=(2, 3))
+  step = jax.jit(trpo.trpo_step, static_argnums=2,
+                 static_argnames='policy')
   new_default, info_default = step(params, batch, trpo.TRPOConfig(),
-                                   networks.DEFAULT_POLICY)
+                                   policy=networks.gaussian_mlp_policy())
   new_generic, info_generic = step(params, batch, trpo.TRPOConfig(),
-                                   generic)
+                                   policy=generic)
   assert bool(info_default.accepted)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-6),

@@ -2,6 +2,7 @@
 region on every accepted step, rejection of non-finite batches, and one
 compiled program per shape."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,18 +11,21 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import compile_count
+from admrl_jax import networks
 from admrl_jax.policies import gaussian_mlp as gm
 from admrl_jax.rl import trpo
 
 OBS, ACT, N = 3, 2, 256
 SMALL = gm.PolicyConfig(hidden=(8,))
 CONFIG = trpo.TRPOConfig()
+POLICY = networks.gaussian_mlp_policy(SMALL)
+VALUE = networks.mlp_value()
 TRACES = []
 
 
 def _traced_step(params, batch, config):
   TRACES.append(config)  # runs once per compilation, not per call
-  return trpo.trpo_step(params, batch, config)
+  return trpo.trpo_step(params, batch, config, policy=POLICY)
 
 
 trpo_step = jax.jit(_traced_step, static_argnames='config')
@@ -75,7 +79,8 @@ def test_fisher_vector_product_matches_dense_fisher():
     p = flat_old.size
     # Dense matrices are built under jit: eager autodiff is slow on CPU.
     dense = jax.jit(jax.hessian(
-        lambda z: trpo.mean_kl(old, unravel(z), obs)))(flat_old)
+        lambda z: trpo.mean_kl(old, unravel(z), obs,
+                               policy=POLICY)))(flat_old)
 
     # Ground truth independent of autodiff of the KL: for a Gaussian with
     # mean μ_θ(s) and log-std ρ, F = mean_s J_μᵀ diag(σ⁻²) J_μ + 2·I on ρ.
@@ -90,7 +95,8 @@ def test_fisher_vector_product_matches_dense_fisher():
     closed = closed + 2.0 * jnp.diag(rho)
     np.testing.assert_allclose(dense, closed, rtol=1e-8, atol=1e-12)
 
-    fvp = jax.jit(trpo.fisher_vector_product)
+    fvp = jax.jit(functools.partial(trpo.fisher_vector_product,
+                                    policy=POLICY))
     for seed, damping in ((2, 0.0), (3, 0.1)):
       v_flat = jax.random.normal(jax.random.key(seed), (p,))
       fv = fvp(old, obs, unravel(v_flat), damping)
@@ -116,15 +122,18 @@ def test_step_is_the_scaled_natural_gradient():
     flat_old, unravel = ravel_pytree(old)
     adv = np.asarray(batch.advantages)
     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    old_lp = trpo.batch_log_prob(old, batch.obs, batch.actions)
+    old_lp = trpo.batch_log_prob(old, batch.obs, batch.actions,
+                                 policy=POLICY)
 
     def surr(z):
-      lp = trpo.batch_log_prob(unravel(z), batch.obs, batch.actions)
+      lp = trpo.batch_log_prob(unravel(z), batch.obs, batch.actions,
+                                 policy=POLICY)
       return (jnp.mean(jnp.exp(lp - old_lp) * adv)
               + config.ent_coef * gm.entropy(unravel(z)))
     g = jax.jit(jax.grad(surr))(flat_old)
     fisher = jax.jit(jax.hessian(
-        lambda z: trpo.mean_kl(old, unravel(z), batch.obs)))(flat_old)
+        lambda z: trpo.mean_kl(old, unravel(z), batch.obs,
+                               policy=POLICY)))(flat_old)
     damped = fisher + config.cg_damping * jnp.eye(flat_old.size)
     s = jnp.linalg.solve(damped, g)
     full = jnp.sqrt(2 * config.max_kl / (s @ damped @ s)) * s
@@ -188,15 +197,16 @@ def test_value_fit_reduces_mse_without_recompiling():
   returns = jnp.sin(2.0 * obs[:, 0]) + obs[:, 1] * obs[:, 2] + 1.0
   value = gm.value_init(jax.random.key(11), OBS, gm.ValueConfig((16, 16)))
   opt_state = trpo.value_optimizer(CONFIG).init(value)
-  fit = jax.jit(trpo.value_fit, static_argnames='config')
-  initial = trpo.value_loss(value, obs, returns)
+  fit = jax.jit(functools.partial(trpo.value_fit, value=VALUE),
+                static_argnames='config')
+  initial = trpo.value_loss(value, obs, returns, value=VALUE)
   for i in range(20):  # 20 × 5 epochs × 8 minibatches = 800 Adam steps
     with compile_count.compilations() as compiled:
       value, opt_state, loss = fit(value, opt_state, obs, returns,
                                    jax.random.key(i), CONFIG)
     if i > 0:  # new parameters and key: the first call's program
       assert not compiled, (i, compiled)
-  final = trpo.value_loss(value, obs, returns)
+  final = trpo.value_loss(value, obs, returns, value=VALUE)
   assert np.isfinite(loss) and loss.shape == ()
   assert final < 0.3 * initial
   np.testing.assert_allclose(loss, final, rtol=0.3)  # last-epoch minibatches
@@ -204,7 +214,7 @@ def test_value_fit_reduces_mse_without_recompiling():
   # Fewer samples than a minibatch: one full-batch step per epoch.
   small = dataclasses.replace(CONFIG, vf_minibatch=1000)
   value2, _, loss2 = trpo.value_fit(value, opt_state, obs, returns,
-                                    jax.random.key(0), small)
+                                    jax.random.key(0), small, value=VALUE)
   assert np.isfinite(loss2)
 
 
@@ -217,13 +227,15 @@ def test_value_fit_skips_steps_with_a_nonfinite_return():
   returns = (obs[:, 0] + 1.0).at[37].set(jnp.nan)
   value = gm.value_init(jax.random.key(21), OBS, gm.ValueConfig((16, 16)))
   opt_state = trpo.value_optimizer(CONFIG).init(value)
-  new, new_opt, _ = jax.jit(trpo.value_fit, static_argnames='config')(
+  new, new_opt, _ = jax.jit(functools.partial(trpo.value_fit, value=VALUE),
+                static_argnames='config')(
       value, opt_state, obs, returns, jax.random.key(22), CONFIG)
   for leaf in jax.tree.leaves((new, new_opt)):
     assert np.all(np.isfinite(np.asarray(leaf)))
   finite = np.isfinite(np.asarray(returns))
-  before = trpo.value_loss(value, obs[finite], returns[finite])
-  assert trpo.value_loss(new, obs[finite], returns[finite]) < before
+  loss = functools.partial(trpo.value_loss, value=VALUE)
+  assert loss(new, obs[finite], returns[finite]) < loss(
+      value, obs[finite], returns[finite])
   # One NaN minibatch per epoch: vf_epochs steps skipped, and counted.
   assert int(new_opt.total_notfinite) == CONFIG.vf_epochs
 
@@ -248,13 +260,13 @@ def test_value_fit_is_per_minibatch_adam_on_the_layers():
       losses = []
       for index in perm:
         loss, grads = jax.value_and_grad(trpo.value_loss)(
-            params, obs[index], returns[index])
+            params, obs[index], returns[index], value=VALUE)
         updates, state = optimizer.update(grads, state, params)
         params = jax.tree.map(jnp.add, params, updates)
         losses.append(loss)
     fitted, fitted_state, fitted_loss = jax.jit(
-        trpo.value_fit, static_argnames='config')(value, opt_state, obs,
-                                                   returns, key, config)
+        functools.partial(trpo.value_fit, value=VALUE),
+        static_argnames='config')(value, opt_state, obs, returns, key, config)
     assert jax.tree.structure(fitted_state) == jax.tree.structure(state)
     for got, want in zip(jax.tree.leaves((fitted, fitted_state)),
                          jax.tree.leaves((params, state))):

@@ -375,7 +375,8 @@ def batch_log_prob(params: PyTree, obs: jax.Array, actions: jax.Array,
   """log π_θ(a|s) over any leading axes of obs (..., n), actions (..., m)."""
   lead = obs.shape[:-1]
   lp = trpo.batch_log_prob(params, obs.reshape(-1, obs.shape[-1]),
-                           actions.reshape(-1, actions.shape[-1]), policy)
+                           actions.reshape(-1, actions.shape[-1]),
+                           policy=policy)
   return lp.reshape(lead)
 
 

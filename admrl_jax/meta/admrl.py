@@ -450,8 +450,7 @@ class AdMRL:
     collection: (real_hat, real_star) `Rollout`s."""
     policy_hat, _, norm_hat = hat
     both = jax.tree.map(lambda a, b: jnp.stack([a, b]),
-                        (policy_hat, norm_hat),
-                        (s.agent.policy, s.model.norms.state))
+                        (policy_hat, norm_hat), slbo_lib.acting_params(s))
     rollouts = jax.vmap(self._collect, in_axes=(0, None, 0, None))(
         both, psi, jnp.stack([key_hat, key_star]),
         jnp.zeros((), types.float_dtype()))

@@ -210,14 +210,15 @@ def make_policy_fn(policy: networks_lib.PolicyNetwork, mean: bool = False):
   return policy_fn
 
 
-# The authors' Gaussian MLP policy, sampling and mean.
-policy_fn = make_policy_fn(networks_lib.DEFAULT_POLICY)
-mean_policy_fn = make_policy_fn(networks_lib.DEFAULT_POLICY, mean=True)
+def acting_params(state: SLBOState):
+  """(policy params, state normaliser): what `make_policy_fn`'s policies
+  act with — the agent's policy seeing observations through the model's
+  state normaliser (as in the authors' code)."""
+  return (state.agent.policy, state.model.norms.state)
 
 
 def batch_value(value_params, norm: normalizer.Normalizer,
-                obs: jax.Array,
-                value: networks_lib.ValueNetwork = networks_lib.DEFAULT_VALUE
+                obs: jax.Array, value: networks_lib.ValueNetwork
                 ) -> jax.Array:
   """V_φ of raw observations with two leading axes, (T, n, obs_size) →
   (T, n): the value function sees observations normalised by the model's
@@ -227,14 +228,13 @@ def batch_value(value_params, norm: normalizer.Normalizer,
 
 
 def make_evaluator(family: TaskFamily, episodes: int,
-                   policy: networks_lib.PolicyNetwork =
-                   networks_lib.DEFAULT_POLICY):
+                   policy: networks_lib.PolicyNetwork):
   """Real roll-outs of the mean policy, without exploration noise.
 
   Returns `evaluate(state, psi, key) -> Rollout`: `episodes` fresh real
   episodes of the horizon's length of the mean action of π_θ
-  (`mean_policy_fn`) on task ψ (k,), from `state.agent.policy` and the
-  model's state normaliser; `Rollout.first_return` (episodes,) holds
+  (`make_policy_fn(policy, mean=True)`) on task ψ (k,), from
+  `acting_params(state)`; `Rollout.first_return` (episodes,) holds
   their returns. Pure and jitted (it may be traced inside a caller's jit);
   ψ is taken as float32.
   """
@@ -243,8 +243,7 @@ def make_evaluator(family: TaskFamily, episodes: int,
       RolloutConfig(n_envs=episodes, n_steps=family.horizon))
 
   def evaluate(state: SLBOState, psi, key) -> rollout.Rollout:
-    params = (state.agent.policy, state.model.norms.state)
-    return collect(params, psi, key, 0.0)
+    return collect(acting_params(state), psi, key, 0.0)
 
   return evaluate
 
@@ -375,10 +374,10 @@ class SLBO:
     batch = trpo.TRPOBatch(obs=flat(obs_n), actions=flat(tr.raw_action),
                            advantages=flat(adv))
     policy, info = trpo.trpo_step(agent.policy, batch, config.trpo,
-                                  self.networks.policy)
+                                  policy=self.networks.policy)
     value_params, value_opt, value_loss = trpo.value_fit(
         agent.value, agent.value_opt, flat(obs_n), flat(ret), key_value,
-        config.trpo, value_net)
+        config.trpo, value=value_net)
     agent = AgentState(policy=policy, value=value_params, value_opt=value_opt)
     virtual_return = returns.mean_episode_return(tr.reward, tr.done,
                                                  tr.timeout)
@@ -436,8 +435,7 @@ class SLBO:
     default the horizon) on task ψ, added to the dataset D (non-finite
     transitions are dropped, `models.dataset.add`), and the model's
     normalisers updated from them."""
-    params = (state.agent.policy, state.model.norms.state)
-    real = self._collect(params, psi, key)
+    real = self._collect(acting_params(state), psi, key)
     return state.replace(
         data=dataset_lib.add(state.data, real.transitions),
         model=self.networks.model.update_normalizers(state.model,

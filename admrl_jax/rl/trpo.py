@@ -140,14 +140,14 @@ class TRPOInfo:
 
 
 # ------------------------------------------------------------- objectives
-def batch_log_prob(params: PyTree, obs: jax.Array, actions: jax.Array,
-                   policy: Policy = networks.DEFAULT_POLICY) -> jax.Array:
+def batch_log_prob(params: PyTree, obs: jax.Array, actions: jax.Array, *,
+                   policy: Policy) -> jax.Array:
   """log π_θ(a_i|s_i), (N,)."""
   return jax.vmap(policy.log_prob, (None, 0, 0))(params, obs, actions)
 
 
-def mean_kl(params_old: PyTree, params: PyTree, obs: jax.Array,
-            policy: Policy = networks.DEFAULT_POLICY) -> jax.Array:
+def mean_kl(params_old: PyTree, params: PyTree, obs: jax.Array, *,
+            policy: Policy) -> jax.Array:
   """KL̄ = mean_i KL(π_old(·|s_i) ‖ π_θ(·|s_i)), a scalar; obs (N, obs_size)."""
   return jnp.mean(jax.vmap(policy.kl, (None, None, 0))(params_old, params,
                                                        obs))
@@ -155,35 +155,32 @@ def mean_kl(params_old: PyTree, params: PyTree, obs: jax.Array,
 
 def surrogate(params: PyTree, old_log_prob: jax.Array,
               obs: jax.Array, actions: jax.Array, advantages: jax.Array,
-              ent_coef: float,
-              policy: Policy = networks.DEFAULT_POLICY) -> jax.Array:
+              ent_coef: float, *, policy: Policy) -> jax.Array:
   """L(θ) = mean(exp(log π_θ − log π_old)·Â) + ent_coef·H(π_θ), a scalar.
 
   old_log_prob, advantages: (N,); obs (N, obs_size); actions (N, act);
   H is the policy's mean entropy over obs.
   """
-  ratio = jnp.exp(batch_log_prob(params, obs, actions, policy)
+  ratio = jnp.exp(batch_log_prob(params, obs, actions, policy=policy)
                   - old_log_prob)
   return (jnp.mean(ratio * advantages)
           + ent_coef * policy.entropy(params, obs))
 
 
 def fisher_vector_product(params_old: PyTree, obs: jax.Array, v: PyTree,
-                          damping: float = 0.0,
-                          policy: Policy = networks.DEFAULT_POLICY
-                          ) -> PyTree:
+                          damping: float = 0.0, *, policy: Policy) -> PyTree:
   """(F + damping·I) v with F = ∇²_θ KL̄(θ_old ‖ θ) at θ = θ_old.
 
   π_old is held fixed, so only the second argument of the KL is
   differentiated. obs (N, obs_size); v is structured like the params. See
   `make_fisher_vector_product` (the same product, for many v).
   """
-  return make_fisher_vector_product(params_old, obs, damping, policy)(v)
+  return make_fisher_vector_product(params_old, obs, damping,
+                                    policy=policy)(v)
 
 
 def make_fisher_vector_product(params_old: PyTree, obs: jax.Array,
-                               damping: float = 0.0,
-                               policy: Policy = networks.DEFAULT_POLICY):
+                               damping: float = 0.0, *, policy: Policy):
   """v ↦ (F + damping·I) v, F = ∇²_θ KL̄(θ_old ‖ θ) at θ = θ_old.
 
   For diagonal Gaussians the KL's gradient in the distribution's
@@ -237,8 +234,7 @@ class _SearchState:
 
 
 def trpo_step(policy_params: PyTree, batch: TRPOBatch,
-              config: TRPOConfig = TRPOConfig(),
-              policy: Policy = networks.DEFAULT_POLICY
+              config: TRPOConfig = TRPOConfig(), *, policy: Policy
               ) -> Tuple[PyTree, TRPOInfo]:
   """One TRPO update of the policy from a batch of π_old = policy_params.
 
@@ -247,8 +243,8 @@ def trpo_step(policy_params: PyTree, batch: TRPOBatch,
     batch: `TRPOBatch`-like: obs (N, obs_size), actions (N, act),
       advantages (N,).
     config: `TRPOConfig` (static under jit).
-    policy: the policy network (`networks.PolicyNetwork`; default the
-      authors' Gaussian MLP).
+    policy: the policy network (`networks.PolicyNetwork`, e.g. the
+      bundle's `networks.make_networks(...).policy`).
 
   Returns:
     (new_params, info): θ_new (θ_old itself unless a candidate was accepted)
@@ -260,15 +256,16 @@ def trpo_step(policy_params: PyTree, batch: TRPOBatch,
   if config.normalize_advantages:
     adv = standardize(adv)
   old = policy_params
-  old_log_prob = batch_log_prob(old, obs, actions, policy)
+  old_log_prob = batch_log_prob(old, obs, actions, policy=policy)
 
   def surr(p):
     return surrogate(p, old_log_prob, obs, actions, adv, config.ent_coef,
-                     policy)
+                     policy=policy)
 
   surr_old, grad = jax.value_and_grad(surr)(old)
 
-  fvp = make_fisher_vector_product(old, obs, config.cg_damping, policy)
+  fvp = make_fisher_vector_product(old, obs, config.cg_damping,
+                                   policy=policy)
 
   direction, cg_info = linalg.conjugate_gradient(fvp, grad, config.cg_iters)
   # sᵀ(F + λI)s: the damped curvature, as in the authors' (baselines') code.
@@ -347,8 +344,8 @@ def value_optimizer(config: TRPOConfig = TRPOConfig()
                                max_consecutive_errors=2**31 - 1)
 
 
-def value_loss(value_params, obs: jax.Array, returns: jax.Array,
-               value: Value = networks.DEFAULT_VALUE) -> jax.Array:
+def value_loss(value_params, obs: jax.Array, returns: jax.Array, *,
+               value: Value) -> jax.Array:
   """mean_i (V(s_i) − R_i)², obs (N, obs_size), returns (N,)."""
   v = jax.vmap(value.apply, (None, 0))(value_params, obs)
   return jnp.mean(jnp.square(v - returns))
@@ -356,8 +353,7 @@ def value_loss(value_params, obs: jax.Array, returns: jax.Array,
 
 def value_fit(value_params, opt_state: optax.OptState, obs: jax.Array,
               returns: jax.Array, key: jax.Array,
-              config: TRPOConfig = TRPOConfig(),
-              value: Value = networks.DEFAULT_VALUE):
+              config: TRPOConfig = TRPOConfig(), *, value: Value):
   """Regresses V on returns: vf_epochs epochs of shuffled minibatches.
 
   Each epoch draws a fresh permutation of the N samples and takes
@@ -372,8 +368,8 @@ def value_fit(value_params, opt_state: optax.OptState, obs: jax.Array,
     returns: regression targets, e.g. GAE returns, (N,).
     key: shuffling key.
     config: `TRPOConfig` (static under jit).
-    value: the value network (`networks.ValueNetwork`; default the
-      authors' tanh MLP).
+    value: the value network (`networks.ValueNetwork`, e.g. the bundle's
+      `networks.make_networks(...).value`).
 
   Returns:
     (value_params, opt_state, loss): loss is the mean minibatch MSE over the
@@ -396,7 +392,7 @@ def value_fit(value_params, opt_state: optax.OptState, obs: jax.Array,
       lambda t: ravel_pytree(t)[0] if is_params(t) else t, opt_state,
       is_leaf=is_params)
   loss_and_grad = jax.value_and_grad(
-      lambda x, o, r: value_loss(unravel(x), o, r, value))
+      lambda x, o, r: value_loss(unravel(x), o, r, value=value))
 
   def update(carry, minibatch):
     params, state = carry
