@@ -55,6 +55,9 @@ _KEYS = flags.DEFINE_integer('keys', 4, 'Draws of VirtualTraining\'s '
                              'randomness per difference (>= 2, even).')
 _EPISODES = flags.DEFINE_integer('episodes', 200, 'Real episodes per '
                                  'return of θ̂.')
+_REPORT_ONLY = flags.DEFINE_bool(
+    'report_only', False, 'Compute nothing: rewrite the summary and '
+    'step_truth.md from the saved pieces (and the run\'s metrics.jsonl).')
 _STEPS = flags.DEFINE_string('steps', None, 'Comma list of task iterations '
                              'to check (default: every one from 1 with a '
                              'checkpoint before it).')
@@ -121,8 +124,9 @@ def run():
     raise UsageError(f'{path} holds a check of other settings '
                      f'({result["settings"]}); move it aside')
   logged = _logged_gradients(workdir)
-  program = analysis.make_program(family, config, check)
-  todo = [t for t in steps if str(t) not in result['cells']]
+  todo = [] if _REPORT_ONLY.value else [
+      t for t in steps if str(t) not in result['cells']]
+  program = analysis.make_program(family, config, check) if todo else None
   log(f'{len(todo)} steps to check ({len(result["members"])} members, '
       f'{2 * family.task_dim} differences x {check["keys"]} draws each, '
       f'{check["episodes"]} episodes per return)')
@@ -137,6 +141,12 @@ def run():
     cos = [c['cos'] for c in cells]
     log(f'{count + 1}/{len(todo)}: step {t}: cos(g, truth) '
         + ', '.join(f'{c:+.2f}' for c in cos) + f' ({time.time() - t0:.1f}s)')
+  repeats = _logged_gradients(workdir, 'grad_u_repeat')
+  for t, cells in result['cells'].items():
+    for cell, (seed, alpha) in zip(cells, result['members']):
+      repeat = repeats.get((int(t), seed, alpha))
+      if repeat is not None and None not in repeat:
+        cell['cos_repeat'] = analysis.cosine(cell['grad_u'], repeat)
   summary = analysis.summarize(result)
   result['summary'] = summary
   write_json(path, result)
@@ -152,8 +162,8 @@ def _saved_steps(workdir):
   return sorted(int(d) for d in os.listdir(root) if d.isdigit())
 
 
-def _logged_gradients(workdir):
-  """{(task index, seed, α): grad_u} from the run's metrics.jsonl."""
+def _logged_gradients(workdir, field='grad_u'):
+  """{(task index, seed, α): `field`} from the run's metrics.jsonl."""
   out = {}
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
@@ -161,8 +171,8 @@ def _logged_gradients(workdir):
   with open(path) as f:
     for line in f:
       row = json.loads(line)
-      if 'grad_u' in row and 'task_index' in row:
-        out[(row['task_index'], row['seed'], row['alpha'])] = row['grad_u']
+      if field in row and 'task_index' in row:
+        out[(row['task_index'], row['seed'], row['alpha'])] = row[field]
   return out
 
 

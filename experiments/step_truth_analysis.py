@@ -106,6 +106,8 @@ def summarize(result):
   per_member = [np.mean([c['cos'] for m, c in rows if m == j])
                 for j in sorted({m for m, _ in rows})]
   ci = stats.mean_ci(per_member) if len(per_member) > 1 else None
+  repeat = np.asarray([c['cos_repeat'] for _, c in rows
+                       if math.isfinite(c.get('cos_repeat', math.nan))])
   out = dict(n=len(rows), cos_median=_median(cos),
              cos_mean=(None if ci is None else
                        [float(ci['mean']), float(ci['lo']), float(ci['hi'])]),
@@ -115,7 +117,8 @@ def summarize(result):
              n_determined=int(determined.sum()),
              cos_median_determined=_median(cos[determined]),
              ascent_fraction_determined=(float(np.mean(cos[determined] > 0))
-                                         if determined.any() else None))
+                                         if determined.any() else None),
+             cos_repeat_median=_median(repeat), n_repeat=int(repeat.size))
   return out
 
 
@@ -140,7 +143,11 @@ def markdown(summary, result, workdir):
       f'{_fmt(summary["truth_halves_median"])}; '
       f'{summary["n_determined"]} pairs above 0.8, where cos(g, truth) has '
       f'median {_fmt(summary["cos_median_determined"])} and '
-      f'{_fmt(summary["ascent_fraction_determined"])} ascend', '',
+      f'{_fmt(summary["ascent_fraction_determined"])} ascend',
+      f'- the estimate against a second, independent estimate at the same '
+      f'state (the run\'s grad_u_repeat): median cosine '
+      f'{_fmt(summary.get("cos_repeat_median"))} over '
+      f'{summary.get("n_repeat", 0)} pairs', '',
       '| step | member (seed, α) | u | on box | g | truth ± se | cos | '
       'halves cos |', '|---|---|---|---|---|---|---|---|']
   for t in sorted(result['cells'], key=int):
