@@ -1,5 +1,6 @@
-"""Run records to objects: the `AdMRLConfig` and the task family of a run's
-config.json (written by `experiments.run` and `admrl_jax.train`)."""
+"""Run records to objects: the config (`AdMRLConfig`, or a baseline's
+`MAMLConfig` / `PEARLConfig`) and the task family of a run's config.json
+(written by `experiments.run` and `admrl_jax.train`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -52,6 +53,37 @@ def config_from_dict(values: Dict[str, Any],
   return dataclasses.replace(like, **kwargs)
 
 
+# The meta-RL baselines the driver runs besides Algorithm 1 and its
+# model-based baselines (`admrl.ALGOS`): their runs record `algo` at the top
+# of config.json and their own config in its `config` section.
+BASELINE_ALGOS = ('maml', 'pearl')
+
+
+def algo_of(record) -> str:
+  """The algorithm of a run record: its top-level `algo` (a baseline's run),
+  else its config's (`AdMRLConfig.algo`)."""
+  return record.get('algo') or record['config'].get('algo', 'admrl')
+
+
+def default_config(algo: str):
+  """The default config of `algo`: `MAMLConfig()`, `PEARLConfig()`, or
+  `AdMRLConfig(algo=algo)` for the model-based algorithms.
+
+  Raises:
+    ValueError: an unknown algorithm.
+  """
+  if algo == 'maml':
+    from admrl_jax.baselines import maml  # pylint: disable=g-import-not-at-top
+    return maml.MAMLConfig()
+  if algo == 'pearl':
+    from admrl_jax.baselines import pearl  # pylint: disable=g-import-not-at-top
+    return pearl.PEARLConfig()
+  if algo not in admrl.ALGOS:
+    raise ValueError(f'unknown algorithm {algo!r}; valid: '
+                     f'{", ".join(admrl.ALGOS + BASELINE_ALGOS)}')
+  return admrl.AdMRLConfig(algo=algo)
+
+
 def family_from_record(record, env=None):
   """The task family of a run record (config.json): `envs.make` of its
   family with its horizon, physics (pipeline, frame skip), --family_set
@@ -87,12 +119,17 @@ def tuples_from_json(value):
   return value
 
 
-def read_run(workdir: str):
-  """(record, AdMRLConfig) of the run directory `workdir` (its
-  config.json); turns float64 on when the run computed in it.
+def read_run(workdir: str, baselines: bool = False):
+  """(record, config) of the run directory `workdir` (its config.json):
+  the `AdMRLConfig`, or with `baselines` a baseline run's `MAMLConfig` or
+  `PEARLConfig` (rebuilt strictly: every field must be one of its own).
+  Turns float64 on when the run computed in it.
 
   Raises:
     FileNotFoundError: no config.json there.
+    ValueError: a baseline's run without `baselines` (the Python API's
+      `admrl_jax.load` reads AdMRL runs), or a baseline's config that does
+      not rebuild.
   """
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
@@ -102,6 +139,15 @@ def read_run(workdir: str):
   if record.get('x64'):
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_enable_x64', True)  # the run's dtypes
+  algo = algo_of(record)
+  if algo in BASELINE_ALGOS:
+    if not baselines:
+      raise ValueError(
+          f'{workdir} holds a {algo} run (admrl_jax.baselines), not an AdMRL '
+          'one: experiments.evaluate reads it, and '
+          'experiments.workdir.load_config / load_state rebuild it')
+    return record, config_from_dict(record['config'], default_config(algo),
+                                    strict=True)
   return record, config_from_dict(record['config'])
 
 

@@ -86,6 +86,9 @@ def settings():
   if _ARM.value not in config['algos']:
     raise UsageError(f'--arm: {_ARM.value!r} is not an arm of the study '
                      f'({", ".join(config["algos"])})')
+  if study_design.is_baseline(_ARM.value):
+    raise UsageError(f'--arm: {_ARM.value} is a meta-RL baseline; the check '
+                     'reruns the SLBO adaptation of a model-based arm')
   members = parse_seeds(_MEMBERS.value)
   bad = [s for s in members if s not in config['seeds']]
   if bad or not members or len(set(members)) != len(members):

@@ -182,7 +182,7 @@ def run():
   from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   family, config, record = workdir_lib.load_config(options['workdir'])
   target = eval_family(family, record, _EVAL_ENV.value)
-  plan = plan_evaluation(target, config, options)
+  plan = plan_evaluation(target, config, options, record)
   state, step = restore(options['workdir'], family, config, record)
   all_tasks, index = select_tasks(target, options['max_tasks'])
   report = evaluate(family, target, config, record, plan, state, step,
@@ -232,12 +232,26 @@ def read_flags() -> dict:
               max_tasks=max_tasks, seed=_SEED.value)
 
 
-def plan_evaluation(target, config, options) -> dict:
+def plan_evaluation(target, config, options, record) -> dict:
   """How A* and the A_n are measured: the A* method ('closed_form' or
-  'slbo'), its real-sample budget (None for the closed form) and the
-  `AdaptationConfig`; UsageError if the family or the sizes refuse them."""
+  'slbo'), its real-sample budget (None for the closed form), the
+  `AdaptationConfig` and the SLBO settings of A* (`slbo`: the run's, or
+  for a meta-RL baseline's run those of the AdMRL preset of its name);
+  UsageError if the family or the sizes refuse them (for a baseline's run
+  also --n_zeroshot and --n_inner, which it has not, and MAML budgets that
+  are not whole episodes)."""
   from admrl_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import optimum  # pylint: disable=g-import-not-at-top
+  from experiments import baselines  # pylint: disable=g-import-not-at-top
+  baseline = baselines.is_baseline(config)
+  if baseline:
+    for flag, name in ((_N_ZEROSHOT, 'n_zeroshot'), (_N_INNER, 'n_inner')):
+      if flag.value is not None:
+        raise UsageError(f'--{name} does not apply to a {config.algo} run '
+                         '(it adapts without VirtualTraining)')
+    slbo = baselines.astar_slbo_config(record['env'], record['preset'])
+  else:
+    slbo = config.slbo
   method = (optimum.default_method(target) if _ASTAR_METHOD.value == 'auto'
             else _ASTAR_METHOD.value)
   if method == 'closed_form' and not optimum.has_closed_form(target):
@@ -249,19 +263,31 @@ def plan_evaluation(target, config, options) -> dict:
     adapt_config = adaptation.AdaptationConfig.from_budgets(
         options['budgets'], stage_samples, n_zeroshot=_N_ZEROSHOT.value,
         n_inner=_N_INNER.value, eval_episodes=_EVAL_EPISODES.value)
-    adaptation.stage_slbo_config(target, config.slbo, stage_samples)
+    adaptation.stage_slbo_config(target, slbo, stage_samples)
     if astar_budget is not None:
       optimum.OptimumConfig(budget=astar_budget, stage_samples=stage_samples)
+    if baseline:
+      baselines.Evaluator(target, config, options['budgets'],
+                          baseline_episodes(adapt_config, target))
   except ValueError as e:
     raise UsageError(str(e)) from None
   return dict(method=method, astar_budget=astar_budget,
               adapt_config=adapt_config, budgets=options['budgets'],
-              stage_samples=stage_samples, seed=options['seed'])
+              stage_samples=stage_samples, seed=options['seed'], slbo=slbo)
+
+
+def baseline_episodes(adapt_config, family) -> int:
+  """Evaluation episodes per measured return of a baseline's run: those an
+  AdMRL run's evaluation with the same settings uses (--eval_episodes,
+  else stage_samples // horizon)."""
+  return (adapt_config.eval_episodes
+          or adapt_config.stage_samples // family.horizon)
 
 
 def restore(workdir, family, config, record):
-  """(batched AdMRLState, step) of --step's checkpoint (default the
-  latest), its leaves checked against the digests saved with it.
+  """(batched state, step) of --step's checkpoint (default the latest):
+  an AdMRLState, or a baseline's MAMLState / PEARLState; its leaves
+  checked against the digests saved with it.
 
   Raises:
     UsageError: no such checkpoint (the message lists the saved steps).
@@ -316,9 +342,11 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
              index, log) -> dict:
   """A*, then A0 and A_n of every member on tasks all_tasks[index], and
   the report (the content of eval.json, before `to_jsonable`)."""
+  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from experiments import baselines  # pylint: disable=g-import-not-at-top
   from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   workdir = _WORKDIR.value
   budgets, stage_samples = plan['budgets'], plan['stage_samples']
@@ -327,11 +355,32 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
   members = workdir_lib.members(record)
   out = _OUT.value or workdir
   paths = outputs(out, record, _EVAL_ENV.value)
-  adapter = adaptation.Adaptation(target, config.slbo, plan['adapt_config'])
+  if baselines.is_baseline(config):
+    # A meta-RL baseline adapts by its own rule (`baselines.Evaluator`).
+    evaluator = baselines.Evaluator(
+        target, config, budgets,
+        baseline_episodes(plan['adapt_config'], target))
+    adapt, eval_episodes = evaluator.adapt, evaluator.eval_episodes
+    n_zeroshot = n_inner = None
+
+    def member_state(m):
+      return evaluator.member_params(state, m)
+    how = evaluator.describe()
+  else:
+    adapter = adaptation.Adaptation(target, config.slbo,
+                                     plan['adapt_config'])
+    adapt, eval_episodes = adapter.adapt, adapter.eval_episodes
+    n_zeroshot, n_inner = adapter.n_zeroshot, adapter.n_inner
+
+    def member_state(m):
+      return jax.tree.map(lambda x: x[m], state.slbo)
+    how = (f'each zero-shot ({adapter.n_zeroshot} VirtualTraining '
+           f'iterations) then {plan["adapt_config"].n_stages} stage(s) of '
+           f'{stage_samples} real samples and {adapter.n_inner} iterations')
   settings = dict(step=int(step), eval_env=target.name, budgets=budgets,
                   stage_samples=stage_samples,
-                  eval_episodes=adapter.eval_episodes,
-                  n_zeroshot=adapter.n_zeroshot, n_inner=adapter.n_inner,
+                  eval_episodes=eval_episodes,
+                  n_zeroshot=n_zeroshot, n_inner=n_inner,
                   seed=plan['seed'],
                   members=[dict(seed=s, alpha=a) for s, a in members])
   # Before anything is computed: an evaluation of other settings in the
@@ -342,36 +391,35 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
       f'{len(members)} member(s) x {len(tasks)} {target.name} task(s)'
       + (f' (spread over the {len(all_tasks)} of the set)'
          if len(tasks) < len(all_tasks) else '')
-      + f' = {len(members) * len(tasks)} adaptation(s), each zero-shot '
-      f'({adapter.n_zeroshot} VirtualTraining iterations) then '
-      f'{plan["adapt_config"].n_stages} stage(s) of {stage_samples} real '
-      f'samples and {adapter.n_inner} iterations; A_n at n = {budgets}; '
-      f'A* {method}'
+      + f' = {len(members) * len(tasks)} adaptation(s), {how}; A_n at '
+      f'n = {budgets}; A* {method}'
       + (f' ({astar_budget} real samples per task, cached)' if astar_budget
          else ''))
 
   cache_path = _ASTAR_CACHE.value or default_astar_cache()
-  astar, computed = astar_values(target, config.slbo, tasks, method,
+  astar, computed = astar_values(target, plan['slbo'], tasks, method,
                                  astar_budget, stage_samples, cache_path,
                                  plan['seed'], log,
                                  tag=family_set_tag(record))
   log(f'A* of {len(tasks)} task(s) ({computed} computed, '
       f'{len(tasks) - computed} cached) in {cache_path}')
 
-  a0, an = adapt_pieces(adapter, state.slbo, members, all_tasks, index,
+  a0, an = adapt_pieces(adapt, member_state, members, all_tasks, index,
                         settings, paths['pieces'], log, hooks.THROTTLE_S.value)
   result = metrics.evaluation(a0, an, astar, tasks, budgets, method,
                               astar_budget)
-  visited = np.asarray(family.from_u(np.asarray(state.visited_u)))
-  iterations = np.asarray(state.iteration)
-  visited = [v[:int(n)] for v, n in zip(visited, iterations)]
+  if baselines.is_baseline(config):
+    visited = baselines.visited_tasks(state, family, config.algo)
+  else:
+    visited = np.asarray(family.from_u(np.asarray(state.visited_u)))
+    iterations = np.asarray(state.iteration)
+    visited = [v[:int(n)] for v, n in zip(visited, iterations)]
   return dict(
       workdir=os.path.abspath(workdir), env=record['env'], settings=settings,
       eval_env=target.name, algo=config.algo, preset=record.get('preset'),
       step=int(step), members=[dict(seed=s, alpha=a) for s, a in members],
       budgets=budgets, stage_samples=stage_samples,
-      eval_episodes=adapter.eval_episodes,
-      n_zeroshot=adapter.n_zeroshot, n_inner=adapter.n_inner,
+      eval_episodes=eval_episodes, n_zeroshot=n_zeroshot, n_inner=n_inner,
       astar_method=method, astar_budget=astar_budget, astar_cache=cache_path,
       tasks=np.round(tasks.astype(np.float64), 6),
       task_names=_names(target),
@@ -459,17 +507,19 @@ def read_pieces(path, settings, log) -> dict:
   return dict(saved.get('pieces', {}))
 
 
-def adapt_pieces(adapter, slbo_state, members, all_tasks, index, settings,
+def adapt_pieces(adapt, member_state, members, all_tasks, index, settings,
                  path, log, throttle_s=0.0):
   """A0 (m, t) and A_n (m, t, b) of every member on tasks all_tasks[index],
   one (member, task) piece at a time, each saved to `path` as it finishes
   and reused when the evaluation is run again.
 
-  Task index[j] of member m is adapted with the key
-  fold_in(fold_in(key(seed), m), index[j]) (those of
-  `Adaptation.adapt_tasks` on the whole set), by one compiled
-  `Adaptation.adapt` for every piece. `throttle_s`: seconds to sleep
-  after each saved piece.
+  `adapt(member_state(m), psi, key)` adapts member m to task ψ and returns
+  its `a0` and `an` (`Adaptation.adapt` on the member's SLBO state, or a
+  baseline's `Evaluator.adapt` on its parameters). Task index[j] of member
+  m is adapted with the key fold_in(fold_in(key(seed), m), index[j])
+  (those of `Adaptation.adapt_tasks` on the whole set), by one compiled
+  `adapt` for every piece. `throttle_s`: seconds to sleep after each saved
+  piece.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -497,13 +547,13 @@ def adapt_pieces(adapter, slbo_state, members, all_tasks, index, settings,
   for count, (m, j) in enumerate(todo, 1):
     i = int(index[j])
     if m not in member_states:
-      member_states = {m: jax.tree.map(lambda x, m=m: x[m], slbo_state)}
+      member_states = {m: member_state(m)}
     key = jax.random.fold_in(jax.random.fold_in(base_key, m), i)
     psi = all_tasks[i]
     if compiled is None:
       t0 = time.time()
       log('compiling the adaptation program')
-      compiled = compile_polling(jax.jit(adapter.adapt).lower(
+      compiled = compile_polling(jax.jit(adapt).lower(
           member_states[m], psi, key))
       log(f'compiled in {time.time() - t0:.1f}s')
     t0 = time.time()
@@ -522,8 +572,7 @@ def adapt_pieces(adapter, slbo_state, members, all_tasks, index, settings,
       eta = (f'; estimate for the {left} left: '
              if count == 1 else ', ETA ') + format_seconds(
                  left * float(np.mean(times)))
-    seed, alpha = members[m]
-    log(f'member {m + 1}/{len(members)} (seed {seed}, alpha {alpha:g}), '
+    log(f'member {m + 1}/{len(members)} ({_member(members[m])}), '
         f'task {j + 1}/{len(index)}: A0 {a0:.3f}, A_n '
         + ', '.join(f'{v:.3f}' for v in an) + f' ({times[-1]:.1f}s{eta})')
     if throttle_s > 0:
@@ -533,11 +582,18 @@ def adapt_pieces(adapter, slbo_state, members, all_tasks, index, settings,
   an = np.asarray([[[json_number(v) for v in pieces[name(m, i)]['an']]
                     for i in index] for m in range(len(members))],
                   np.float64)
-  for m, (seed, alpha) in enumerate(members):
-    log(f'member {m + 1}/{len(members)} (seed {seed}, alpha {alpha:g}): '
+  for m in range(len(members)):
+    log(f'member {m + 1}/{len(members)} ({_member(members[m])}): '
         f'mean A0 {np.mean(a0[m]):.3f}, mean A_n '
         + ', '.join(f'{v:.3f}' for v in np.mean(an[m], axis=0)))
   return a0, an
+
+
+def _member(member) -> str:
+  """'seed 0, alpha 0.5', or 'seed 0' for a member without α (a
+  baseline's)."""
+  seed, alpha = member
+  return f'seed {seed}' if alpha is None else f'seed {seed}, alpha {alpha:g}'
 
 
 def _finite_or_nan(x: float):
@@ -591,7 +647,8 @@ def draw(report, paths) -> None:
                         json_array(summary['average_An_std'])]))],
       'average A_n (n = 0: A0)', report['eval_env'])
   fig.savefig(paths['average_return'], dpi=110)
-  runs = [(f'{report["algo"]}, seed {m["seed"]}, α {m["alpha"]:g}',
+  runs = [(f'{report["algo"]}, seed {m["seed"]}'
+           + ('' if m['alpha'] is None else f', α {m["alpha"]:g}'),
            json_array(v, len(names))) for m, v in zip(report['members'],
                                                 report['visited_tasks'])]
   fig = plots.visited_tasks(runs, report['train_task_low'],

@@ -30,12 +30,24 @@ def _value(x):
   return [None if not math.isfinite(v) else float(v) for v in x.tolist()]
 
 
+def member_tag(seed, alpha) -> str:
+  """A member's name in tb/ and W&B: 'seed0_alpha0.5', or 'seed0' for a
+  run without α (the meta-RL baselines)."""
+  return f'seed{seed}' if alpha is None else f'seed{seed}_alpha{alpha:g}'
+
+
 class MetricsLog:
-  """Appends metrics of batched task iterations; on resume, drops lines of
-  iterations at or after `keep_below` (they are redone)."""
+  """Appends metrics of batched iterations; on resume, drops lines of
+  iterations at or after `keep_below` (they are redone).
+
+  Rows are keyed by `index_key`: 'task_index' (AdMRL's, from 0) or, for
+  the meta-RL baselines, 'iteration' (the iterations done, from 1: pass
+  keep_below = done + 1). `scalars`: the row fields drawn in TensorBoard
+  and W&B (besides real_samples, ψ and u)."""
 
   def __init__(self, workdir: str, members, keep_below: int,
-               wandb_project=None, config=None):
+               wandb_project=None, config=None, index_key='task_index',
+               scalars=_SCALARS):
     """`wandb_project`: also log to Weights & Biases (imported only then;
     `wandb` must be installed: pip install -e .[wandb]), one W&B run per
     driver run whose id is kept in <workdir>/wandb_run_id so that a resume
@@ -46,13 +58,15 @@ class MetricsLog:
     self.members = members
     self.wandb_project = wandb_project
     self.config = config
+    self.index_key = index_key
+    self.scalars = tuple(scalars)
     self._wandb = None
     self.last_summary = ''
     if os.path.exists(self.path):
       with open(self.path) as f:
         lines = [line for line in f if line.strip()]
       kept = [line for line in lines
-              if json.loads(line)['task_index'] < keep_below]
+              if json.loads(line)[index_key] < keep_below]
       fileio.write_text(self.path, ''.join(kept))
     self._writers = None
     self._tb_dir = os.path.join(workdir, 'tb')
@@ -61,33 +75,42 @@ class MetricsLog:
     if self._writers is None:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._writers = [
-          SummaryWriter(os.path.join(self._tb_dir, f'seed{seed}_alpha{alpha:g}'))
+          SummaryWriter(os.path.join(self._tb_dir, member_tag(seed, alpha)))
           for seed, alpha in self.members]
     return self._writers
 
   def write(self, metrics, wall_time: float) -> None:
     """metrics: `IterationMetrics` with a leading member axis."""
     fields = {k: np.asarray(v) for k, v in metrics.__dict__.items()}
-    lines = []
+    rows = []
     for i, (seed, alpha) in enumerate(self.members):
       row = {'task_index': int(fields['task_index'][i]), 'seed': seed,
              'alpha': alpha}
       row.update({k: _value(v[i]) for k, v in fields.items()
                   if k != 'task_index'})
-      row['wall_time'] = round(wall_time, 2)
+      rows.append(row)
+    self.write_rows(rows, wall_time, summary_line)
+
+  def write_rows(self, rows, wall_time: float, summary=None) -> None:
+    """Appends one row (a dict with `index_key`, seed, alpha,
+    real_samples, …) per member, in member order, adds `wall_time`, and
+    sets `last_summary` to `summary(rows)` (if given)."""
+    lines = []
+    for i, row in enumerate(rows):
+      row = dict(row, wall_time=round(wall_time, 2))
       lines.append(json.dumps(row))
+      step = row[self.index_key]
       writer = self._tensorboard()[i]
-      for name in _SCALARS:
+      for name in self.scalars:
         value = row.get(name)
         if value is not None:
-          writer.add_scalar(name, value, row['task_index'])
-      writer.add_scalar('real_samples', row['real_samples'],
-                        row['task_index'])
+          writer.add_scalar(name, value, step)
+      writer.add_scalar('real_samples', row['real_samples'], step)
       # The iteration's task, one curve per coordinate: psi/j and u/j.
       for name in ('psi', 'u'):
         for j, value in enumerate(row.get(name) or []):
           if value is not None:
-            writer.add_scalar(f'{name}/{j}', value, row['task_index'])
+            writer.add_scalar(f'{name}/{j}', value, step)
       writer.flush()
     if self.wandb_project:
       self._log_wandb([json.loads(line) for line in lines])
@@ -95,8 +118,8 @@ class MetricsLog:
       f.write('\n'.join(lines) + '\n')
       f.flush()
       os.fsync(f.fileno())
-    rows = [json.loads(line) for line in lines]
-    self.last_summary = summary_line(rows)
+    if summary is not None:
+      self.last_summary = summary([json.loads(line) for line in lines])
 
   def close(self):
     for writer in self._writers or []:
@@ -107,20 +130,20 @@ class MetricsLog:
 
   def _log_wandb(self, rows) -> None:
     """The TensorBoard scalars of every member, prefixed by the member's
-    tag (seed0_alpha0.5/gap), at step = task_index."""
+    tag (seed0_alpha0.5/gap), at step = the rows' index (task_index)."""
     if self._wandb is None:
       self._wandb = wandb_run(self.workdir, self.wandb_project, self.config)
     values = {}
     for row, (seed, alpha) in zip(rows, self.members):
-      tag = f'seed{seed}_alpha{alpha:g}'
-      for name in _SCALARS + ('real_samples',):
+      tag = member_tag(seed, alpha)
+      for name in self.scalars + ('real_samples',):
         if row.get(name) is not None:
           values[f'{tag}/{name}'] = row[name]
       for name in ('psi', 'u'):
         for j, value in enumerate(row.get(name) or []):
           if value is not None:
             values[f'{tag}/{name}/{j}'] = value
-    self._wandb.log(values, step=rows[0]['task_index'])
+    self._wandb.log(values, step=rows[0][self.index_key])
 
 
 def wandb_run(workdir: str, project: str, config=None):

@@ -5,7 +5,9 @@ names).
 `preset(env, name)` returns the `AdMRLConfig` of `paper` (Lin et al. 2020,
 arXiv:2006.08875, Appendix C, and the authors' code), `quick` or `smoke`,
 the family overrides (e.g. a shorter horizon) and the task step size α the
-paper chose for the family. `apply_overrides` sets dotted config fields from
+paper chose for the family; `baseline_preset(env, name, algo)` the
+`MAMLConfig` or `PEARLConfig` of the same names, with their iteration
+counts. `apply_overrides` sets dotted config fields from
 `--set=field=value` texts; `config_from_dict` rebuilds a config from a run's
 config.json.
 """
@@ -103,6 +105,69 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
           default_alpha(env, config))
 
 
+# ------------------------------------------------------------ baselines
+# Meta-iterations (MAML) and training iterations (PEARL) of the presets.
+# Paper: oyster's num_iterations (configs/default.py), and as many for MAML
+# (Lin et al. 2020 do not give their baselines' budgets).
+BASELINE_ITERATIONS = {'smoke': 3, 'quick': 20, 'paper': 500}
+
+
+def baseline_preset(env, name: str, algo: str):
+  """(config, family overrides, n_iterations) of preset `name` of the
+  meta-RL baseline `algo` ('maml': `MAMLConfig`, 'pearl': `PEARLConfig`)
+  for family `env` (a registered name or a `TaskFamily`).
+
+  The family overrides (the horizon) are those of the AdMRL preset of the
+  same name, so that a study's methods share their evaluation tasks and
+  budgets. 'paper' is the baseline's own defaults (docs/maml.md,
+  docs/pearl.md: the authors' codes) with BASELINE_ITERATIONS['paper']
+  iterations; 'quick' and 'smoke' shrink the batches and networks.
+  """
+  if name not in NAMES:
+    raise ValueError(f'unknown preset {name!r}; choose one of '
+                     f'{", ".join(NAMES)}')
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  family = envs.make(env) if isinstance(env, str) else env
+  _, overrides, _ = preset(family, name)
+  horizon = overrides.get('horizon', family.horizon)
+  n_iterations = BASELINE_ITERATIONS[name]
+  if algo == 'maml':
+    from admrl_jax.baselines import maml  # pylint: disable=g-import-not-at-top
+    from admrl_jax.policies.gaussian_mlp import PolicyConfig  # pylint: disable=g-import-not-at-top
+    if name == 'paper':
+      return maml.MAMLConfig(), overrides, n_iterations
+    if name == 'quick':
+      config = maml.MAMLConfig(meta_batch_size=10, rollouts_per_task=10)
+    else:
+      config = maml.MAMLConfig(meta_batch_size=2, rollouts_per_task=2,
+                               policy=PolicyConfig(hidden=(16, 16)))
+    return config, overrides, n_iterations
+  if algo == 'pearl':
+    from admrl_jax.baselines import pearl  # pylint: disable=g-import-not-at-top
+    if name == 'paper':
+      return pearl.PEARLConfig(), overrides, n_iterations
+    if name == 'quick':
+      # oyster's proportions (400 prior + 600 extra steps at horizon 200)
+      # at two and three episodes.
+      config = pearl.PEARLConfig(
+          num_train_tasks=20, hidden=(64, 64), encoder_hidden=(64, 64),
+          num_initial_steps=2 * horizon, num_steps_prior=2 * horizon,
+          num_extra_rl_steps_posterior=3 * horizon,
+          replay_capacity=50 * horizon, num_train_steps_per_itr=200,
+          meta_batch=8, batch_size=128, embedding_batch_size=64)
+    else:
+      config = pearl.PEARLConfig(
+          num_train_tasks=4, latent_size=2, hidden=(16, 16),
+          encoder_hidden=(16,), num_initial_steps=2 * horizon,
+          num_tasks_sample=2, num_steps_prior=horizon,
+          num_steps_posterior=2 * horizon,
+          num_extra_rl_steps_posterior=horizon,
+          replay_capacity=20 * horizon, num_train_steps_per_itr=5,
+          meta_batch=3, batch_size=16, embedding_batch_size=10)
+    return config, overrides, n_iterations
+  raise ValueError(f'unknown baseline {algo!r}; choose maml or pearl')
+
+
 def apply_overrides(config, overrides: Dict[str, str]):
   """Sets dotted fields of a nested frozen dataclass from strings.
 
@@ -119,7 +184,8 @@ def apply_overrides(config, overrides: Dict[str, str]):
   overrides = dict(overrides)
   # A named estimator replaces the whole section first, so that other
   # task_gradient.* values refine it whatever their order.
-  if 'task_gradient.preset' in overrides:
+  if 'task_gradient.preset' in overrides and hasattr(config,
+                                                     'task_gradient'):
     name = overrides.pop('task_gradient.preset').strip()
     try:
       config = dataclasses.replace(config, task_gradient=tg.preset(name))

@@ -4,7 +4,9 @@ r"""AdMRL driver: `python -m experiments.run --env=<family> [flags]`.
     python -m experiments.run --env=lq --preset=smoke --workdir=/tmp/lq
     python -m experiments.run --env=ant2d --alpha=1,2,4 --seed=0,1   # one vmapped sweep
 
-Runs Algorithm 1 (or a baseline, --algo) for --ntasks task iterations. Every
+Runs Algorithm 1 (or a baseline, --algo) for --ntasks task iterations, or
+the meta-RL baselines MAML-TRPO and PEARL (--algo=maml|pearl,
+experiments/baselines.py) for --ntasks iterations of their own. Every
 (seed, α) pair of the --seed and --alpha lists is one member of a batch that
 runs as a single jit-compiled program: vmapped lanes (--sweep=vmap, default)
 or one member after another (--sweep=map, each member bitwise identical to a
@@ -67,8 +69,9 @@ from experiments.training import (member_sharding,
 _ENV = flags.DEFINE_string('env', 'halfcheetah_highdim',
                            f'Task family: {", ".join(envs.names())}.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
-_ALGO = flags.DEFINE_string('algo', 'admrl',
-                            'admrl | mb_unif | mb_gauss | mb_vertices | mb_cem | slbo.')
+_ALGO = flags.DEFINE_string(
+    'algo', 'admrl', 'admrl | mb_unif | mb_gauss | mb_vertices | mb_cem | '
+    'slbo, or a meta-RL baseline: maml (MAML-TRPO) | pearl (PEARL).')
 _ALPHA = flags.DEFINE_string(
     'alpha', None, 'Task step size α, or a comma list (a vmapped sweep); '
     'default: 0.5 under the presets\' normalised step, the paper\'s α for '
@@ -79,7 +82,9 @@ _SWEEP = flags.DEFINE_string(
     'sweep', 'vmap', 'How the (seed, α) members run inside the one compiled '
     'program: vmap (batched lanes, fastest) or map (one after another, '
     'each bitwise identical to a run of that member alone).')
-_NTASKS = flags.DEFINE_integer('ntasks', None, 'Task iterations (preset).')
+_NTASKS = flags.DEFINE_integer(
+    'ntasks', None, 'Task iterations (default: the preset\'s); for maml and '
+    'pearl the meta-iterations / training iterations.')
 _PRESET = flags.DEFINE_string('preset', 'paper',
                               'smoke | quick | paper (the paper values).')
 _PIPELINE = flags.DEFINE_string(

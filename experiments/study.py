@@ -10,22 +10,28 @@ An arm of --algos is a driver algorithm with its own settings (`ARMS`):
 admrl (the scale's estimator and step rule; by default the task gradient
 validated against ground truth and the normalised step), admrl_paper (the
 estimator and step rule of Lin et al. 2020 as written), mb_unif, mb_gauss,
-mb_vertices, mb_cem. For every arm it trains every (seed, α) member with the
-driver (`experiments.run.train`: the members of one algorithm are the lanes
-of one compiled program; α only for admrl, the baselines ignore it), then
-adapts every member's trained model to every task of the evaluation set
-(zero-shot → A0, then SLBO stages → A_n; Lin et al. 2020, Section 5) and
-compares the methods with the same A* (closed form on lq, else a long SLBO
-run per task, cached as each finishes). It writes into --workdir
-(default studies/<env>-<scale>):
+mb_vertices, mb_cem, and the meta-RL baselines maml and pearl (their own
+preset of the scale's preset name, experiments/baselines.py). For every arm
+it trains every (seed, α) member with the driver (`experiments.training.
+train`: the members of one algorithm are the lanes of one compiled program;
+α only for admrl, the baselines ignore it), then adapts every member to
+every task of the evaluation set — a model-based arm its trained model
+(zero-shot → A0, then SLBO stages → A_n; Lin et al. 2020, Section 5), MAML
+by its inner step on n real samples, PEARL by its posterior over n real
+transitions — with the same keys per (seed, task), and compares the methods
+with the same A* (closed form on lq, else a long SLBO run per task, cached
+as each finishes). It writes into --workdir (default
+studies/<env>-<scale>):
 
     study_config.json   the study's settings (a rerun must match them)
     train/<algo>/       the driver's run directories (checkpoints, metrics)
     eval/<algo>.json    A0 and A_n per member and task, filled in as they finish
     astar_cache.json    A* per task
     study.json          every measure per method, α and n, with intervals
-    study.md            the tables
-    figures/            gap heat maps, Gmax_n / CVaR / average A_n against n,
+    study.md            the tables, and each method's real samples of
+                        (meta-)training
+    figures/            gap heat maps, Gmax_n / CVaR / average A_n against n
+                        (the legend gives each method's training samples),
                         Gmax_n against α, visited tasks
 
 Measures per method and n ∈ {0 (A0)} ∪ budgets, each as mean and 95%
@@ -69,13 +75,15 @@ from experiments.common import (UsageError, json_number, parse_floats,
 from experiments.progress import format_seconds
 from experiments.study_design import (ALGOS, EVAL_SEED, SCALES, arm_sets,
                                       arm_label, eval_tasks, is_adversary,
-                                      training_runs)
+                                      is_baseline, method_samples,
+                                      reference_config, training_runs)
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _ENV = flags.DEFINE_string('env', 'lq', 'Task family.')
 _SCALE = flags.DEFINE_string('scale', 'smoke', 'smoke | study | paper.')
-_ALGOS = flags.DEFINE_string('algos', 'admrl,mb_unif,mb_gauss',
-                             'Comma list of algorithms to compare.')
+_ALGOS = flags.DEFINE_string(
+    'algos', 'admrl,mb_unif,mb_gauss', 'Comma list of the arms to compare: '
+    f'{", ".join(ALGOS)} (maml and pearl: the meta-RL baselines).')
 _SEEDS = flags.DEFINE_string('seeds', None,
                              'Comma list of seeds (default: the scale\'s).')
 _ALPHA = flags.DEFINE_string(
@@ -211,7 +219,10 @@ def run():
   write_json(os.path.join(workdir, 'study_config.json'), settings)
 
   from admrl_jax.evaluation import adaptation, optimum  # pylint: disable=g-import-not-at-top
-  family0, config0 = runs[settings['algos'][0]][:2]
+  # The arms share the family (`training_runs` checks); A* and the
+  # model-based adaptation use the scale's SLBO settings.
+  family0 = runs[settings['algos'][0]][0]
+  config0 = reference_config(settings)
   tasks = eval_tasks(family0, scale)
   stage_samples = scale.stage_envs * family0.horizon
   adapt_config = adaptation.AdaptationConfig(
@@ -221,18 +232,26 @@ def run():
   astar_budget = (None if method == 'closed_form'
                   else scale.astar_stages * stage_samples)
 
-  # Work in VirtualTraining iterations, for the ETA.
+  # Work in VirtualTraining iterations, for the ETA (an iteration of a
+  # meta-RL baseline, and its adaptation to a task, count as one).
   def train_units(config, n_members):
+    if baseline_config(config):
+      return n_members * config.n_iterations
     s = config.slbo
     per_task = s.n_zeroshot + config.n_slbo * s.n_inner
     return n_members * per_task * config.n_tasks
 
   n_vt_adapt = (config0.slbo.n_zeroshot
                 + scale.stages[-1] * config0.slbo.n_inner)
+
+  def adapt_units(algo):
+    return 1 if is_baseline(algo) else n_vt_adapt
+
   members = {algo: [(s, a) for s in r[3] for a in r[2]]
              for algo, r in runs.items()}
   total = sum(train_units(r[1], len(members[a])) for a, r in runs.items())
-  total += sum(len(m) for m in members.values()) * len(tasks) * n_vt_adapt
+  total += sum(len(m) * len(tasks) * adapt_units(a)
+               for a, m in members.items())
   n_astar = 0 if method == 'closed_form' else len(tasks) + scale.astar_repeats
   total += n_astar * scale.astar_stages * config0.slbo.n_inner
   log(f'study of {", ".join(settings["algos"])} on {settings["env"]} '
@@ -245,14 +264,16 @@ def run():
   try:
     for algo, (family, config, alphas, seeds, record) in runs.items():
       train(algo, family, config, alphas, seeds, record, workdir, pieces,
-            train_units(config, len(members[algo])) / config.n_tasks, log)
+            train_units(config, len(members[algo])) / iterations(config),
+            log)
     astar = astar_values(family0, config0, tasks, method, astar_budget,
                          stage_samples, scale, workdir, pieces, log)
     evaluations = {}
     for algo, (family, config, alphas, seeds, record) in runs.items():
       evaluations[algo] = evaluate(algo, family, config, members[algo],
                                    tasks, adapt_config, workdir, pieces,
-                                   n_vt_adapt, log, hooks.THROTTLE_S.value)
+                                   adapt_units(algo), log,
+                                   hooks.THROTTLE_S.value)
   except StopStudy:
     log(f'stopped after {pieces.count} piece(s) (--stop_after_pieces); '
         'rerun the same command to continue')
@@ -270,10 +291,23 @@ def run():
   write_json(os.path.join(workdir, 'timings.json'), timings)
 
 
+def iterations(config) -> int:
+  """The iterations of an arm's training run: task iterations, or a
+  meta-RL baseline's own (`baselines.Baseline.n_iterations`)."""
+  return config.n_iterations if baseline_config(config) else config.n_tasks
+
+
+def baseline_config(config) -> bool:
+  """Whether an arm's resolved config is a meta-RL baseline's."""
+  from experiments import baselines  # pylint: disable=g-import-not-at-top
+  return baselines.is_baseline(config)
+
+
 def train(algo, family, config, alphas, seeds, record, workdir, pieces,
           units_per_task, log):
   """Trains (or resumes) one algorithm's members; one piece per task
-  iteration (counted through the driver's checkpoint lines)."""
+  iteration, or per iteration of a meta-RL baseline (counted through the
+  driver's checkpoint lines)."""
   from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from experiments import training as driver  # pylint: disable=g-import-not-at-top
   run_dir = os.path.join(workdir, 'train', algo)
@@ -281,22 +315,26 @@ def train(algo, family, config, alphas, seeds, record, workdir, pieces,
                              ).latest_step() if os.path.isdir(run_dir) else None
   done = done or 0
   pieces.skip(done * units_per_task)
-  if done >= config.n_tasks:
+  n = iterations(config)
+  if done >= n:
     return
 
   def train_log(message):
-    # The driver's line after each saved task iteration; raising StopStudy
-    # here stops between two checkpoints. Its compile lines pass through
-    # (a minute of silence otherwise).
-    if message.startswith('task ') and ' done in ' in message:
+    # The driver's line after each saved (task) iteration; raising
+    # StopStudy here stops between two checkpoints. Its compile lines pass
+    # through (a minute of silence otherwise).
+    if (message.startswith(('task ', 'iteration '))
+        and ' done in ' in message):
       pieces.finished(units_per_task, f'{algo}: {message.split(":")[0]}')
     elif 'compiling' in message or message.startswith('compiled in'):
       log(f'{algo}: {message}')
 
   driver.train(family, config, alphas, seeds, dict(record), run_dir,
                train_log, phase_progress=False)
-  log(f'{algo}: trained {config.n_tasks} task iterations '
-      f'({len(seeds)} seed(s) x {len(alphas)} alpha(s))')
+  log(f'{algo}: trained {n} '
+      + (f'iterations ({len(seeds)} seed(s))' if is_baseline(algo) else
+         f'task iterations ({len(seeds)} seed(s) x {len(alphas)} '
+         'alpha(s))'))
 
 
 def astar_values(family, config, tasks, method, budget, stage_samples, scale,
@@ -340,7 +378,10 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
              pieces, units, log, throttle_s=0.0):
   """A0 and A_n of every member on every task, one task at a time; each
   result is saved as it finishes (eval/<algo>.json), then `throttle_s`
-  seconds are slept."""
+  seconds are slept. A model-based arm adapts its model
+  (`Adaptation.adapt`), a meta-RL baseline by its own rule
+  (`baselines.Evaluator`: MAML's inner step, PEARL's posterior), with the
+  same keys, tasks and evaluation episodes."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
@@ -366,21 +407,34 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
   pieces.skip((len(members) * len(tasks) - len(todo)) * units)
   if not todo:
     return result
+  from experiments import baselines  # pylint: disable=g-import-not-at-top
   run_dir = os.path.join(workdir, 'train', algo)
   _, run_config, record = workdir_lib.load_config(run_dir)
   state, _ = workdir_lib.load_state(run_dir, family, run_config, record)
-  adapter = adaptation.Adaptation(family, config.slbo, adapt_config)
-  adapt = jax.jit(adapter.adapt)
+  if baselines.is_baseline(run_config):
+    evaluator = baselines.Evaluator(
+        family, run_config, adapt_config.budgets,
+        adapt_config.eval_episodes
+        or adapt_config.stage_samples // family.horizon)
+    adapt = jax.jit(evaluator.adapt)
+
+    def member_state(m):
+      return evaluator.member_params(state, m)
+  else:
+    adapter = adaptation.Adaptation(family, config.slbo, adapt_config)
+    adapt = jax.jit(adapter.adapt)
+
+    def member_state(m):
+      return jax.tree.map(lambda x: x[m], state.slbo)
   base_key = jax.random.key(EVAL_SEED)
   log(f'{algo}: evaluating {len(todo)} (member, task) piece(s); compiling '
       'the adaptation first')
   for m, i in todo:
     t0 = time.time()
     seed = members[m][0]
-    member_state = jax.tree.map(lambda x, m=m: x[m], state.slbo)
     # Keyed by (seed, task), not by member: methods are paired per seed.
     key = jax.random.fold_in(jax.random.fold_in(base_key, seed), i)
-    out = wait(adapt(member_state, tasks[i], key))
+    out = wait(adapt(member_state(m), tasks[i], key))
     a0 = float(out.a0)
     an = [float(v) for v in np.asarray(out.an)]
     result['a0'][m][i] = a0 if math.isfinite(a0) else 'nan'
@@ -388,9 +442,10 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
     result['a0_se'][m][i] = json_safe(float(out.a0_se))
     result['an_se'][m][i] = [json_safe(float(v)) for v in np.asarray(out.an_se)]
     write_json(path, result)
-    pieces.finished(units, f'{algo} member {m + 1}/{len(members)} (seed '
-                    f'{seed}, alpha {members[m][1]:g}), task {i + 1}/'
-                    f'{len(tasks)}: A0 {a0:.2f}, A_n '
+    alpha = members[m][1]
+    who = f'seed {seed}' + ('' if alpha is None else f', alpha {alpha:g}')
+    pieces.finished(units, f'{algo} member {m + 1}/{len(members)} ({who})'
+                    f', task {i + 1}/{len(tasks)}: A0 {a0:.2f}, A_n '
                     + ', '.join(f'{v:.2f}' for v in an)
                     + f' ({time.time() - t0:.1f}s)')
     if throttle_s > 0:
@@ -411,6 +466,7 @@ def summarize(settings, runs, members, tasks, adapt_config, astar, method,
   astar_v = np.asarray(astar['values'], np.float64)
   methods = {}   # label -> per-seed arrays
   for algo, result in evaluations.items():
+    samples = _final_real_samples(workdir, algo)
     a0 = np.asarray([[json_number(v) for v in row] for row in result['a0']])
     an = np.asarray([[[json_number(v) for v in cell] for cell in row]
                      for row in result['an']])
@@ -424,6 +480,7 @@ def summarize(settings, runs, members, tasks, adapt_config, astar, method,
       gn = astar_v[None, :, None] - r                            # (s, t, b+1)
       methods[label] = dict(
           algo=algo, alpha=alpha if is_adversary(algo) else None,
+          real_samples=[samples.get(members[algo][j]) for j in idx],
           an_se=None if se is None else se[idx],
           seeds=[members[algo][j][0] for j in idx], returns=r, gn=gn,
           per_seed=dict(Gmax_n=gn.max(axis=1), mean_Gn=gn.mean(axis=1),
@@ -460,6 +517,7 @@ def summarize(settings, runs, members, tasks, adapt_config, astar, method,
       eval_episodes=(adapt_config.eval_episodes or adapt_config.stage_samples
                      // next(iter(runs.values()))[0].horizon),
       methods={label: dict(algo=m['algo'], alpha=m['alpha'], seeds=m['seeds'],
+                           real_samples=m['real_samples'],
                            Gn_mean=m['gn'].mean(axis=0).tolist(),
                            An_se_quantiles=(
                                None if m['an_se'] is None else
@@ -499,6 +557,18 @@ def _metrics_lines(workdir, algo):
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def _final_real_samples(workdir, algo):
+  """{(seed, α): the real environment steps of that member's training run
+  at its last iteration} (`real_samples` of metrics.jsonl: a meta-RL
+  baseline's meta-training samples, AdMRL's dataset and task-gradient
+  roll-outs)."""
+  out = {}
+  for line in _metrics_lines(workdir, algo):
+    member = (line['seed'], line['alpha'])
+    out[member] = max(out.get(member, 0), line['real_samples'])
+  return out
 
 
 def _real_samples(workdir, runs):
@@ -587,7 +657,9 @@ def boundary_fractions(workdir, runs):
   for arm in runs:
     groups = {}
     for line in _metrics_lines(workdir, arm):
-      if line['task_index'] < 1 or line.get('u') is None:
+      # A meta-RL baseline's lines have no task (MAML draws a batch per
+      # iteration, PEARL a fixed set).
+      if line.get('u') is None or line['task_index'] < 1:
         continue
       u = np.asarray([json_number(v) for v in line['u']])
       groups.setdefault(arm_label(arm, line['alpha']), []).append(
@@ -638,6 +710,16 @@ def markdown(report) -> str:
             + f'; real samples per training run: {report["real_samples"]}.',
             '', 'Mean over seeds [95% t-interval]; n = 0 is zero-shot (A0).',
             '']
+  lines += ['## Real samples of training', '',
+            'Real environment steps of each method\'s (meta-)training run, '
+            'per seed: its `real_samples` after the last iteration (AdMRL '
+            'and the model-based arms: the dataset\'s and the task '
+            'gradient\'s roll-outs; MAML: every pre- and post-update '
+            'episode; PEARL: every collected transition). Mean over seeds '
+            '[min, max].', '', '| method | real samples |', '|---|---|']
+  lines += [f'| {label} | {method_samples(m)} |'
+            for label, m in report['methods'].items()]
+  lines.append('')
   se_rows = [(label, m['An_se_quantiles'])
              for label, m in report['methods'].items()
              if m.get('An_se_quantiles')]
@@ -752,7 +834,10 @@ def draw(report, runs, workdir) -> None:
     for label, row in report['table'].items():
       mean = metrics_lib.from_jsonable(row[key]['mean'])
       half = mean - metrics_lib.from_jsonable(row[key]['lo'])
-      lines.append((label, mean, half))
+      # The legend says what each method spent on (meta-)training.
+      samples = method_samples(report['methods'][label])
+      lines.append((f'{label} ({samples} real samples in training)', mean,
+                    half))
     fig = plots.curves(budgets, lines, f'{title} (95% interval over seeds)',
                        f'{report["env"]}; {note}')
     fig.savefig(os.path.join(out, f'{key}.png'), dpi=100)
@@ -784,7 +869,8 @@ def draw(report, runs, workdir) -> None:
   visited = []
   for algo in runs:
     for line in _metrics_lines(workdir, algo):
-      if line['seed'] == report['settings']['seeds'][0]:
+      if (line['seed'] == report['settings']['seeds'][0]
+          and line.get('psi') is not None):
         label = arm_label(algo, line['alpha'])
         visited.append((label, line['task_index'], line['psi']))
   labels = list(dict.fromkeys(v[0] for v in visited))

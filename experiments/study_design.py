@@ -38,8 +38,18 @@ ARMS: Dict[str, Arm] = {
                        'vertices'),
     'mb_cem': Arm('mb_cem', doc='cross-entropy method toward the largest '
                   'measured gaps'),
+    # The model-free meta-RL baselines of Lin et al. 2020, Fig. 2, at the
+    # baseline preset of the scale's preset name (the scale's sets and task
+    # iterations are AdMRL's and do not apply).
+    'maml': Arm('maml', doc='MAML-TRPO (Finn et al. 2017), the baseline '
+                'preset of the scale\'s preset name'),
+    'pearl': Arm('pearl', doc='PEARL (Rakelly et al. 2019), the baseline '
+                 'preset of the scale\'s preset name'),
 }
 ALGOS = tuple(ARMS)
+# The arms that are meta-RL baselines (`experiments.baselines`), not
+# model-based runs of Algorithm 1's driver.
+BASELINE_ARMS = ('maml', 'pearl')
 
 
 def is_adversary(arm: str) -> bool:
@@ -47,9 +57,40 @@ def is_adversary(arm: str) -> bool:
   return ARMS[arm].algo == 'admrl'
 
 
+def is_baseline(arm: str) -> bool:
+  """Whether the arm is a meta-RL baseline (MAML, PEARL): trained at its
+  own preset, adapted by its own rule."""
+  return ARMS[arm].algo in BASELINE_ARMS
+
+
 def arm_label(arm: str, alpha) -> str:
   """The row label of an arm's member group: 'admrl α=0.5', 'mb_unif'."""
   return f'{arm} α={alpha:g}' if is_adversary(arm) else arm
+
+
+def samples_text(n) -> str:
+  """A sample count for a legend: '13 000', '540k', '80M'."""
+  if n is None:
+    return '?'
+  if n >= 1e6:
+    return f'{n / 1e6:.3g}M'
+  if n >= 1e5:
+    return f'{n / 1e3:.3g}k'
+  return f'{n:,.0f}'.replace(',', ' ')
+
+
+def method_samples(m) -> str:
+  """A method's real samples of (meta-)training for a legend or a table:
+  the mean over its seeds, with the range when they differ. `m`: a method
+  of study.json (its `methods` entry), with `real_samples` per seed."""
+  values = [v for v in m.get('real_samples') or [] if v is not None]
+  if not values:
+    return '?'
+  lo, hi = min(values), max(values)
+  text = samples_text(sum(values) / len(values))
+  if lo == hi:
+    return text
+  return f'{text} [{samples_text(lo)}, {samples_text(hi)}]'
 
 
 EVAL_SEED = 7_777  # the evaluation's keys: fold_in(seed of the member, task)
@@ -136,27 +177,52 @@ SCALES: Dict[str, Scale] = {
 
 def arm_sets(scale, arm):
   """The `--set` overrides of an arm's training: the scale's, then the
-  arm's own."""
+  arm's own (a meta-RL baseline's: its own only)."""
+  if is_baseline(arm):
+    return dict(ARMS[arm].sets)
   return {**dict(scale.sets), **dict(ARMS[arm].sets)}
 
 
 def training_runs(settings):
   """{algo: (family, config, alphas, seeds, record)} via the driver's
-  `resolve`; UsageError on a bad family or configuration."""
+  `resolve`; UsageError on a bad family or configuration, or arms whose
+  families differ (a meta-RL baseline's preset keeps the horizon of the
+  AdMRL preset of its name, so they do not).
+
+  A meta-RL baseline's arm (maml, pearl) runs the baseline preset of the
+  scale's preset name with its own iteration count (config a
+  `baselines.Baseline`, alphas [None]); the model-based arms the scale's
+  preset, task iterations and sets."""
   from experiments import training as driver  # pylint: disable=g-import-not-at-top
+  from experiments.common import UsageError  # pylint: disable=g-import-not-at-top
   scale = SCALES[settings['scale']]
   runs = {}
   for arm in settings['algos']:
     alphas = settings['alphas'].get(arm)
     family, config, alphas, seeds, record = driver.resolve(
         env=settings['env'], algo=ARMS[arm].algo, preset=scale.preset,
-        alphas=alphas, seeds=settings['seeds'], ntasks=scale.ntasks,
+        alphas=alphas, seeds=settings['seeds'],
+        ntasks=None if is_baseline(arm) else scale.ntasks,
         sets=arm_sets(scale, arm))
     if not is_adversary(arm):
       alphas = alphas[:1]  # the baselines ignore α: one member per seed
       record['alphas'] = alphas
     runs[arm] = (family, config, alphas, seeds, record)
+  horizons = {arm: run[0].horizon for arm, run in runs.items()}
+  if len(set(horizons.values())) > 1:
+    raise UsageError(f'--algos: the arms\' families differ in their horizon '
+                     f'({horizons}); a study compares methods on one family')
   return runs
+
+
+def reference_config(settings):
+  """The `AdMRLConfig` of the scale (its preset with its sets): the SLBO
+  settings of A* and of the model-based arms' adaptation, whatever arms the
+  study has (its arms' own sets change the task gradient, not SLBO)."""
+  from experiments import presets  # pylint: disable=g-import-not-at-top
+  scale = SCALES[settings['scale']]
+  config = presets.preset(settings['env'], scale.preset)[0]
+  return presets.apply_overrides(config, dict(scale.sets))
 
 
 def eval_tasks(family, scale):

@@ -28,14 +28,28 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
   before --ntasks and --set; algo None keeps the file's, or the preset's,
   algorithm). `record` is what config.json holds. Raises UsageError
   naming the flag on bad input.
+
+  algo 'maml' or 'pearl' (or a --config file of such a run) resolves a
+  meta-RL baseline's run instead (`experiments.baselines.resolve`): config
+  is then a `baselines.Baseline`, alphas [None].
   """
   from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
+  from experiments import baselines  # pylint: disable=g-import-not-at-top
   from experiments import presets  # pylint: disable=g-import-not-at-top
 
+  if algo is None and config_file is not None:
+    algo = baselines.algo_of_file(config_file)  # a baseline run's record
+  if algo in baselines.ALGOS:
+    return baselines.resolve(
+        env=env, algo=algo, preset=preset, alphas=alphas, seeds=seeds,
+        sweep=sweep, ntasks=ntasks, sets=sets, pipeline=pipeline,
+        horizon=horizon, frame_skip=frame_skip, x64=x64,
+        family_modules=family_modules, family_sets=family_sets,
+        config_file=config_file)
   if algo is not None and algo not in admrl.ALGOS:
     raise UsageError(f'--algo: unknown algorithm {algo!r}; valid: '
-                     f'{", ".join(admrl.ALGOS)}')
+                     f'{", ".join(admrl.ALGOS + baselines.ALGOS)}')
   if preset not in presets.NAMES:
     raise UsageError(f'--preset: unknown preset {preset!r}; valid: '
                      f'{", ".join(presets.NAMES)}')
@@ -47,7 +61,7 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
   fields = parse_family_sets(env, family_sets)
   config, family_overrides, _ = presets.preset(env, preset)
   if config_file is not None:
-    config = _config_from_file(config_file, config)
+    config = config_from_file(config_file, config)
   if alphas is not None and (not alphas or any(not a > 0 for a in alphas)):
     raise UsageError(f'--alpha: step sizes must be > 0, got {alphas}')
   seeds = list(seeds)
@@ -202,7 +216,7 @@ def member_sharding(shard, n_members, sweep='vmap'):
   return sharding, None
 
 
-def _latest_saved_step(workdir) -> int:
+def latest_saved_step(workdir) -> int:
   """The latest complete checkpoint's step from the directory names (orbax
   writes into a temporary name and renames), 0 for none."""
   path = os.path.join(workdir, 'checkpoints')
@@ -248,7 +262,18 @@ def train(family, config, alphas, seeds, record, workdir, log,
     CheckpointError: an unreadable record or checkpoint (left in place),
       one line naming the step and its directory; with fallback_to_intact,
       no checkpoint that restores intact.
+
+  A meta-RL baseline's run (`resolve` with algo maml or pearl) is trained
+  by `experiments.baselines.train` (the same outer behaviour; α and
+  phase_progress do not apply) and returns its batched state.
   """
+  from experiments import baselines  # pylint: disable=g-import-not-at-top
+  if baselines.is_baseline(config):
+    return baselines.train(
+        family, config, seeds, record, workdir, log, stop_after=stop_after,
+        throttle_s=throttle_s, sharding=sharding,
+        wandb_project=wandb_project, keep_checkpoints=keep_checkpoints,
+        fallback_to_intact=fallback_to_intact)
   # Another configuration is refused before anything is written. The first
   # line, before anything is written or compiled (calibration included),
   # says what is to be run and an estimate of how long it takes; then the
@@ -262,7 +287,7 @@ def train(family, config, alphas, seeds, record, workdir, log,
   record['keep_checkpoints'] = keep
   target = config.n_tasks if stop_after is None else min(config.n_tasks,
                                                            stop_after)
-  first = min(_latest_saved_step(workdir), target)
+  first = min(latest_saved_step(workdir), target)
   log(plan(family, config, len(seeds) * len(alphas), first, target))
   from experiments import provenance  # pylint: disable=g-import-not-at-top
   provenance.record_or_check(workdir, provenance.collect(), log)
@@ -304,13 +329,13 @@ def train(family, config, alphas, seeds, record, workdir, log,
   manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'),
                                 max_to_keep=None if keep == 'all' else keep)
   if manager.latest_step() is not None:
-    state = _resume(manager, state, fallback_to_intact, log)
+    state = resume_state(manager, state, fallback_to_intact, log)
     if keep != recorded:
-      _write_record(workdir, dict(saved or record, keep_checkpoints=keep))
+      write_record(workdir, dict(saved or record, keep_checkpoints=keep))
       log(f'keeping {"every checkpoint" if keep == "all" else keep} from '
           f'now on (was {recorded}; recorded in config.json)')
   else:
-    _write_record(workdir, record)
+    write_record(workdir, record)
 
   done = int(np.asarray(state.iteration)[0])
   metrics_log = logs.MetricsLog(workdir, members, keep_below=done,
@@ -495,13 +520,14 @@ class CacheCount:
             'compilation cache)')
 
 
-def _write_record(workdir, record) -> None:
+def write_record(workdir, record) -> None:
   """<workdir>/config.json, written atomically."""
   from admrl_jax import fileio  # pylint: disable=g-import-not-at-top
   fileio.write_json(os.path.join(workdir, 'config.json'), record, indent=2)
 
 
-def _resume(manager, like, fallback_to_intact, log):
+def resume_state(manager, like, fallback_to_intact, log,
+                 what='task iteration'):
   """The state of the latest checkpoint of `manager` (structured like
   `like`), with a line saying which; with `fallback_to_intact`, of the
   latest that restores intact, the corrupt later ones moved aside.
@@ -531,13 +557,13 @@ def _resume(manager, like, fallback_to_intact, log):
           'state of another layout), rerun with that version (see '
           'provenance.json)') from None
   verified = manager.digests(step) is not None
-  log(f'resumed from task iteration {step}'
+  log(f'resumed from {what} {step}'
       + ('' if verified else ' (saved by an earlier version without the '
          'digests of its leaves: not verified)'))
   return state
 
 
-def _config_from_file(path, like):
+def config_from_file(path, like):
   """--config: the config of a JSON file over `like`; UsageError naming the
   file and the problem."""
   from admrl_jax import config_io  # pylint: disable=g-import-not-at-top

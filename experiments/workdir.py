@@ -8,20 +8,28 @@ from experiments.common import (UsageError, family_from_record,
 
 
 def load_config(workdir: str):
-  """(family, AdMRLConfig, record) of the run in `workdir`, after importing
-  the modules its record names (--family_module).
+  """(family, config, record) of the run in `workdir`, after importing the
+  modules its record names (--family_module): config is the run's
+  `AdMRLConfig`, or for a meta-RL baseline's run (maml, pearl) its
+  `experiments.baselines.Baseline`.
 
   Raises:
-    UsageError: no run there, or its family cannot be built (a module not
-      importable, an unregistered name, a bad field).
+    UsageError: no run there, a baseline's config that does not rebuild,
+      or its family cannot be built (a module not importable, an
+      unregistered name, a bad field).
   """
   from admrl_jax import config_io  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(workdir, 'config.json')
   try:
-    record, config = config_io.read_run(workdir)
+    record, config = config_io.read_run(workdir, baselines=True)
   except FileNotFoundError as e:
     raise UsageError(str(e)) from None
+  except (ValueError, TypeError) as e:
+    raise UsageError(f'{path}: {e}') from None
+  if config_io.algo_of(record) in config_io.BASELINE_ALGOS:
+    from experiments import baselines  # pylint: disable=g-import-not-at-top
+    config = baselines.from_record(record, config)
   import_family_modules(record.get('family_module'),
                         f'{path} (family_module)')
   try:
@@ -42,7 +50,8 @@ def members(record):
 
 def load_state(workdir: str, family, config, record, step=None):
   """(batched AdMRLState, step) of the latest (or given) checkpoint, its
-  leaves checked against the digests saved with it.
+  leaves checked against the digests saved with it; for a baseline's run
+  (config a `baselines.Baseline`) its batched MAMLState or PEARLState.
 
   Raises:
     UsageError: no checkpoint yet; `checkpoints.StepNotFound` (a
@@ -55,7 +64,10 @@ def load_state(workdir: str, family, config, record, step=None):
 
   from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
   from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from experiments import baselines  # pylint: disable=g-import-not-at-top
 
+  if baselines.is_baseline(config):
+    return baselines.load_state(workdir, family, config, record, step)
   algorithm = admrl.AdMRL(family, config)
   pairs = members(record)
   like = jax.vmap(algorithm.init)(

@@ -43,7 +43,8 @@ if 'ADMRL_JAX_ASTAR_CACHE' not in os.environ:
 # last one to finish is a short one. (xdist would otherwise hand out the
 # files with the most tests first, whatever their length: a run of this suite
 # started test_driver_resume.py, 160 s, after 860 s.)
-LONGEST_FIRST = ('test_study.py', 'test_admrl.py', 'test_envs.py',
+LONGEST_FIRST = ('test_study.py', 'test_baseline_runs.py',
+                 'test_baseline_study.py', 'test_admrl.py', 'test_envs.py',
                  'test_driver.py', 'test_evaluation.py',
                  'test_driver_resume.py', 'test_task_gradient.py',
                  'test_sharding.py', 'test_networks.py', 'test_slbo_curve.py',
@@ -55,7 +56,8 @@ LONGEST_FIRST = ('test_study.py', 'test_admrl.py', 'test_envs.py',
 # tier of the edit-test loop. The full suite (README, CI) runs them all.
 SLOW_FILES = ('test_driver.py', 'test_driver_resume.py', 'test_study.py',
               'test_evaluation.py', 'test_sharding.py', 'test_slbo_curve.py',
-              'test_interrupt.py')
+              'test_interrupt.py', 'test_baseline_runs.py',
+              'test_baseline_study.py')
 
 
 def pytest_configure(config):

@@ -255,7 +255,7 @@ def _tree_digest(path):
 
 @pytest.mark.parametrize('args, message', [
     (['--env=lq2'], 'unknown environment'),
-    (['--env=lq', '--algo=maml'], 'unknown algorithm'),
+    (['--env=lq', '--algo=reptile'], 'unknown algorithm'),
     (['--env=lq', '--alpha=0'], 'must be > 0'),
     (['--env=lq', '--alpha=-1,2'], 'must be > 0'),
     (['--env=lq', '--alpha='], 'comma-separated list'),

@@ -21,9 +21,13 @@ def test_arms_train_what_their_names_say():
           paper.task_gradient.normalization, paper.step_rule) == (
               'reinforce', 'cg_normal', 'per_sample', 'paper')
   assert paper.task_gradient.iters == 50
-  # Every arm shares the scale's training sizes and differs in its algo.
+  # Every arm shares the scale's training sizes and differs in its algo
+  # (the meta-RL baselines: their own preset, tests/test_baseline_settings).
   for arm, (_, config, alphas, seeds, _) in runs.items():
     assert config.algo == study_design.ARMS[arm].algo
+    if study_design.is_baseline(arm):
+      assert alphas == [None] and seeds == [0, 1]
+      continue
     assert config.n_tasks == 12 and config.slbo.n_inner == 3
     assert seeds == [0, 1]
     assert len(alphas) == 1

@@ -1,0 +1,537 @@
+"""The meta-RL baselines of Lin et al. 2020 (arXiv:2006.08875, Fig. 2),
+MAML-TRPO and PEARL (`admrl_jax.baselines`), as driver runs: their settings
+(`resolve`), training with checkpoints and resume (`train`), a run read back
+(`load_state`) and A_n of a trained member (`Evaluator`). Flag-free, so that
+`experiments.run`, `experiments.evaluate` and `experiments.study` share it.
+
+A run is `Baseline.n_iterations` iterations — MAML meta-iterations
+(`maml.meta_train_step`), PEARL training iterations (`pearl.train_iteration`:
+a collection, then its gradient steps) — of every seed, the seeds the lanes
+of one compiled program (`--sweep=vmap`) or run in turn inside it (`map`).
+Its outer behaviour is the driver's (`experiments.training.train`): a plan
+line first, config.json and provenance.json, an orbax checkpoint after every
+iteration (digests, --keep_checkpoints), metrics.jsonl and TensorBoard, a
+progress line per iteration with an ETA, a resume that continues bitwise,
+and a workdir of another configuration refused before anything is written.
+There is no task step size α: the members are the seeds, recorded with α
+None.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, NamedTuple, Sequence
+
+from experiments.common import (UsageError, build_family, compile_polling,
+                                family_from_record, parse_family_sets, wait)
+
+# The driver's names of the baselines (`config_io.BASELINE_ALGOS`, which
+# reads their run records; tests/test_baseline_settings.py checks they agree).
+ALGOS = ('maml', 'pearl')
+
+# The metrics.jsonl fields drawn in TensorBoard and W&B (besides
+# real_samples).
+SCALARS = {
+    'maml': ('pre_update_return', 'post_update_return', 'surrogate',
+             'improvement', 'kl', 'accepted', 'grad_norm', 'step_norm'),
+    'pearl': ('prior_return', 'posterior_return', 'q_loss', 'kl',
+              'policy_loss', 'temperature', 'z_var'),
+}
+# The return a progress line reports.
+_HEADLINE = {'maml': ('post_update_return', 'post-update return'),
+             'pearl': ('posterior_return', 'posterior-z return')}
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+  """A baseline run's algorithm, length and library config.
+
+  Attributes:
+    algo: 'maml' or 'pearl'.
+    n_iterations: the run's iterations: MAML meta-iterations
+      (`maml.meta_train_step`), PEARL training iterations
+      (`pearl.train_iteration`); the driver's --ntasks sets it.
+    config: the `maml.MAMLConfig` or `pearl.PEARLConfig`.
+  """
+  algo: str
+  n_iterations: int
+  config: Any
+
+
+def is_baseline(config) -> bool:
+  """Whether a resolved config (`training.resolve`) is a baseline's."""
+  return isinstance(config, Baseline)
+
+
+# ------------------------------------------------------------ settings
+def _record_of_file(path):
+  """A baseline run's record in a --config file (its config.json), else
+  None (unreadable files are reported by `training.config_from_file`)."""
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if isinstance(values, dict) and values.get('algo') in ALGOS:
+    return values
+  return None
+
+
+def algo_of_file(path):
+  """The baseline algorithm recorded in a --config file (a baseline run's
+  config.json), else None."""
+  record = _record_of_file(path)
+  return None if record is None else record['algo']
+
+
+def resolve(env, algo, preset='paper', alphas=None, seeds=(0,),
+            sweep='vmap', ntasks=None, sets=None, pipeline=None, horizon=None,
+            frame_skip=None, x64=False, family_modules=None, family_sets=(),
+            config_file=None):
+  """A baseline run's settings → (family, Baseline, [None], seeds, record),
+  as `training.resolve` (which calls this for algo maml or pearl).
+
+  The config starts from `presets.baseline_preset(env, preset, algo)`,
+  then --config (a JSON file of the config's fields: a baseline run's
+  config.json, whose n_iterations it takes too, or its 'config' section),
+  --ntasks (the number of iterations) and --set (dotted fields of the
+  MAMLConfig / PEARLConfig, e.g. outer.max_kl=0.02 or
+  num_train_steps_per_itr=100).
+
+  Raises:
+    UsageError: naming the flag — --alpha given (the baselines have no task
+      step), --x64 for pearl (float32 only), an unknown preset or family,
+      or a value the config refuses (its `__post_init__`), before anything
+      is written.
+  """
+  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from experiments import presets  # pylint: disable=g-import-not-at-top
+  from experiments import training  # pylint: disable=g-import-not-at-top
+
+  if algo not in ALGOS:
+    raise UsageError(f'--algo: unknown baseline {algo!r}; valid: '
+                     f'{", ".join(ALGOS)}')
+  if alphas is not None:
+    raise UsageError(f'--alpha does not apply to {algo} (it has no task '
+                     'step size); leave it out')
+  if x64 and algo == 'pearl':
+    # Its replay buffers and temperature are float32 arrays by design.
+    raise UsageError('--x64: pearl computes in float32 (admrl_jax.baselines.'
+                     'pearl keeps float32 buffers); leave --x64 out')
+  if preset not in presets.NAMES:
+    raise UsageError(f'--preset: unknown preset {preset!r}; valid: '
+                     f'{", ".join(presets.NAMES)}')
+  if env not in envs.names():
+    raise UsageError(f'--env: unknown environment {env!r}; valid: '
+                     f'{", ".join(envs.names())} (a family of another '
+                     'module: --family_module)')
+  fields = parse_family_sets(env, family_sets)
+  config, family_overrides, n_iterations = presets.baseline_preset(
+      env, preset, algo)
+  if config_file is not None:
+    config = training.config_from_file(config_file, config)
+    saved = _record_of_file(config_file)
+    if saved is not None and saved['algo'] == algo:
+      n_iterations = saved.get('n_iterations', n_iterations)
+      if (isinstance(n_iterations, bool) or not isinstance(n_iterations, int)
+          or n_iterations < 1):
+        raise UsageError(f'--config {config_file}: n_iterations must be an '
+                         f'integer >= 1, got {n_iterations!r}')
+  seeds = list(seeds)
+  if sweep not in ('vmap', 'map'):
+    raise UsageError(f'--sweep: expected vmap or map, got {sweep!r}')
+  if ntasks is not None:
+    if ntasks < 1:
+      raise UsageError(f'--ntasks must be >= 1, got {ntasks}')
+    n_iterations = ntasks
+  try:
+    config = presets.apply_overrides(config, sets or {})
+  except (ValueError, TypeError) as e:
+    raise UsageError(f'--set: {e}') from None
+  horizon = (horizon if horizon is not None
+             else family_overrides.get('horizon'))
+  family = build_family(env, pipeline, horizon, frame_skip=frame_skip,
+                        fields=fields)
+  record = dict(env=env, preset=preset, algo=algo, n_iterations=n_iterations,
+                pipeline=getattr(family, 'pipeline', None),
+                frame_skip=getattr(family, 'frame_skip', None),
+                horizon=family.horizon, alphas=[None], seeds=seeds,
+                sweep=sweep,
+                config=metrics.to_jsonable(dataclasses.asdict(config)))
+  if x64:
+    record['x64'] = True
+  if family_modules:
+    record['family_module'] = list(family_modules)
+  if fields:
+    record['family_set'] = fields
+  return family, Baseline(algo, n_iterations, config), [None], seeds, record
+
+
+def from_record(record, config) -> Baseline:
+  """The `Baseline` of a run record and its rebuilt library config
+  (`config_io.read_run(..., baselines=True)`)."""
+  return Baseline(record['algo'], int(record['n_iterations']), config)
+
+
+def astar_slbo_config(env: str, preset: str):
+  """The SLBO settings that estimate A* for a baseline's run: those of the
+  AdMRL preset of the same name, so that its gaps are measured against the
+  A* of the model-based runs of that preset (the A* cache is keyed by
+  family, task and budget)."""
+  from experiments import presets  # pylint: disable=g-import-not-at-top
+  return presets.preset(env, preset)[0].slbo
+
+
+# ---------------------------------------------------------- programs
+def _init_fn(family, baseline: Baseline):
+  from admrl_jax.baselines import maml, pearl  # pylint: disable=g-import-not-at-top
+  if baseline.algo == 'maml':
+    return lambda key: maml.init(key, family, baseline.config)
+  return lambda key: pearl.init(key, family, baseline.config)
+
+
+def init_members(family, baseline: Baseline, seeds: Sequence[int],
+                 sweep: str = 'vmap'):
+  """The fresh states of the seeds' members, leaves with a leading member
+  axis, in one compiled program (`jax.vmap` of the baseline's `init`, or
+  `lax.map` for sweep 'map', so that a mapped member is bitwise its run
+  alone). PEARL's includes its initial collection."""
+  import jax  # pylint: disable=g-import-not-at-top
+  init = _init_fn(family, baseline)
+  keys = jax.numpy.stack([jax.random.key(seed) for seed in seeds])
+  if sweep == 'map':
+    return jax.jit(lambda k: jax.lax.map(init, k))(keys)
+  return jax.jit(jax.vmap(init))(keys)
+
+
+def iteration_fn(algo: str):
+  """state → (state, {metric: scalar}): one iteration of one member (MAML
+  `meta_train_step`; PEARL `train_iteration`, its gradient steps' metrics
+  averaged; its entropy temperature α as `temperature`, not to be taken
+  for a member's task step α), with `iteration` and `real_samples` (the
+  real environment steps of the run so far: MAMLState.real_samples,
+  PEARLState.env_steps, the initial collection included)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from admrl_jax.baselines import maml, pearl  # pylint: disable=g-import-not-at-top
+
+  if algo == 'maml':
+    def maml_step(state):
+      state, m = maml.meta_train_step(state)
+      return state, {f.name: getattr(m, f.name)
+                     for f in dataclasses.fields(m)}
+    return maml_step
+
+  def pearl_step(state):
+    state, m = pearl.train_iteration(state)
+    u = m.update
+    return state, dict(
+        iteration=state.iteration, real_samples=state.env_steps,
+        prior_return=m.collect.prior_return,
+        posterior_return=m.collect.posterior_return,
+        collected=m.collect.env_steps, update_steps=state.update_steps,
+        q_loss=jnp.mean(u.q_loss), kl=jnp.mean(u.kl),
+        policy_loss=jnp.mean(u.policy_loss), temperature=u.alpha[-1],
+        log_prob=jnp.mean(u.log_prob), q_mean=jnp.mean(u.q_mean),
+        target_mean=jnp.mean(u.target_mean), z_var=jnp.mean(u.z_var))
+  return pearl_step
+
+
+def metric_rows(metrics, members):
+  """metrics.jsonl rows, one per member: `iteration` (iterations done),
+  seed, alpha (None), then every metric."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  fields = {k: np.asarray(v) for k, v in metrics.items()}
+  rows = []
+  for i, (seed, alpha) in enumerate(members):
+    row = {'iteration': int(fields['iteration'][i]), 'seed': seed,
+           'alpha': alpha}
+    row.update({k: metrics_lib.to_jsonable(v[i]) for k, v in fields.items()
+                if k != 'iteration'})
+    rows.append(row)
+  return rows
+
+
+def summary_line(rows, algo: str) -> str:
+  """A progress line's account of one iteration's rows: the headline
+  return (MAML: post-update, PEARL: with z from the posterior) of one
+  member, or its median and range over members, and the real samples."""
+  key, name = _HEADLINE[algo]
+  values = sorted(r[key] for r in rows if r.get(key) is not None)
+  samples = rows[0]['real_samples']
+  if len(rows) == 1:
+    value = f'{values[0]:.1f}' if values else 'n/a'
+    return f'{name} {value}, real samples {samples}'
+  text = ('n/a' if not values else
+          f'median {values[len(values) // 2]:.1f} [{values[0]:.1f}, '
+          f'{values[-1]:.1f}]')
+  return (f'{len(rows)} members: {name} {text}; member 1 (seed '
+          f'{rows[0]["seed"]}) real samples {samples}')
+
+
+def samples_per_iteration(family, baseline: Baseline) -> int:
+  """The most real steps one iteration of one member takes (MAML: fewer
+  when episodes terminate early)."""
+  c = baseline.config
+  if baseline.algo == 'maml':
+    return (c.meta_batch_size * (c.num_inner_steps + 1) * c.rollouts_per_task
+            * family.horizon)
+  return c.num_tasks_sample * c.steps_per_task
+
+
+def plan(family, baseline: Baseline, n_members: int, first: int,
+         target: int) -> str:
+  """The line saying what a run is about to do, before anything is
+  compiled."""
+  algo, n = baseline.algo, baseline.n_iterations
+  if first >= target:
+    return (f'{family.name}: {algo} iterations 1..{target} of {n} are done; '
+            'nothing to run')
+  c = baseline.config
+  per = samples_per_iteration(family, baseline)
+  if algo == 'maml':
+    what = (f'each {c.meta_batch_size} tasks x {c.num_inner_steps + 1} '
+            f'phases x {c.rollouts_per_task} episodes (at most {per} real '
+            'steps) and a TRPO meta-step')
+  else:
+    what = (f'each {per} real steps ({c.num_tasks_sample} tasks x '
+            f'{c.steps_per_task}) and {c.num_train_steps_per_itr} gradient '
+            'steps' + (f', after an initial collection of '
+                       f'{c.num_train_tasks * c.num_initial_steps} steps'
+                       if first == 0 else ''))
+  return (f'{family.name}: about to run {algo} iterations {first + 1}..'
+          f'{target} of {n} for {n_members} member(s): {what}; a measured '
+          'ETA follows the first iteration')
+
+
+# ----------------------------------------------------------- training
+def train(family, baseline: Baseline, seeds, record, workdir, log,
+          stop_after=None, throttle_s=0.0, sharding=None,
+          wandb_project=None, keep_checkpoints=None,
+          fallback_to_intact=False):
+  """Runs (or resumes) the iterations of every seed's member in `workdir`;
+  returns the final batched state (`MAMLState` or `PEARLState`).
+
+  The arguments are those of `training.train` (family, baseline, seeds and
+  record from `resolve`). One compiled program per iteration, all members
+  in it; a checkpoint after every iteration (step = iterations done).
+
+  Raises:
+    UsageError: the workdir holds another run, or a bad keep_checkpoints.
+    CheckpointError: an unreadable record or checkpoint (left in place).
+  """
+  from experiments import training  # pylint: disable=g-import-not-at-top
+  saved = training.check_workdir(workdir, record)
+  recorded = training.parse_keep_checkpoints(
+      (saved or {}).get('keep_checkpoints',
+                        training.DEFAULT_KEEP_CHECKPOINTS),
+      f'{os.path.join(workdir, "config.json")} keep_checkpoints')
+  keep = (recorded if keep_checkpoints is None
+          else training.parse_keep_checkpoints(keep_checkpoints))
+  record['keep_checkpoints'] = keep
+  n = baseline.n_iterations
+  target = n if stop_after is None else min(n, stop_after)
+  first = min(training.latest_saved_step(workdir), target)
+  log(plan(family, baseline, len(seeds), first, target))
+  from experiments import provenance  # pylint: disable=g-import-not-at-top
+  provenance.record_or_check(workdir, provenance.collect(), log)
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from experiments import logs  # pylint: disable=g-import-not-at-top
+  from experiments.progress import format_seconds  # pylint: disable=g-import-not-at-top
+
+  # Calibration (Cheetah-Highdim's μ, σ) is part of the run: reuse it.
+  if saved is not None and saved.get('calibration'):
+    family = family_from_record(dict(record,
+                                     calibration=saved['calibration']))
+  else:
+    family = family.calibrate(jax.random.key(10_000 + seeds[0]))
+  if getattr(family, 'state_mean', None) is not None:
+    record['calibration'] = dict(
+        state_mean=[float(v) for v in family.state_mean],
+        state_std=[float(v) for v in family.state_std])
+  algo = baseline.algo
+  log(f'{family.name}: k={family.task_dim}, algo {algo}, {len(seeds)} '
+      f'seed(s), {n} iterations, workdir {workdir}')
+  members = [(seed, None) for seed in seeds]
+  if sharding is not None:
+    devices = sharding.mesh.devices.size
+    log(f'{len(members)} member(s) sharded over {devices} '
+        f'{sharding.mesh.devices.flat[0].platform} device(s), '
+        f'{len(members) // devices} per device')
+  state = init_members(family, baseline, seeds, record['sweep'])
+  manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'),
+                                max_to_keep=None if keep == 'all' else keep)
+  if manager.latest_step() is not None:
+    state = training.resume_state(manager, state, fallback_to_intact, log,
+                                  what='iteration')
+    if keep != recorded:
+      training.write_record(workdir, dict(saved or record,
+                                          keep_checkpoints=keep))
+      log(f'keeping {"every checkpoint" if keep == "all" else keep} from '
+          f'now on (was {recorded}; recorded in config.json)')
+  else:
+    training.write_record(workdir, record)
+
+  done = int(np.asarray(state.iteration)[0])
+  metrics_log = logs.MetricsLog(workdir, members, keep_below=done + 1,
+                                wandb_project=wandb_project, config=record,
+                                index_key='iteration', scalars=SCALARS[algo])
+  if sharding is not None:
+    state = jax.device_put(state, sharding)
+  program = training.batched(iteration_fn(algo), record['sweep'], sharding,
+                             n_args=0)
+  compiled, times, start = None, [], time.time()
+  while done < target:
+    if compiled is None:
+      log(f'iteration {done + 1}/{n}: compiling the {algo} iteration')
+      t0 = time.time()
+      with training.CacheCount() as cache:
+        compiled = compile_polling(program.lower(state))
+      log(f'compiled in {time.time() - t0:.1f}s{cache.describe()}; running '
+          f'iteration {done + 1}')
+    t0 = time.time()
+    state, metrics = wait(compiled(state))
+    times.append(time.time() - t0)
+    metrics_log.write_rows(metric_rows(metrics, members),
+                           wall_time=time.time() - start,
+                           summary=lambda rows: summary_line(rows, algo))
+    manager.save(done + 1, state)
+    done += 1
+    if throttle_s > 0:
+      time.sleep(throttle_s)
+    eta = float(np.mean(times)) * (target - done)
+    log(f'iteration {done}/{n} done in {times[-1]:.1f}s, checkpoint saved: '
+        f'{metrics_log.last_summary}'
+        + (f', ETA {format_seconds(eta)}' if done < target else ''))
+  metrics_log.close()
+  log(f'finished {done}/{n} iterations; metrics in '
+      f'{os.path.join(workdir, "metrics.jsonl")}')
+  return state
+
+
+def load_state(workdir: str, family, baseline: Baseline, record, step=None):
+  """(batched state, step) of the latest (or given) checkpoint of a
+  baseline's run, its leaves checked against the digests saved with it.
+
+  Raises:
+    UsageError: no checkpoint yet; `checkpoints.StepNotFound` for a step
+      without one (the saved steps listed).
+    checkpoints.CorruptCheckpoint: it does not read or does not match.
+  """
+  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  like = init_members(family, baseline, record['seeds'],
+                      record.get('sweep', 'vmap'))
+  manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
+  if step is None:
+    step = manager.latest_step()
+    if step is None:
+      raise UsageError(f'{workdir} has no checkpoint yet')
+  return manager.restore(step, like), step
+
+
+# --------------------------------------------------------- evaluation
+class BaselineAdaptation(NamedTuple):
+  """A0 and A_n (b,) of one member on one task, with their standard errors
+  over the evaluation episodes (NaN for a single episode)."""
+  a0: Any
+  an: Any
+  a0_se: Any
+  an_se: Any
+
+
+class Evaluator:
+  """A0 and A_n (n ∈ budgets) of a trained baseline member on one task ψ,
+  as the baseline measures them (Lin et al. 2020, Section 5; Fig. 2):
+
+    MAML: θ adapted by the inner step(s) on n real samples (n / horizon
+      episodes of π_θ per inner step, `maml.adapt`; A0 is θ itself), then
+      the mean return of the adapted policy's mean action;
+    PEARL: the posterior q(z|c) of n real transitions collected on ψ
+      (`pearl.adapt`, oyster's collect_paths; A0: the prior), then the mean
+      return with z = the posterior mean and mean actions.
+
+  Each A is the mean over `eval_episodes` fresh episodes
+  (`adapted_episode_returns`, so its standard error is known); the budgets
+  are adapted independently, each from the prior or θ, with the keys
+  split(key, 1 + len(budgets)) (A0 first).
+
+  Raises:
+    ValueError: for MAML, a budget that is not a multiple of the horizon
+      (its batches are whole episodes).
+  """
+
+  def __init__(self, family, baseline: Baseline, budgets, eval_episodes: int):
+    self.family = family
+    self.baseline = baseline
+    self.budgets = tuple(int(b) for b in budgets)
+    self.eval_episodes = int(eval_episodes)
+    if self.eval_episodes < 1:
+      raise ValueError(f'eval_episodes must be >= 1, got {eval_episodes}')
+    if baseline.algo == 'maml':
+      bad = [b for b in self.budgets if b % family.horizon]
+      if bad:
+        raise ValueError(
+            f'maml adapts on whole episodes: budgets {bad} are not '
+            f'multiples of the {family.name} horizon {family.horizon}')
+
+  def describe(self) -> str:
+    """How A_n is measured, for the evaluation's first line."""
+    if self.baseline.algo == 'maml':
+      steps = self.baseline.config.num_inner_steps
+      how = (f'{steps} inner gradient step(s) of MAML on n real samples'
+             + (' each' if steps > 1 else ''))
+    else:
+      how = 'the PEARL posterior of n real transitions'
+    return (f'A0 of the meta-trained policy, A_n after {how}, each the mean '
+            f'of {self.eval_episodes} episode(s)')
+
+  def _returns(self, params, psi, n_samples, key):
+    from admrl_jax.baselines import maml, pearl  # pylint: disable=g-import-not-at-top
+    if self.baseline.algo == 'maml':
+      return maml.adapted_episode_returns(
+          params, self.family, psi, n_samples, key, self.baseline.config,
+          n_episodes=self.eval_episodes)
+    return pearl.adapted_episode_returns(
+        params, self.family, self.baseline.config, psi, n_samples,
+        self.eval_episodes, key)
+
+  def adapt(self, params, psi, key):
+    """(a0, an (b,), a0_se, an_se (b,)) of one member's parameters on ψ
+    (k,); pure, one program when jitted (the budgets are static)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    psi = jnp.asarray(psi, jnp.float32)
+    keys = jax.random.split(key, 1 + len(self.budgets))
+    means, errors = [], []
+    for n, k in zip((0,) + self.budgets, keys):
+      r = self._returns(params, psi, n, k)
+      means.append(jnp.mean(r))
+      errors.append(jnp.std(r, ddof=1) / math.sqrt(r.shape[0])
+                    if r.shape[0] > 1 else jnp.full((), jnp.nan, r.dtype))
+    means, errors = jnp.stack(means), jnp.stack(errors)
+    return BaselineAdaptation(a0=means[0], an=means[1:], a0_se=errors[0],
+                              an_se=errors[1:])
+
+  @staticmethod
+  def member_params(state, m: int):
+    """Member m's parameters of a batched state."""
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.tree.map(lambda x: x[m], state.params)
+
+
+def visited_tasks(state, family, algo: str):
+  """Per member, the training tasks a baseline trained on, (n, k): PEARL's
+  fixed training tasks; MAML draws fresh tasks every meta-iteration and
+  keeps none (an empty array)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if algo == 'pearl':
+    return list(np.asarray(state.train_tasks, np.float64))
+  n_members = int(np.asarray(state.iteration).shape[0])
+  return [np.zeros((0, family.task_dim)) for _ in range(n_members)]
