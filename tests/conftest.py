@@ -60,6 +60,20 @@ SLOW_FILES = ('test_driver.py', 'test_driver_resume.py', 'test_study.py',
               'test_baseline_study.py')
 
 
+@pytest.fixture(autouse=True)
+def x64_stays_as_it_was():
+  """Reading an x64 run (`config_io.read_run`, as `driver_runs.final_state`
+  does) turns x64 on for the whole process, as a script needs; in a test
+  worker that would change the dtypes of every later test of that worker
+  (PEARL's collection then mixed float64 observations with float32
+  networks). Each test leaves the flag as it found it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  before = bool(jax.config.jax_enable_x64)
+  yield
+  if bool(jax.config.jax_enable_x64) != before:
+    jax.config.update('jax_enable_x64', before)
+
+
 def pytest_configure(config):
   if hasattr(config.option, 'loadscopereorder'):
     config.option.loadscopereorder = False  # keep LONGEST_FIRST's order

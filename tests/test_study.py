@@ -182,7 +182,7 @@ def test_contradicting_flags_are_refused_and_nothing_is_touched(
 
 @pytest.mark.parametrize('args,message', [
     (['--scale=huge'], 'unknown scale'),
-    (['--algos=admrl,maml'], '--algos'),
+    (['--algos=admrl,reptile'], '--algos'),
     (['--seeds=0,0'], 'repeated seed'),
     (['--alpha=-1'], 'must be > 0'),
     (['--env=nope'], 'unknown environment'),

@@ -674,9 +674,10 @@ def _collect_batch(params: PEARLParams, family: TaskFamily,
 
     z_prior = jax.random.normal(key_prior, carry.z.shape, carry.z.dtype)
     if use_posterior:
-      z_end = jax.lax.cond(posterior_t & jnp.any(end),
-                           lambda: sample_posterior(enc, key_post),
-                           lambda: z_prior)
+      z_end = jax.lax.cond(
+          posterior_t & jnp.any(end),
+          lambda: sample_posterior(enc, key_post).astype(z_prior.dtype),
+          lambda: z_prior)
       from_post = posterior_t
     else:
       z_end, from_post = z_prior, jnp.zeros((), bool)

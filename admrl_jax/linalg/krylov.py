@@ -36,8 +36,10 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from admrl_jax.linalg.cg import conjugate_gradient
+from admrl_jax.linalg.cg import norm
 
 PyTree = Any
+
 METHODS = ('cg_normal', 'minres', 'gmres', 'dense')
 
 
@@ -54,8 +56,8 @@ class SolveInfo:
 
 
 def _relative_residual(matvec, x, b) -> jax.Array:
-  b_norm = otu.tree_norm(b)
-  r = otu.tree_norm(otu.tree_sub(matvec(x), b))
+  b_norm = norm(b)
+  r = norm(otu.tree_sub(matvec(x), b))
   return r / jnp.where(b_norm > 0, b_norm, jnp.ones_like(b_norm))
 
 
@@ -104,7 +106,7 @@ def minres(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
   def op(v):
     return otu.tree_add_scale(matvec(v), -shift, v) if shift else matvec(v)
 
-  beta1 = otu.tree_norm(b)
+  beta1 = norm(b)
   dtype = beta1.dtype
   zeros = otu.tree_zeros_like(b)
   # ‖b‖ = 0: x = 0 is exact; dividing by a guarded 1 keeps everything finite.
@@ -132,7 +134,7 @@ def minres(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
         y, -jnp.where(s.k > 0, s.beta / safe(s.oldb), zero), s.r1)
     alfa = otu.tree_vdot(v, y)
     y = otu.tree_add_scale(y, -alfa / s.beta, s.r2)
-    beta = otu.tree_norm(y)
+    beta = norm(y)
     tnorm2 = s.tnorm2 + alfa**2 + s.beta**2 + beta**2
     # Previous rotation, then the new one that annihilates beta.
     oldeps = s.epsln
