@@ -1,8 +1,10 @@
 """The meta-RL baselines of Lin et al. 2020 (arXiv:2006.08875, Fig. 2),
 MAML-TRPO and PEARL (`admrl_jax.baselines`), as driver runs: their settings
-(`resolve`), training with checkpoints and resume (`train`), a run read back
-(`load_state`) and A_n of a trained member (`Evaluator`). Flag-free, so that
-`experiments.run`, `experiments.evaluate` and `experiments.study` share it.
+(`resolve`), training with checkpoints and resume (`train`), the members'
+initial state a checkpoint restores into (`init_members`, read back by
+`experiments.workdir.load_state`) and A_n of a trained member
+(`Evaluator`). Flag-free, so that `experiments.run`, `experiments.evaluate`
+and `experiments.study` share it.
 
 A run is `Baseline.n_iterations` iterations — MAML meta-iterations
 (`maml.meta_train_step`), PEARL training iterations (`pearl.train_iteration`:
@@ -26,7 +28,7 @@ import time
 from typing import Any, NamedTuple, Sequence
 
 from experiments.common import (UsageError, build_family, compile_polling,
-                                family_from_record, parse_family_sets, wait)
+                                parse_family_sets, wait)
 
 # The driver's names of the baselines (`config_io.BASELINE_ALGOS`, which
 # reads their run records; tests/test_baseline_settings.py checks they agree).
@@ -326,13 +328,8 @@ def train(family, baseline: Baseline, seeds, record, workdir, log,
   """
   from experiments import training  # pylint: disable=g-import-not-at-top
   saved = training.check_workdir(workdir, record)
-  recorded = training.parse_keep_checkpoints(
-      (saved or {}).get('keep_checkpoints',
-                        training.DEFAULT_KEEP_CHECKPOINTS),
-      f'{os.path.join(workdir, "config.json")} keep_checkpoints')
-  keep = (recorded if keep_checkpoints is None
-          else training.parse_keep_checkpoints(keep_checkpoints))
-  record['keep_checkpoints'] = keep
+  recorded, keep = training.resolve_keep(workdir, saved, record,
+                                         keep_checkpoints)
   n = baseline.n_iterations
   target = n if stop_after is None else min(n, stop_after)
   first = min(training.latest_saved_step(workdir), target)
@@ -346,16 +343,7 @@ def train(family, baseline: Baseline, seeds, record, workdir, log,
   from experiments import logs  # pylint: disable=g-import-not-at-top
   from experiments.progress import format_seconds  # pylint: disable=g-import-not-at-top
 
-  # Calibration (Cheetah-Highdim's μ, σ) is part of the run: reuse it.
-  if saved is not None and saved.get('calibration'):
-    family = family_from_record(dict(record,
-                                     calibration=saved['calibration']))
-  else:
-    family = family.calibrate(jax.random.key(10_000 + seeds[0]))
-  if getattr(family, 'state_mean', None) is not None:
-    record['calibration'] = dict(
-        state_mean=[float(v) for v in family.state_mean],
-        state_std=[float(v) for v in family.state_std])
+  family = training.calibrated(family, saved, record, seeds)
   algo = baseline.algo
   log(f'{family.name}: k={family.task_dim}, algo {algo}, {len(seeds)} '
       f'seed(s), {n} iterations, workdir {workdir}')
@@ -414,26 +402,6 @@ def train(family, baseline: Baseline, seeds, record, workdir, log,
   log(f'finished {done}/{n} iterations; metrics in '
       f'{os.path.join(workdir, "metrics.jsonl")}')
   return state
-
-
-def load_state(workdir: str, family, baseline: Baseline, record, step=None):
-  """(batched state, step) of the latest (or given) checkpoint of a
-  baseline's run, its leaves checked against the digests saved with it.
-
-  Raises:
-    UsageError: no checkpoint yet; `checkpoints.StepNotFound` for a step
-      without one (the saved steps listed).
-    checkpoints.CorruptCheckpoint: it does not read or does not match.
-  """
-  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  like = init_members(family, baseline, record['seeds'],
-                      record.get('sweep', 'vmap'))
-  manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
-  if step is None:
-    step = manager.latest_step()
-    if step is None:
-      raise UsageError(f'{workdir} has no checkpoint yet')
-  return manager.restore(step, like), step
 
 
 # --------------------------------------------------------- evaluation

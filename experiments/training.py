@@ -216,6 +216,36 @@ def member_sharding(shard, n_members, sweep='vmap'):
   return sharding, None
 
 
+def resolve_keep(workdir, saved, record, keep_checkpoints):
+  """(recorded, keep): the workdir's recorded --keep_checkpoints (or the
+  default) and the one in force from now on, which `record` gets.
+  UsageError on a bad value."""
+  recorded = parse_keep_checkpoints(
+      (saved or {}).get('keep_checkpoints', DEFAULT_KEEP_CHECKPOINTS),
+      f'{os.path.join(workdir, "config.json")} keep_checkpoints')
+  keep = (recorded if keep_checkpoints is None
+          else parse_keep_checkpoints(keep_checkpoints))
+  record['keep_checkpoints'] = keep
+  return recorded, keep
+
+
+def calibrated(family, saved, record, seeds):
+  """The run's family with its calibration (Cheetah-Highdim's μ, σ), which
+  is part of the run: the saved one on a resume, else measured now;
+  recorded in `record`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if saved is not None and saved.get('calibration'):
+    family = family_from_record(dict(record,
+                                     calibration=saved['calibration']))
+  else:
+    family = family.calibrate(jax.random.key(10_000 + seeds[0]))
+  if getattr(family, 'state_mean', None) is not None:
+    record['calibration'] = dict(
+        state_mean=[float(v) for v in family.state_mean],
+        state_std=[float(v) for v in family.state_std])
+  return family
+
+
 def latest_saved_step(workdir) -> int:
   """The latest complete checkpoint's step from the directory names (orbax
   writes into a temporary name and renames), 0 for none."""
@@ -279,12 +309,7 @@ def train(family, config, alphas, seeds, record, workdir, log,
   # says what is to be run and an estimate of how long it takes; then the
   # libraries and settings are recorded (new run) or compared (resume).
   saved = check_workdir(workdir, record)
-  recorded = parse_keep_checkpoints(
-      (saved or {}).get('keep_checkpoints', DEFAULT_KEEP_CHECKPOINTS),
-      f'{os.path.join(workdir, "config.json")} keep_checkpoints')
-  keep = (recorded if keep_checkpoints is None
-          else parse_keep_checkpoints(keep_checkpoints))
-  record['keep_checkpoints'] = keep
+  recorded, keep = resolve_keep(workdir, saved, record, keep_checkpoints)
   target = config.n_tasks if stop_after is None else min(config.n_tasks,
                                                            stop_after)
   first = min(latest_saved_step(workdir), target)
@@ -299,16 +324,7 @@ def train(family, config, alphas, seeds, record, workdir, log,
   from admrl_jax import checkpoints
   from experiments import logs  # pylint: disable=g-import-not-at-top
 
-  # Calibration (Cheetah-Highdim's μ, σ) is part of the run: reuse it.
-  if saved is not None and saved.get('calibration'):
-    family = family_from_record(dict(record,
-                                     calibration=saved['calibration']))
-  else:
-    family = family.calibrate(jax.random.key(10_000 + seeds[0]))
-  if getattr(family, 'state_mean', None) is not None:
-    record['calibration'] = dict(
-        state_mean=[float(v) for v in family.state_mean],
-        state_std=[float(v) for v in family.state_std])
+  family = calibrated(family, saved, record, seeds)
   log(f'{family.name}: k={family.task_dim}, algo {config.algo}, '
       f'{len(seeds)} seed(s) x {len(alphas)} alpha(s), '
       f'{config.n_tasks} tasks, workdir {workdir}')

@@ -67,12 +67,14 @@ def load_state(workdir: str, family, config, record, step=None):
   from experiments import baselines  # pylint: disable=g-import-not-at-top
 
   if baselines.is_baseline(config):
-    return baselines.load_state(workdir, family, config, record, step)
-  algorithm = admrl.AdMRL(family, config)
-  pairs = members(record)
-  like = jax.vmap(algorithm.init)(
-      jnp.stack([jax.random.key(seed) for seed, _ in pairs]),
-      jnp.asarray([alpha for _, alpha in pairs]))
+    like = baselines.init_members(family, config, record['seeds'],
+                                  record.get('sweep', 'vmap'))
+  else:
+    algorithm = admrl.AdMRL(family, config)
+    pairs = members(record)
+    like = jax.vmap(algorithm.init)(
+        jnp.stack([jax.random.key(seed) for seed, _ in pairs]),
+        jnp.asarray([alpha for _, alpha in pairs]))
   manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
   if step is None:
     step = manager.latest_step()

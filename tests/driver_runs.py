@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,6 +21,18 @@ def finish(proc, timeout=600):
   out, err = proc.communicate(timeout=timeout)
   assert proc.returncode == 0, err[-3000:]
   return out
+
+
+def wait_for_checkpoint(proc, workdir, step=1, timeout=900):
+  """Blocks until `workdir` holds checkpoint `step` (so the run's programs
+  are compiled and in the persistent cache), failing if `proc` exits or
+  `timeout` seconds pass first."""
+  deadline = time.time() + timeout
+  path = os.path.join(workdir, 'checkpoints', str(step))
+  while not os.path.isdir(path):
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() < deadline, f'{path} did not appear'
+    time.sleep(0.3)
 
 
 def metrics(workdir):

@@ -21,18 +21,10 @@ from driver_runs import driver as _driver
 from driver_runs import final_state as _final_state
 from driver_runs import finish as _finish
 from driver_runs import metrics as _metrics
+from driver_runs import wait_for_checkpoint as _wait_for_checkpoint
 
 SMOKE = ['--env=lq', '--preset=smoke', '--seed=0,1']
 ALGOS = ('maml', 'pearl')
-
-
-def _wait_for_checkpoint(proc, workdir, step=1, timeout=600):
-  deadline = time.time() + timeout
-  path = os.path.join(workdir, 'checkpoints', str(step))
-  while not os.path.isdir(path):
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
-    assert time.time() < deadline, f'{path} did not appear'
-    time.sleep(0.3)
 
 
 @pytest.fixture(scope='module')

@@ -15,23 +15,13 @@ from driver_runs import driver as _driver
 from driver_runs import final_state as _final_state
 from driver_runs import finish as _finish
 from driver_runs import metrics as _metrics
+from driver_runs import wait_for_checkpoint as _wait_for_checkpoint
 
 SMOKE = ['--env=lq', '--preset=smoke', '--ntasks=3', '--seed=0']
 # The driver caches programs that took >= 1 s to compile; on a fast machine
 # a smoke program may take less.
 EVERY_PROGRAM_CACHED = dict(os.environ,
                             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-
-
-def _wait_for_checkpoint(proc, workdir, step=1, timeout=900):
-  """Blocks until `workdir` holds checkpoint `step` (so the run's programs
-  are compiled and, unless they report per phase, in the cache)."""
-  deadline = time.time() + timeout
-  path = os.path.join(workdir, 'checkpoints', str(step))
-  while not os.path.isdir(path):
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
-    assert time.time() < deadline, f'{path} did not appear'
-    time.sleep(0.5)
 
 
 @pytest.fixture(scope='module')
