@@ -3,6 +3,7 @@ including the task ψ and u of every iteration."""
 import json
 import os
 import struct
+import sys
 import types
 
 import numpy as np
@@ -74,60 +75,84 @@ def test_progress_summary_labels_a_sweeps_members():
       rows)
 
 
-def _wandb_records(path):
-  """The records of a W&B offline run file (a LevelDB-style log of
-  `wandb_internal_pb2.Record`s after a 7-byte header)."""
-  import struct as struct_lib  # pylint: disable=g-import-not-at-top
-  from wandb.proto import wandb_internal_pb2  # pylint: disable=g-import-not-at-top
-  with open(path, 'rb') as f:
-    data = f.read()
-  assert data[:4] == b':W&B'
-  block, pos, chunks, records = 32768, 7, b'', []
-  while pos + 7 <= len(data):
-    if block - pos % block < 7:
-      pos += block - pos % block
-      continue
-    _, length, kind = struct_lib.unpack('<IHB', data[pos:pos + 7])
-    if kind == 0:
-      pos += block - pos % block
-      continue
-    chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-    chunks = chunk if kind in (1, 2) else chunks + chunk
-    if kind in (1, 4):
-      record = wandb_internal_pb2.Record()
-      record.ParseFromString(chunks)
-      records.append(record)
-  return records
+class _FakeWandb:
+  """Stands in for the `wandb` module: records what the log asks of it."""
+
+  def __init__(self):
+    self.inits, self.logged, self.finished = [], [], 0
+
+  def init(self, **kwargs):
+    self.inits.append(kwargs)
+    return self
+
+  def log(self, values, step):
+    self.logged.append((step, dict(values)))
+
+  def finish(self):
+    self.finished += 1
 
 
-def test_metrics_go_to_weights_and_biases_offline(tmp_path, monkeypatch):
+def test_metrics_go_to_weights_and_biases_with_steps_and_a_resumable_id(
+    tmp_path, monkeypatch):
+  fake = _FakeWandb()
+  monkeypatch.setitem(sys.modules, 'wandb', fake)
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  record = {'env': 'lq', 'alphas': [0.5, 1.0]}
+  members = [(0, 0.5), (0, 1.0)]
+
+  def write_and_close(first, last):
+    log = logs.MetricsLog(workdir, members, keep_below=0,
+                          wandb_project='admrl-test', config=record)
+    for i in range(first, last):
+      metrics = _metrics(i, [0.1 * i, 0.2], [0.3, 0.4])
+      both = types.SimpleNamespace(**{
+          k: np.concatenate([v, v + (1 if k == 'gap' else 0)])
+          for k, v in vars(metrics).items()})
+      log.write(both, wall_time=1.0)
+    log.close()
+
+  write_and_close(0, 3)
+  assert [step for step, _ in fake.logged] == [0, 1, 2]
+  first = fake.logged[0][1]
+  assert first['seed0_alpha0.5/gap'] == 1.5
+  assert first['seed0_alpha1/gap'] == 2.5
+  assert [v['seed0_alpha0.5/real_samples'] for _, v in fake.logged] == [
+      100, 200, 300]
+  assert [v['seed0_alpha1/psi/0'] for _, v in fake.logged] == pytest.approx(
+      [0.0, 0.1, 0.2])
+  assert first['seed0_alpha0.5/u/1'] == pytest.approx(0.4)
+  (init,) = fake.inits
+  assert init['project'] == 'admrl-test' and init['config'] == record
+  assert init['resume'] == 'allow' and init['dir'] == workdir
+  with open(os.path.join(workdir, 'wandb_run_id')) as f:
+    assert f.read().strip() == init['id']
+  assert fake.finished == 1
+  # A resumed driver run continues the same W&B run at the next step.
+  write_and_close(3, 4)
+  assert fake.inits[1]['id'] == init['id']
+  assert [step for step, _ in fake.logged] == [0, 1, 2, 3]
+  assert fake.finished == 2
+
+
+def test_the_real_wandb_accepts_the_run_offline(tmp_path, monkeypatch):
+  """What the fake stands for, with wandb itself (offline): the run starts
+  with the log's arguments, takes its rows and finishes, writing its run
+  file under the workdir. (What wandb keeps in that file is wandb's
+  business; its offline writer flushes history asynchronously.)"""
   pytest.importorskip('wandb')
   monkeypatch.setenv('WANDB_MODE', 'offline')
   monkeypatch.setenv('WANDB_SILENT', 'true')
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
-  record = {'env': 'lq', 'alphas': [0.5]}
   log = logs.MetricsLog(workdir, [(0, 0.5)], keep_below=0,
-                        wandb_project='admrl-test', config=record)
-  for i in range(3):
+                        wandb_project='admrl-test', config={'env': 'lq'})
+  for i in range(2):
     log.write(_metrics(i, [0.1 * i, 0.2], [0.3, 0.4]), wall_time=1.0)
   log.close()
   with open(os.path.join(workdir, 'wandb_run_id')) as f:
     run_id = f.read().strip()
-  (path,) = [os.path.join(root, name)
-             for root, _, names in os.walk(os.path.join(workdir, 'wandb'))
-             for name in names if name == f'run-{run_id}.wandb']
-  history = []
-  for r in _wandb_records(path):
-    if r.WhichOneof('record_type') == 'history':
-      history.append({(i.key or '/'.join(i.nested_key)): json.loads(
-          i.value_json) for i in r.history.item})
-    if r.WhichOneof('record_type') == 'run':
-      config = {i.key: json.loads(i.value_json) for i in r.run.config.update}
-  assert [h['_step'] for h in history] == [0, 1, 2]
-  assert [h['seed0_alpha0.5/real_samples'] for h in history] == [100, 200,
-                                                                  300]
-  assert [h['seed0_alpha0.5/psi/0'] for h in history] == pytest.approx(
-      [0.0, 0.1, 0.2])
-  assert history[0]['seed0_alpha0.5/gap'] == 1.5
-  assert config['env'] == 'lq' and config['alphas'] == [0.5]
+  assert [name for _, _, names in os.walk(os.path.join(workdir, 'wandb'))
+          for name in names if name == f'run-{run_id}.wandb']
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    assert [json.loads(line)['task_index'] for line in f] == [0, 1]
