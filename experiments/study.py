@@ -80,7 +80,9 @@ from experiments.study_design import (ALGOS, EVAL_SEED, SCALES, arm_sets,
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _ENV = flags.DEFINE_string('env', 'lq', 'Task family.')
-_SCALE = flags.DEFINE_string('scale', 'smoke', 'smoke | study | paper.')
+_SCALE = flags.DEFINE_string(
+    'scale', 'smoke', f'{" | ".join(SCALES)} (experiments/study_design.py '
+    '`SCALES`: the sizes of each).')
 _ALGOS = flags.DEFINE_string(
     'algos', 'admrl,mb_unif,mb_gauss', 'Comma list of the arms to compare: '
     f'{", ".join(ALGOS)} (maml and pearl: the meta-RL baselines).')

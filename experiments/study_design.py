@@ -119,6 +119,9 @@ class Scale:
       (its noise).
     eval_episodes: real episodes of the mean policy per measured return
       (None: stage_envs).
+    baseline_iterations: ((arm, iterations), …) of the meta-RL baselines
+      (maml, pearl); an arm not named runs its preset's
+      (`presets.BASELINE_ITERATIONS`).
   """
   preset: str
   ntasks: Optional[int]
@@ -131,6 +134,7 @@ class Scale:
   astar_stages: int
   astar_repeats: int
   eval_episodes: Optional[int] = None
+  baseline_iterations: Tuple[Tuple[str, int], ...] = ()
 
 
 _DIAGNOSE = (('gradient_noise_check', 'true'),)
@@ -168,6 +172,22 @@ SCALES: Dict[str, Scale] = {
                       seeds=tuple(range(10)), alpha_factors=(1.0,),
                       eval_grid=(3, 3), stage_envs=10, stages=(1, 2),
                       astar_stages=10, astar_repeats=3, eval_episodes=50),
+    # Figure 2 of Lin et al. 2020 at a reduced budget (the meta-RL
+    # baselines against AdMRL and MB-Unif; docs/STUDY.md): the first
+    # study's training and A* (so a family's A* cache carries over: same
+    # stage size and budget), A_n at n = 2000 and 4000 real samples (2 and 4
+    # stages of 10 episodes, horizon 100 on hopper2d), 3 seeds. MAML gets
+    # 200 meta-iterations and PEARL 40 iterations of their quick presets:
+    # on hopper2d ≈ 0.8M and 0.1M real samples, 1% and 4% of the paper's
+    # 80M and 2.5M, and ≈ 35 and 5 times AdMRL's 23k here (the paper's
+    # ratios are 100–200 and 3–6).
+    'figure2': Scale(preset='quick', ntasks=6,
+                     sets=_DIAGNOSE + (('slbo.n_zeroshot', '3'),
+                                       ('slbo.n_inner', '3')),
+                     seeds=(0, 1, 2), alpha_factors=(1.0,), eval_grid=(3, 3),
+                     stage_envs=10, stages=(2, 4), astar_stages=10,
+                     astar_repeats=3,
+                     baseline_iterations=(('maml', 200), ('pearl', 40))),
     # The paper's sizes (Lin et al. 2020, Appendix C): for a GPU.
     'paper': Scale(preset='paper', ntasks=None, sets=_DIAGNOSE, seeds=(0, 1, 2),
                    alpha_factors=(1.0,), eval_grid=None, stage_envs=10,
@@ -202,7 +222,8 @@ def training_runs(settings):
     family, config, alphas, seeds, record = driver.resolve(
         env=settings['env'], algo=ARMS[arm].algo, preset=scale.preset,
         alphas=alphas, seeds=settings['seeds'],
-        ntasks=None if is_baseline(arm) else scale.ntasks,
+        ntasks=(dict(scale.baseline_iterations).get(arm)
+                if is_baseline(arm) else scale.ntasks),
         sets=arm_sets(scale, arm))
     if not is_adversary(arm):
       alphas = alphas[:1]  # the baselines ignore α: one member per seed

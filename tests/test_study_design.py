@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from experiments import adaptation_analysis
+from experiments import presets
 from experiments import study_design
 
 
@@ -34,6 +35,20 @@ def test_arms_train_what_their_names_say():
   assert runs['admrl'][2] == [0.5] and runs['admrl_paper'][2] == [1.0]
   assert study_design.arm_label('admrl_paper', 1.0) == 'admrl_paper α=1'
   assert study_design.arm_label('mb_cem', 1.0) == 'mb_cem'
+
+
+def test_a_scale_sets_the_baselines_iterations_and_the_budgets():
+  settings = dict(env='lq', scale='figure2', seeds=[0],
+                  algos=['mb_unif', 'maml', 'pearl'], alphas={})
+  runs = study_design.training_runs(settings)
+  iterations = dict(study_design.SCALES['figure2'].baseline_iterations)
+  assert {arm: runs[arm][1].n_iterations for arm in ('maml', 'pearl')} == (
+      iterations)
+  assert runs['mb_unif'][1].n_tasks == study_design.SCALES['figure2'].ntasks
+  # A scale that names no baseline budget runs the preset's.
+  settings['scale'] = 'study'
+  assert study_design.training_runs(settings)['maml'][1].n_iterations == (
+      presets.BASELINE_ITERATIONS['quick'])
 
 
 def _result(a, se, virtual, budgets):
