@@ -178,9 +178,9 @@ SCALES: Dict[str, Scale] = {
     # stage size and budget), A_n at n = 2000 and 4000 real samples (2 and 4
     # stages of 10 episodes, horizon 100 on hopper2d), 3 seeds. MAML gets
     # 200 meta-iterations and PEARL 40 iterations of their quick presets:
-    # on hopper2d ≈ 0.8M and 0.1M real samples, 1% and 4% of the paper's
-    # 80M and 2.5M, and ≈ 35 and 5 times AdMRL's 23k here (the paper's
-    # ratios are 100–200 and 3–6).
+    # on hopper2d 3.8M and 0.10M real samples (measured), 5% and 4% of the
+    # paper's 80M and 2.5M, and 160 and 4.5 times AdMRL's 23k here (the
+    # paper's ratios are 100–200 and 3–6).
     'figure2': Scale(preset='quick', ntasks=6,
                      sets=_DIAGNOSE + (('slbo.n_zeroshot', '3'),
                                        ('slbo.n_inner', '3')),
