@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from admrl_jax.evaluation import stats
 from experiments.common import json_number
 
 # The first study measured each A_n with this many episodes.
@@ -36,7 +37,6 @@ def arrays(result, check):
 
 def summarize(result, check, study_cells):
   """Every figure of the check (see the module docstring) as a dict."""
-  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
   a, se, v = arrays(result, check)
   astar = np.asarray(result['astar'])
   g = astar[None, :, None, None] - a                    # (s, t, r, b)
@@ -51,8 +51,8 @@ def summarize(result, check, study_cells):
   rises = (gmax_one[..., 2] > gmax_one[..., 1]) if a.shape[-1] > 2 else None
   out = dict(
       budgets=[0] + result['budgets'],
-      mean_An=_ci(stats, per_member),
-      change_from_first_stage=_ci(stats, change),
+      mean_An=_ci(per_member),
+      change_from_first_stage=_ci(change),
       share_of_cells_falling=[
           float(np.mean(a.mean(axis=2)[..., j] < a.mean(axis=2)[..., 1]))
           for j in range(a.shape[-1])],
@@ -60,12 +60,12 @@ def summarize(result, check, study_cells):
       eval_sd_first_study=(np.sqrt(eval_var * episodes
                                    / FIRST_STUDY_EPISODES)).tolist(),
       adaptation_sd=np.sqrt(adapt_var).tolist(),
-      gmax_one_adaptation=_ci(stats, gmax_one.mean(axis=1)),
-      gmax_mean_of_repeats=_ci(stats, gmax_mean),
+      gmax_one_adaptation=_ci(gmax_one.mean(axis=1)),
+      gmax_mean_of_repeats=_ci(gmax_mean),
       gmax_rises_first_to_second=(None if rises is None
                                   else float(rises.mean())),
-      virtual_An=_ci(stats, v.mean(axis=(1, 2))),
-      virtual_minus_real=_ci(stats, (v - a).mean(axis=(1, 2))))
+      virtual_An=_ci(v.mean(axis=(1, 2))),
+      virtual_minus_real=_ci((v - a).mean(axis=(1, 2))))
   if study_cells is not None:
     cells, budgets = study_cells
     diffs, z = [], []
@@ -87,7 +87,7 @@ def summarize(result, check, study_cells):
   return out
 
 
-def _ci(stats, values):
+def _ci(values):
   c = stats.mean_ci(values)
   return {k: np.asarray(c[k]).tolist() for k in ('mean', 'lo', 'hi', 'n')}
 

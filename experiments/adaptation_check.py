@@ -47,9 +47,14 @@ from experiments import common
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
 import numpy as np
 
+from admrl_jax.evaluation import adaptation
+from admrl_jax.evaluation import optimum
+from experiments import astar as astar_lib
 from experiments import study_design
+from experiments import workdir as workdir_lib
 from experiments.adaptation_analysis import markdown, summarize
 from experiments.common import (UsageError, json_number, parse_seeds,
                                 read_json, run_main, wait, write_json)
@@ -116,11 +121,6 @@ def run():
   log = common.timed_log(start)
   check = settings()
   common.enable_compilation_cache()
-  import jax  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import adaptation, optimum  # pylint: disable=g-import-not-at-top
-  from experiments import astar as astar_lib  # pylint: disable=g-import-not-at-top
-  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-
   runs = study_design.training_runs(check['study'])
   family, config, _, seeds, _ = runs[check['arm']]
   scale = study_design.SCALES[check['study']['scale']]

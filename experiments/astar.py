@@ -8,14 +8,17 @@ import hashlib
 import math
 import time
 
-from experiments.common import UsageError, read_json, write_json
+import jax
+import numpy as np
+
+from admrl_jax.evaluation import optimum
+from experiments.common import UsageError, read_json, wait, write_json
 
 
 # ----------------------------------------------------------- A* cache
 def family_fingerprint(family) -> str:
   """What besides ψ sets a family's returns: name, horizon, frame skip,
   pipeline, and a run's calibration (Cheetah-Highdim's μ, σ)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   parts = [family.name, f'h{family.horizon}']
   for name in ('frame_skip', 'pipeline'):
     value = getattr(family, name, None)
@@ -67,11 +70,6 @@ def astar_values(family, slbo_config, tasks, method, budget, stage_samples,
   Returns:
     (values (t,) float64, number computed now).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import optimum  # pylint: disable=g-import-not-at-top
-  from experiments.common import wait  # pylint: disable=g-import-not-at-top
-
   fingerprint = family_fingerprint(family)
   keys = [astar_key(fingerprint, psi, method, budget, tag) for psi in tasks]
   cache = read_cache(cache_path)

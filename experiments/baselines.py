@@ -27,8 +27,19 @@ import os
 import time
 from typing import Any, NamedTuple, Sequence
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from admrl_jax.baselines import maml
+from admrl_jax.baselines import pearl
+from admrl_jax.evaluation import metrics as metrics_lib
+from experiments import logs
+from experiments import presets
+from experiments import training
 from experiments.common import (UsageError, build_family, compile_polling,
                                 parse_family_sets, wait)
+from experiments.progress import format_seconds
 
 # The driver's names of the baselines (`config_io.BASELINE_ALGOS`, which
 # reads their run records; tests/test_baseline_settings.py checks they agree).
@@ -109,11 +120,6 @@ def resolve(env, algo, preset='paper', alphas=None, seeds=(0,),
       or a value the config refuses (its `__post_init__`), before anything
       is written.
   """
-  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-  from experiments import presets  # pylint: disable=g-import-not-at-top
-  from experiments import training  # pylint: disable=g-import-not-at-top
-
   if algo not in ALGOS:
     raise UsageError(f'--algo: unknown baseline {algo!r}; valid: '
                      f'{", ".join(ALGOS)}')
@@ -124,53 +130,39 @@ def resolve(env, algo, preset='paper', alphas=None, seeds=(0,),
     # Its replay buffers and temperature are float32 arrays by design.
     raise UsageError('--x64: pearl computes in float32 (admrl_jax.baselines.'
                      'pearl keeps float32 buffers); leave --x64 out')
-  if preset not in presets.NAMES:
-    raise UsageError(f'--preset: unknown preset {preset!r}; valid: '
-                     f'{", ".join(presets.NAMES)}')
-  if env not in envs.names():
-    raise UsageError(f'--env: unknown environment {env!r}; valid: '
-                     f'{", ".join(envs.names())} (a family of another '
-                     'module: --family_module)')
+  training.check_preset_and_env(preset, env)
   fields = parse_family_sets(env, family_sets)
   config, family_overrides, n_iterations = presets.baseline_preset(
       env, preset, algo)
   if config_file is not None:
     config = training.config_from_file(config_file, config)
-    saved = _record_of_file(config_file)
-    if saved is not None and saved['algo'] == algo:
-      n_iterations = saved.get('n_iterations', n_iterations)
-      if (isinstance(n_iterations, bool) or not isinstance(n_iterations, int)
-          or n_iterations < 1):
-        raise UsageError(f'--config {config_file}: n_iterations must be an '
-                         f'integer >= 1, got {n_iterations!r}')
+    n_iterations = _iterations_of_file(config_file, algo, n_iterations)
   seeds = list(seeds)
-  if sweep not in ('vmap', 'map'):
-    raise UsageError(f'--sweep: expected vmap or map, got {sweep!r}')
+  training.check_sweep(sweep)
   if ntasks is not None:
-    if ntasks < 1:
-      raise UsageError(f'--ntasks must be >= 1, got {ntasks}')
-    n_iterations = ntasks
-  try:
-    config = presets.apply_overrides(config, sets or {})
-  except (ValueError, TypeError) as e:
-    raise UsageError(f'--set: {e}') from None
-  horizon = (horizon if horizon is not None
-             else family_overrides.get('horizon'))
-  family = build_family(env, pipeline, horizon, frame_skip=frame_skip,
-                        fields=fields)
-  record = dict(env=env, preset=preset, algo=algo, n_iterations=n_iterations,
-                pipeline=getattr(family, 'pipeline', None),
-                frame_skip=getattr(family, 'frame_skip', None),
-                horizon=family.horizon, alphas=[None], seeds=seeds,
-                sweep=sweep,
-                config=metrics.to_jsonable(dataclasses.asdict(config)))
-  if x64:
-    record['x64'] = True
-  if family_modules:
-    record['family_module'] = list(family_modules)
-  if fields:
-    record['family_set'] = fields
+    n_iterations = training.check_ntasks(ntasks)
+  config = presets.apply_sets(config, sets or {})
+  family = build_family(
+      env, pipeline, training.preset_horizon(horizon, family_overrides),
+      frame_skip=frame_skip, fields=fields)
+  record = training.run_record(
+      env, preset, family, [None], seeds, sweep, config, x64, family_modules,
+      fields, algo=algo, n_iterations=n_iterations)
   return family, Baseline(algo, n_iterations, config), [None], seeds, record
+
+
+def _iterations_of_file(path, algo, n_iterations) -> int:
+  """The n_iterations of a --config file that is a run record of `algo`,
+  else `n_iterations`; UsageError if the file's is not an int >= 1."""
+  saved = _record_of_file(path)
+  if saved is None or saved['algo'] != algo:
+    return n_iterations
+  n_iterations = saved.get('n_iterations', n_iterations)
+  if (isinstance(n_iterations, bool) or not isinstance(n_iterations, int)
+      or n_iterations < 1):
+    raise UsageError(f'--config {path}: n_iterations must be an '
+                     f'integer >= 1, got {n_iterations!r}')
+  return n_iterations
 
 
 def from_record(record, config) -> Baseline:
@@ -184,13 +176,11 @@ def astar_slbo_config(env: str, preset: str):
   AdMRL preset of the same name, so that its gaps are measured against the
   A* of the model-based runs of that preset (the A* cache is keyed by
   family, task and budget)."""
-  from experiments import presets  # pylint: disable=g-import-not-at-top
   return presets.preset(env, preset)[0].slbo
 
 
 # ---------------------------------------------------------- programs
 def _init_fn(family, baseline: Baseline):
-  from admrl_jax.baselines import maml, pearl  # pylint: disable=g-import-not-at-top
   if baseline.algo == 'maml':
     return lambda key: maml.init(key, family, baseline.config)
   return lambda key: pearl.init(key, family, baseline.config)
@@ -202,7 +192,6 @@ def init_members(family, baseline: Baseline, seeds: Sequence[int],
   axis, in one compiled program (`jax.vmap` of the baseline's `init`, or
   `lax.map` for sweep 'map', so that a mapped member is bitwise its run
   alone). PEARL's includes its initial collection."""
-  import jax  # pylint: disable=g-import-not-at-top
   init = _init_fn(family, baseline)
   keys = jax.numpy.stack([jax.random.key(seed) for seed in seeds])
   if sweep == 'map':
@@ -217,9 +206,6 @@ def iteration_fn(algo: str):
   for a member's task step α), with `iteration` and `real_samples` (the
   real environment steps of the run so far: MAMLState.real_samples,
   PEARLState.env_steps, the initial collection included)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from admrl_jax.baselines import maml, pearl  # pylint: disable=g-import-not-at-top
-
   if algo == 'maml':
     def maml_step(state):
       state, m = maml.meta_train_step(state)
@@ -245,8 +231,6 @@ def iteration_fn(algo: str):
 def metric_rows(metrics, members):
   """metrics.jsonl rows, one per member: `iteration` (iterations done),
   seed, alpha (None), then every metric."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   fields = {k: np.asarray(v) for k, v in metrics.items()}
   rows = []
   for i, (seed, alpha) in enumerate(members):
@@ -326,47 +310,19 @@ def train(family, baseline: Baseline, seeds, record, workdir, log,
     UsageError: the workdir holds another run, or a bad keep_checkpoints.
     CheckpointError: an unreadable record or checkpoint (left in place).
   """
-  from experiments import training  # pylint: disable=g-import-not-at-top
-  saved = training.check_workdir(workdir, record)
-  recorded, keep = training.resolve_keep(workdir, saved, record,
-                                         keep_checkpoints)
-  n = baseline.n_iterations
-  target = n if stop_after is None else min(n, stop_after)
-  first = min(training.latest_saved_step(workdir), target)
-  log(plan(family, baseline, len(seeds), first, target))
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
-  provenance.record_or_check(workdir, provenance.collect(), log)
-
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from experiments import logs  # pylint: disable=g-import-not-at-top
-  from experiments.progress import format_seconds  # pylint: disable=g-import-not-at-top
-
+  members = [(seed, None) for seed in seeds]
+  algo, n = baseline.algo, baseline.n_iterations
+  saved, recorded, keep, target = training.start_run(
+      workdir, record, keep_checkpoints, n, stop_after,
+      lambda first, last: plan(family, baseline, len(seeds), first, last),
+      log)
   family = training.calibrated(family, saved, record, seeds)
-  algo = baseline.algo
   log(f'{family.name}: k={family.task_dim}, algo {algo}, {len(seeds)} '
       f'seed(s), {n} iterations, workdir {workdir}')
-  members = [(seed, None) for seed in seeds]
-  if sharding is not None:
-    devices = sharding.mesh.devices.size
-    log(f'{len(members)} member(s) sharded over {devices} '
-        f'{sharding.mesh.devices.flat[0].platform} device(s), '
-        f'{len(members) // devices} per device')
-  state = init_members(family, baseline, seeds, record['sweep'])
-  manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'),
-                                max_to_keep=None if keep == 'all' else keep)
-  if manager.latest_step() is not None:
-    state = training.resume_state(manager, state, fallback_to_intact, log,
-                                  what='iteration')
-    if keep != recorded:
-      training.write_record(workdir, dict(saved or record,
-                                          keep_checkpoints=keep))
-      log(f'keeping {"every checkpoint" if keep == "all" else keep} from '
-          f'now on (was {recorded}; recorded in config.json)')
-  else:
-    training.write_record(workdir, record)
-
+  training.log_sharding(sharding, len(members), log)
+  manager, state = training.open_run(
+      workdir, init_members(family, baseline, seeds, record['sweep']), saved,
+      record, recorded, keep, fallback_to_intact, log, what='iteration')
   done = int(np.asarray(state.iteration)[0])
   metrics_log = logs.MetricsLog(workdir, members, keep_below=done + 1,
                                 wandb_project=wandb_project, config=record,
@@ -375,6 +331,20 @@ def train(family, baseline: Baseline, seeds, record, workdir, log,
     state = jax.device_put(state, sharding)
   program = training.batched(iteration_fn(algo), record['sweep'], sharding,
                              n_args=0)
+  state, done = _run_iterations(program, state, done, target, n, algo,
+                                members, manager, metrics_log, throttle_s,
+                                log)
+  metrics_log.close()
+  log(f'finished {done}/{n} iterations; metrics in '
+      f'{os.path.join(workdir, "metrics.jsonl")}')
+  return state
+
+
+def _run_iterations(program, state, done, target, n, algo, members, manager,
+                    metrics_log, throttle_s, log):
+  """Iterations done + 1 … target of `program`, each followed by its
+  metrics lines, its checkpoint and a progress line (the first compiled
+  first); returns (state, done)."""
   compiled, times, start = None, [], time.time()
   while done < target:
     if compiled is None:
@@ -398,10 +368,7 @@ def train(family, baseline: Baseline, seeds, record, workdir, log,
     log(f'iteration {done}/{n} done in {times[-1]:.1f}s, checkpoint saved: '
         f'{metrics_log.last_summary}'
         + (f', ETA {format_seconds(eta)}' if done < target else ''))
-  metrics_log.close()
-  log(f'finished {done}/{n} iterations; metrics in '
-      f'{os.path.join(workdir, "metrics.jsonl")}')
-  return state
+  return state, done
 
 
 # --------------------------------------------------------- evaluation
@@ -461,7 +428,6 @@ class Evaluator:
             f'of {self.eval_episodes} episode(s)')
 
   def _returns(self, params, psi, n_samples, key):
-    from admrl_jax.baselines import maml, pearl  # pylint: disable=g-import-not-at-top
     if self.baseline.algo == 'maml':
       return maml.adapted_episode_returns(
           params, self.family, psi, n_samples, key, self.baseline.config,
@@ -473,8 +439,6 @@ class Evaluator:
   def adapt(self, params, psi, key):
     """(a0, an (b,), a0_se, an_se (b,)) of one member's parameters on ψ
     (k,); pure, one program when jitted (the budgets are static)."""
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     psi = jnp.asarray(psi, jnp.float32)
     keys = jax.random.split(key, 1 + len(self.budgets))
     means, errors = [], []
@@ -490,7 +454,6 @@ class Evaluator:
   @staticmethod
   def member_params(state, m: int):
     """Member m's parameters of a batched state."""
-    import jax  # pylint: disable=g-import-not-at-top
     return jax.tree.map(lambda x: x[m], state.params)
 
 
@@ -498,7 +461,6 @@ def visited_tasks(state, family, algo: str):
   """Per member, the training tasks a baseline trained on, (n, k): PEARL's
   fixed training tasks; MAML draws fresh tasks every meta-iteration and
   keeps none (an empty array)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   if algo == 'pearl':
     return list(np.asarray(state.train_tasks, np.float64))
   n_members = int(np.asarray(state.iteration).shape[0])

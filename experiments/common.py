@@ -1,9 +1,30 @@
-"""Flag-free helpers shared by the experiment scripts."""
+"""Flag-free helpers shared by the experiment scripts.
+
+The scripts import this module before `quiet_startup`, which has to run
+before JAX is imported: nothing here imports JAX (or a module of admrl_jax
+that does) at import time. The helpers that need it import it when called,
+each such import marked "JAX: imported when called".
+"""
 from __future__ import annotations
 
+import ast
+import contextlib
+import dataclasses
+import importlib
+import io
+import json
+import math
+import os
+import signal
 import sys
+import threading
+import time
 from typing import Callable
 
+from absl import logging as absl_logging
+import numpy as np
+
+from admrl_jax import fileio
 # An unreadable checkpoint or run record (CheckpointError): reported in one
 # line, exit status 1, files left alone. A step without a checkpoint
 # (StepNotFound): exit status 2, as a bad flag value.
@@ -45,7 +66,6 @@ def _exit_interrupted(*_):
   # Not sys.exit: it would wait for the compiled call still running.
   # os._exit is the standard library's documented immediate exit (its
   # underscore is not privacy; linters that flag it are wrong here).
-  import os  # pylint: disable=g-import-not-at-top
   os._exit(130)
 
 
@@ -62,7 +82,6 @@ def install_interrupt_handler() -> None:
   A process that ignores SIGINT (started in the background by a shell)
   keeps ignoring it.
   """
-  import signal  # pylint: disable=g-import-not-at-top
   if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
     signal.signal(signal.SIGINT, _exit_interrupted)
 
@@ -70,7 +89,6 @@ def install_interrupt_handler() -> None:
 def timed_log(start: float) -> Callable[[str], None]:
   """`log(message)`: prints `[  12.3s] message` (seconds since `start`, a
   `time.time()`), flushed at once."""
-  import time  # pylint: disable=g-import-not-at-top
 
   def log(message: str) -> None:
     print(f'[{time.time() - start:7.1f}s] {message}', flush=True)
@@ -94,7 +112,6 @@ def parse_floats(text: str, what: str) -> list[float]:
   lists and for a value that is not finite (nan, inf, or 1e400, which
   overflows to inf: it would reach the run's JSON files as a non-standard
   Infinity token)."""
-  import math  # pylint: disable=g-import-not-at-top
   items = [item.strip() for item in text.split(',')]
   if not text.strip() or any(not item for item in items):
     raise UsageError(f'--{what}: expected a comma-separated list of numbers, '
@@ -120,6 +137,7 @@ def parse_seeds(text: str) -> list[int]:
 def family_from_record(record, env=None):
   """`admrl_jax.config_io.family_from_record`, imported when called (this
   module is imported before JAX is)."""
+  # JAX: imported when called (see the module docstring).
   from admrl_jax import config_io  # pylint: disable=g-import-not-at-top
   return config_io.family_from_record(record, env)
 
@@ -136,7 +154,6 @@ def import_family_modules(modules, what: str = '--family_module'
   Raises:
     UsageError: a module cannot be imported (one line naming it).
   """
-  import importlib  # pylint: disable=g-import-not-at-top
   if modules is None:
     return []
   if isinstance(modules, str):
@@ -150,6 +167,59 @@ def import_family_modules(modules, what: str = '--family_module'
   return list(modules)
 
 
+def parse_value(kind, text: str, literal: bool = False):
+  """A flag's text as a value of type `kind`: the one parser of the
+  scripts' field=value flags (`presets.apply_overrides` for --set, typed by
+  the config field's annotation; `parse_family_sets` for --family_set,
+  typed by the family field's default).
+
+  bool: true, false, 1 or 0 (any case); int (numpy's too): `int`; float
+  (numpy's too): a finite `float` (nan, inf and 1e400, which overflows to
+  inf, are refused: JSON records cannot hold them); str: the text; tuple:
+  comma-separated ints ('256,256'), or with `literal` a Python literal
+  (2,2 or ((0.9, 0.2), (-0.1, 0.8))); any other type: with `literal` a
+  Python literal (a sequence for a list or array), else refused.
+
+  Args:
+    kind: the type of the value.
+    text: the flag's text (surrounding blanks are ignored).
+    literal: whether Python literals are taken (--family_set).
+  Returns:
+    The value.
+  Raises:
+    ValueError, SyntaxError: the text is not such a value; the message says
+      why.
+    TypeError: `kind` is not set from a flag (only without `literal`).
+  """
+  text = text.strip()
+
+  def is_a(*types):
+    return isinstance(kind, type) and issubclass(kind, types)
+
+  if is_a(bool):
+    if text.lower() not in ('true', 'false', '1', '0'):
+      raise ValueError('expected true or false')
+    return text.lower() in ('true', '1')
+  if is_a(int, np.integer):
+    return int(text)
+  if is_a(float, np.floating):
+    value = float(text)
+    if not math.isfinite(value):
+      raise ValueError('not a finite number')
+    return value
+  if is_a(str):
+    return text
+  if not literal:
+    if is_a(tuple):
+      return tuple(int(x) for x in text.split(','))
+    raise TypeError(f'a {getattr(kind, "__name__", kind)} is not set from '
+                    'a flag')
+  value = ast.literal_eval(text)  # tuples, arrays, None
+  if is_a(tuple, list, np.ndarray) and not isinstance(value, (tuple, list)):
+    raise ValueError('expected a sequence, e.g. 1,2')
+  return value
+
+
 # Family fields that have their own flag.
 _FLAG_FIELDS = {'name': '--env', 'horizon': '--horizon',
                 'frame_skip': '--frame_skip', 'pipeline': '--pipeline'}
@@ -158,16 +228,15 @@ _FLAG_FIELDS = {'name': '--env', 'horizon': '--horizon',
 def parse_family_sets(env_name: str, items) -> dict:
   """--family_set=field=value items → {field: value} for `envs.make`, each
   parsed by the type of the field's default in the family `env_name`
-  (bool, int, float, str; tuples and arrays as Python literals, e.g. 2,2 or
-  ((0.9, 0.2), (-0.1, 0.8))). Values are JSON-able (tuples as lists).
+  (`parse_value` with literals: bool, int, finite float, str; tuples and
+  arrays as Python literals, e.g. 2,2 or ((0.9, 0.2), (-0.1, 0.8))).
+  Values are JSON-able (tuples as lists).
 
   Raises:
     UsageError: malformed item, unknown field or field with its own flag,
       or a value that does not parse.
   """
-  import ast  # pylint: disable=g-import-not-at-top
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  # JAX: imported when called (see the module docstring).
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   texts = {}
@@ -189,27 +258,12 @@ def parse_family_sets(env_name: str, items) -> dict:
       raise UsageError(
           f'--family_set: {env_name} has no field {name!r}; fields: '
           f'{", ".join(sorted(fields - set(_FLAG_FIELDS)))}')
-    default = getattr(family, name)
+    kind = type(getattr(family, name))
     try:
-      if isinstance(default, bool):
-        if text.lower() not in ('true', 'false', '1', '0'):
-          raise ValueError('expected true or false')
-        value = text.lower() in ('true', '1')
-      elif isinstance(default, (int, np.integer)):
-        value = int(text)
-      elif isinstance(default, (float, np.floating)):
-        value = float(text)
-      elif isinstance(default, str):
-        value = text
-      else:  # tuples, arrays, None: a Python literal
-        value = ast.literal_eval(text)
-        if isinstance(default, (tuple, list, np.ndarray)) and not isinstance(
-            value, (tuple, list)):
-          raise ValueError('expected a sequence, e.g. 1,2')
+      value = parse_value(kind, text, literal=True)
     except (ValueError, SyntaxError) as e:
-      kind = type(default).__name__
       raise UsageError(f'--family_set: cannot parse {name}={text!r} as '
-                       f'{kind} ({e})') from None
+                       f'{kind.__name__} ({e})') from None
     values[name] = metrics.to_jsonable(value)
   return values
 
@@ -218,6 +272,7 @@ def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None,
                  fields=None):
   """The family named by --env with flag overrides (`fields`: parsed
   --family_set values); UsageError on bad input."""
+  # JAX: imported when called (see the module docstring).
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   from admrl_jax.config_io import tuples_from_json  # pylint: disable=g-import-not-at-top
   if env_name not in envs.names():
@@ -250,6 +305,7 @@ def build_family(env_name: str, pipeline=None, horizon=None, frame_skip=None,
 
 
 def _make_family(env_name, overrides, fields):
+  # JAX: imported when called (see the module docstring).
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   try:
     return envs.make(env_name, **overrides)
@@ -261,7 +317,6 @@ def _make_family(env_name, overrides, fields):
 
 def resolve_psi(family, text):
   """--psi as a task of `family`; None gives u = 0.3 (the paper's first task)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   if text is None:
     return family.from_u(np.full(family.task_dim, 0.3, np.float32))
   values = parse_floats(text, 'psi')
@@ -284,7 +339,6 @@ def enable_compilation_cache(directory=None) -> str | None:
   Returns:
     The directory in use, or None when off.
   """
-  import os  # pylint: disable=g-import-not-at-top
   if directory is None:
     directory = os.environ.get(
         'ADMRL_JAX_CACHE_DIR',
@@ -292,6 +346,7 @@ def enable_compilation_cache(directory=None) -> str | None:
                      'jax_cache'))
   if not directory:
     return None
+  # JAX: imported when called (see the module docstring).
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_compilation_cache_dir', directory)
   # Cache every program that took a second or more to compile (JAX's own
@@ -308,7 +363,7 @@ def wait(tree, poll_s: float = 0.2):
   Polls instead of blocking inside XLA, so Ctrl-C (KeyboardInterrupt)
   reaches Python within `poll_s` even while a long compiled call runs.
   """
-  import time  # pylint: disable=g-import-not-at-top
+  # JAX: imported when called (see the module docstring).
   import jax  # pylint: disable=g-import-not-at-top
   for leaf in jax.tree.leaves(tree):
     while hasattr(leaf, 'is_ready') and not leaf.is_ready():
@@ -325,7 +380,6 @@ def compile_polling(lowered, poll_s: float = 0.2):
   Returns:
     The compiled program, called with arguments shaped like `args`.
   """
-  import threading  # pylint: disable=g-import-not-at-top
   done = {}
 
   def target():
@@ -389,17 +443,12 @@ def quiet_startup(verbose=None) -> bool:
   the slow imports that follow included. Returns the verbosity in effect.
   """
   install_interrupt_handler()
-  import os  # pylint: disable=g-import-not-at-top
   if verbose is None:
     verbose = verbose_requested()
   if verbose:
     return True
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
-  import contextlib  # pylint: disable=g-import-not-at-top
-  import importlib  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
   printed = io.StringIO()
   try:
     with contextlib.redirect_stdout(printed):
@@ -419,8 +468,6 @@ def read_json(path: str, default=None, what: str = ''):
     UsageError: the file is unreadable or not JSON (it is left alone);
       the message starts with `what` (e.g. '--astar_cache ').
   """
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     return default
   try:
@@ -433,13 +480,13 @@ def read_json(path: str, default=None, what: str = ''):
 
 def write_json(path: str, value) -> None:
   """`admrl_jax.fileio.write_json`: atomically, NaN refused."""
-  from admrl_jax import fileio  # pylint: disable=g-import-not-at-top
   fileio.write_json(path, value)
 
 
 def json_array(x, k=None):
   """A float64 array from its JSON form (None → NaN;
   `evaluation.metrics.from_jsonable`); `k` reshapes to (-1, k)."""
+  # JAX: imported when called (see the module docstring).
   from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   return metrics.from_jsonable(x, k)
 

@@ -37,6 +37,14 @@ from experiments import common
 common.quiet_startup()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib
+matplotlib.use('Agg')  # before pyplot is imported
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+
+from admrl_jax.evaluation import stats
+from admrl_jax.evaluation.metrics import to_jsonable
 from experiments.common import UsageError, json_number, run_main, write_json
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -79,7 +87,6 @@ def load_curve(path: str) -> dict:
 def table(curve):
   """(seeds, stages + 1) arrays of real return and virtual − real (NaN at
   stage 0, before any training)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   def column(name):   # a missing or null value (not finite) is NaN
     return np.array([[json_number(row.get(name))
                       for row in curve['curves'][s]] for s in seeds])
@@ -128,10 +135,6 @@ def run():
 
 def compare(curves, labels) -> dict:
   """The numbers `<out>.json` holds (see the module docstring)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation.metrics import to_jsonable  # pylint: disable=g-import-not-at-top
-
   def ci(values):   # JSON has no NaN: an interval of one seed is null
     out = stats.mean_ci(values)
     return {k: to_jsonable(out[k]) for k in ('mean', 'lo', 'hi')}
@@ -178,12 +181,8 @@ def compare(curves, labels) -> dict:
 
 
 def draw(report, path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
+  """<out>.png: real return and model exploitation against real samples,
+  a curve and its interval per learning curve."""
   fig, (ax_real, ax_gap) = plt.subplots(1, 2, figsize=(10, 3.8))
   for row in report['rows']:
     x = np.array(row['real_samples'])

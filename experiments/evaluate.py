@@ -44,6 +44,7 @@ import json
 import math
 import os
 import time
+from typing import Any, Callable, NamedTuple, Optional
 
 from absl import app
 from absl import flags
@@ -54,12 +55,22 @@ from experiments import hooks
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import numpy as np
+
+from admrl_jax import checkpoints
+from admrl_jax import envs
+from admrl_jax.evaluation import adaptation
+from admrl_jax.evaluation import metrics
+from admrl_jax.evaluation import optimum
+from experiments import baselines
+from experiments import workdir as workdir_lib
 from experiments.astar import astar_values
-from experiments.common import write_json
-# pylint: enable=g-import-not-at-top,wrong-import-position
-from experiments.common import (CheckpointError, UsageError,
+from experiments.common import (CheckpointError, UsageError, compile_polling,
                                 family_from_record, json_array, json_number,
-                                parse_floats, run_main)
+                                parse_floats, run_main, wait, write_json)
+from experiments.progress import format_seconds
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
@@ -148,7 +159,6 @@ def eval_family(family, record, eval_env):
   """The family whose evaluation set (and reward) is used."""
   if eval_env is None or eval_env == record['env']:
     return family
-  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   if eval_env not in envs.names():
     raise UsageError(f'--eval_env: unknown environment {eval_env!r}; valid: '
                      f'{", ".join(envs.names())}')
@@ -179,7 +189,6 @@ def run():
   # A rerun (after Ctrl-C) loads the adaptation program instead of
   # compiling it again.
   common.enable_compilation_cache()
-  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   family, config, record = workdir_lib.load_config(options['workdir'])
   target = eval_family(family, record, _EVAL_ENV.value)
   plan = plan_evaluation(target, config, options, record)
@@ -240,9 +249,6 @@ def plan_evaluation(target, config, options, record) -> dict:
   UsageError if the family or the sizes refuse them (for a baseline's run
   also --n_zeroshot and --n_inner, which it has not, and MAML budgets that
   are not whole episodes)."""
-  from admrl_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import optimum  # pylint: disable=g-import-not-at-top
-  from experiments import baselines  # pylint: disable=g-import-not-at-top
   baseline = baselines.is_baseline(config)
   if baseline:
     for flag, name in ((_N_ZEROSHOT, 'n_zeroshot'), (_N_INNER, 'n_inner')):
@@ -294,8 +300,6 @@ def restore(workdir, family, config, record):
     CheckpointError: it does not read or does not match its digests (one
       line naming the step and its directory, and the other saved steps).
   """
-  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if _STEP.value is not None:
     _positive(_STEP, 'step')
   try:
@@ -307,6 +311,10 @@ def restore(workdir, family, config, record):
     raise UsageError(f'--step: {e}' + (
         f' (the run keeps its latest {keep}: experiments.run '
         '--keep_checkpoints)' if older else '')) from None
+  except checkpoints.IncompatibleCheckpoint as e:
+    raise CheckpointError(
+        f'{e}; it was left untouched: evaluate it with the version that '
+        'wrote it (its commit is in provenance.json)') from None
   except checkpoints.CorruptCheckpoint as e:
     others = [s for s in checkpoints.Manager(
         os.path.join(workdir, 'checkpoints')).all_steps() if s != e.step]
@@ -330,8 +338,6 @@ def select_tasks(target, max_tasks):
   every task, or `max_tasks` spread over the set. The indices into the
   whole set key the pieces and the roll-outs, so a task's result is the
   same whatever --max_tasks chose."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   all_tasks = np.asarray(target.eval_tasks(), np.float32)
   index = (np.arange(len(all_tasks)) if max_tasks is None
            else metrics.spread_subset(all_tasks, max_tasks))
@@ -342,12 +348,6 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
              index, log) -> dict:
   """A*, then A0 and A_n of every member on tasks all_tasks[index], and
   the report (the content of eval.json, before `to_jsonable`)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-  from experiments import baselines  # pylint: disable=g-import-not-at-top
-  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   workdir = _WORKDIR.value
   budgets, stage_samples = plan['budgets'], plan['stage_samples']
   method, astar_budget = plan['method'], plan['astar_budget']
@@ -355,32 +355,11 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
   members = workdir_lib.members(record)
   out = _OUT.value or workdir
   paths = outputs(out, record, _EVAL_ENV.value)
-  if baselines.is_baseline(config):
-    # A meta-RL baseline adapts by its own rule (`baselines.Evaluator`).
-    evaluator = baselines.Evaluator(
-        target, config, budgets,
-        baseline_episodes(plan['adapt_config'], target))
-    adapt, eval_episodes = evaluator.adapt, evaluator.eval_episodes
-    n_zeroshot = n_inner = None
-
-    def member_state(m):
-      return evaluator.member_params(state, m)
-    how = evaluator.describe()
-  else:
-    adapter = adaptation.Adaptation(target, config.slbo,
-                                     plan['adapt_config'])
-    adapt, eval_episodes = adapter.adapt, adapter.eval_episodes
-    n_zeroshot, n_inner = adapter.n_zeroshot, adapter.n_inner
-
-    def member_state(m):
-      return jax.tree.map(lambda x: x[m], state.slbo)
-    how = (f'each zero-shot ({adapter.n_zeroshot} VirtualTraining '
-           f'iterations) then {plan["adapt_config"].n_stages} stage(s) of '
-           f'{stage_samples} real samples and {adapter.n_inner} iterations')
+  adapter = member_adapter(target, config, plan, state)
   settings = dict(step=int(step), eval_env=target.name, budgets=budgets,
                   stage_samples=stage_samples,
-                  eval_episodes=eval_episodes,
-                  n_zeroshot=n_zeroshot, n_inner=n_inner,
+                  eval_episodes=adapter.eval_episodes,
+                  n_zeroshot=adapter.n_zeroshot, n_inner=adapter.n_inner,
                   seed=plan['seed'],
                   members=[dict(seed=s, alpha=a) for s, a in members])
   # Before anything is computed: an evaluation of other settings in the
@@ -391,36 +370,25 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
       f'{len(members)} member(s) x {len(tasks)} {target.name} task(s)'
       + (f' (spread over the {len(all_tasks)} of the set)'
          if len(tasks) < len(all_tasks) else '')
-      + f' = {len(members) * len(tasks)} adaptation(s), {how}; A_n at '
-      f'n = {budgets}; A* {method}'
+      + f' = {len(members) * len(tasks)} adaptation(s), {adapter.how}; A_n '
+      f'at n = {budgets}; A* {method}'
       + (f' ({astar_budget} real samples per task, cached)' if astar_budget
          else ''))
-
   cache_path = _ASTAR_CACHE.value or default_astar_cache()
-  astar, computed = astar_values(target, plan['slbo'], tasks, method,
-                                 astar_budget, stage_samples, cache_path,
-                                 plan['seed'], log,
-                                 tag=family_set_tag(record))
-  log(f'A* of {len(tasks)} task(s) ({computed} computed, '
-      f'{len(tasks) - computed} cached) in {cache_path}')
-
-  a0, an = adapt_pieces(adapt, member_state, members, all_tasks, index,
-                        settings, paths['pieces'], log, hooks.THROTTLE_S.value)
+  astar = _astar(target, plan, tasks, cache_path, record, log)
+  a0, an = adapt_pieces(adapter.adapt, adapter.member_state, members,
+                        all_tasks, index, settings, paths['pieces'], log,
+                        hooks.THROTTLE_S.value)
   result = metrics.evaluation(a0, an, astar, tasks, budgets, method,
                               astar_budget)
-  if baselines.is_baseline(config):
-    visited = baselines.visited_tasks(state, family, config.algo)
-  else:
-    visited = np.asarray(family.from_u(np.asarray(state.visited_u)))
-    iterations = np.asarray(state.iteration)
-    visited = [v[:int(n)] for v, n in zip(visited, iterations)]
   return dict(
       workdir=os.path.abspath(workdir), env=record['env'], settings=settings,
       eval_env=target.name, algo=config.algo, preset=record.get('preset'),
       step=int(step), members=[dict(seed=s, alpha=a) for s, a in members],
       budgets=budgets, stage_samples=stage_samples,
-      eval_episodes=eval_episodes, n_zeroshot=n_zeroshot, n_inner=n_inner,
-      astar_method=method, astar_budget=astar_budget, astar_cache=cache_path,
+      eval_episodes=adapter.eval_episodes, n_zeroshot=adapter.n_zeroshot,
+      n_inner=adapter.n_inner, astar_method=method,
+      astar_budget=astar_budget, astar_cache=cache_path,
       tasks=np.round(tasks.astype(np.float64), 6),
       task_names=_names(target),
       task_low=target.task_low, task_high=target.task_high,
@@ -429,12 +397,74 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
       Gmax_n=result.metrics.gmax, average_An=result.metrics.average_an,
       average_A0=result.metrics.average_a0,
       worst_task=result.metrics.worst_task,
-      summary=result.summary(), visited_tasks=visited)
+      summary=result.summary(),
+      visited_tasks=visited_tasks(state, family, config))
+
+
+class MemberAdapter(NamedTuple):
+  """How the members of a run are adapted to a task (`member_adapter`).
+
+  Attributes:
+    adapt: `adapt(member_state(m), psi, key)` → A0 and A_n of member m.
+    member_state: member m's part of the batched state.
+    eval_episodes: real episodes per measured return.
+    n_zeroshot, n_inner: the VirtualTraining iterations of the zero-shot
+      phase and of each stage (None for a meta-RL baseline).
+    how: the evaluation's first line's account of the adaptation.
+  """
+  adapt: Callable[..., Any]
+  member_state: Callable[[int], Any]
+  eval_episodes: int
+  n_zeroshot: Optional[int]
+  n_inner: Optional[int]
+  how: str
+
+
+def member_adapter(target, config, plan, state) -> MemberAdapter:
+  """The adaptation of the members of `state` to tasks of `target`: the
+  model-based `Adaptation` of their SLBO states, or a meta-RL baseline's
+  own rule (`baselines.Evaluator`: MAML's inner step, PEARL's posterior)."""
+  if baselines.is_baseline(config):
+    evaluator = baselines.Evaluator(
+        target, config, plan['budgets'],
+        baseline_episodes(plan['adapt_config'], target))
+    return MemberAdapter(
+        evaluator.adapt, lambda m: evaluator.member_params(state, m),
+        evaluator.eval_episodes, None, None, evaluator.describe())
+  adapter = adaptation.Adaptation(target, config.slbo, plan['adapt_config'])
+  how = (f'each zero-shot ({adapter.n_zeroshot} VirtualTraining '
+         f'iterations) then {plan["adapt_config"].n_stages} stage(s) of '
+         f'{plan["stage_samples"]} real samples and {adapter.n_inner} '
+         'iterations')
+  return MemberAdapter(
+      adapter.adapt, lambda m: jax.tree.map(lambda x: x[m], state.slbo),
+      adapter.eval_episodes, adapter.n_zeroshot, adapter.n_inner, how)
+
+
+def _astar(target, plan, tasks, cache_path, record, log):
+  """A* of `tasks` (`astar.astar_values`, cached in `cache_path`), with a
+  line saying how many were computed."""
+  astar, computed = astar_values(target, plan['slbo'], tasks, plan['method'],
+                                 plan['astar_budget'], plan['stage_samples'],
+                                 cache_path, plan['seed'], log,
+                                 tag=family_set_tag(record))
+  log(f'A* of {len(tasks)} task(s) ({computed} computed, '
+      f'{len(tasks) - computed} cached) in {cache_path}')
+  return astar
+
+
+def visited_tasks(state, family, config):
+  """Per member, the tasks it trained on: AdMRL's visited ψ up to its
+  iteration, or a meta-RL baseline's (`baselines.visited_tasks`)."""
+  if baselines.is_baseline(config):
+    return baselines.visited_tasks(state, family, config.algo)
+  visited = np.asarray(family.from_u(np.asarray(state.visited_u)))
+  iterations = np.asarray(state.iteration)
+  return [v[:int(n)] for v, n in zip(visited, iterations)]
 
 
 def save(report, paths, log) -> None:
   """eval.json and the four figures, with a line on Gmax_n."""
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   write_json(paths['json'], metrics.to_jsonable(report))
   log(metrics.gmax_line(report['summary'], report['budgets'],
                         report['astar_budget']))
@@ -521,11 +551,6 @@ def adapt_pieces(adapt, member_state, members, all_tasks, index, settings,
   `adapt` for every piece. `throttle_s`: seconds to sleep after each saved
   piece.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from experiments.common import compile_polling, wait  # pylint: disable=g-import-not-at-top
-  from experiments.progress import format_seconds  # pylint: disable=g-import-not-at-top
-
   def name(m, i):
     return f'{m}/{int(i)}'
 
@@ -601,13 +626,14 @@ def _finite_or_nan(x: float):
 
 
 def _names(family):
+  # Not at the top: plots imports matplotlib, loaded only for the figures
+  # (`draw`).
   from admrl_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
   return list(plots.task_names(family))
 
 
 def report_for_plots(report):
   """The JSON form of a report (as plot.py reads it back from eval.json)."""
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   return json.loads(json.dumps(metrics.to_jsonable(report)))
 
 
@@ -619,9 +645,10 @@ def astar_note(report) -> str:
 
 def draw(report, paths) -> None:
   """The four figures of one evaluated run (from its JSON report)."""
+  # Not at the top: matplotlib loads only when drawing, its Agg backend
+  # chosen first (plots imports pyplot).
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
 
   label = f'{report["algo"]} ({report["env"]})'

@@ -10,6 +10,7 @@ import os
 import uuid
 
 import numpy as np
+from tensorboardX import SummaryWriter
 
 from admrl_jax import fileio
 
@@ -73,7 +74,6 @@ class MetricsLog:
 
   def _tensorboard(self):
     if self._writers is None:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._writers = [
           SummaryWriter(os.path.join(self._tb_dir, member_tag(seed, alpha)))
           for seed, alpha in self.members]
@@ -151,6 +151,7 @@ def wandb_run(workdir: str, project: str, config=None):
   <workdir>/wandb_run_id). ImportError with the install command when wandb
   is missing."""
   try:
+    # Not at the top: wandb is optional (pip install -e .[wandb]).
     import wandb  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise ImportError('--wandb_project needs wandb: pip install -e .[wandb] '

@@ -26,6 +26,11 @@ from experiments import common
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib
+matplotlib.use('Agg')  # before pyplot is imported (by plots)
+import numpy as np
+
+from admrl_jax.evaluation import plots
 from experiments.common import (UsageError, json_array, json_number,
                                 run_main, write_json)
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -107,12 +112,6 @@ def _astar_note(reports) -> str:
 
 def draw(reports, out: str) -> dict:
   """The comparison figures and comparison.json; returns their paths."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from admrl_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
-
   env = reports[0]['eval_env']
   note = _astar_note(reports)
   astars = [json_array(r['Astar']) for r in reports]
@@ -122,41 +121,13 @@ def draw(reports, out: str) -> dict:
           'sets); their gaps are not comparable', file=sys.stderr)
   paths = {name: os.path.join(out, f'comparison_{name}.png')
            for name in FIGURES}
-
-  def summary(r, name):
-    return (json_array(r['summary'][f'{name}_mean']),
-            json_array(r['summary'][f'{name}_std']))
-
-  fig = plots.curves(
-      reports[0]['budgets'],
-      [(r['label'],) + summary(r, 'Gmax_n') for r in reports
-       if r['budgets'] == reports[0]['budgets']],
-      'Gmax_n = max_ψ (A* − A_n)', f'{env}; {note}')
-  for r in reports:
-    if r['budgets'] != reports[0]['budgets']:
-      print(f'warning: {r["workdir"]} has budgets {r["budgets"]}, not '
-            f'{reports[0]["budgets"]}; left out of the curves', file=sys.stderr)
-  fig.savefig(paths['gmax'], dpi=110)
-
-  lines = []
-  for r in reports:
-    if r['budgets'] != reports[0]['budgets']:
-      continue
-    mean_n, std_n = summary(r, 'average_An')
-    a0_mean = json_number(r['summary']['average_A0_mean'])
-    a0_std = json_number(r['summary']['average_A0_std'])
-    lines.append((r['label'], np.concatenate([[a0_mean], mean_n]),
-                  np.concatenate([[a0_std], std_n])))
-  fig = plots.curves([0] + reports[0]['budgets'], lines,
-                     'average A_n (n = 0: A0)', env)
-  fig.savefig(paths['average_return'], dpi=110)
-
+  _draw_curves(reports, env, note, paths)
   tasks = [json_array(r['tasks']) for r in reports]
   same_grid = all(t.shape == tasks[0].shape and np.allclose(t, tasks[0])
                   for t in tasks[1:]) and all(
                       r['budgets'] == reports[0]['budgets'] for r in reports)
   if same_grid:
-    fig = plots.gap_heatmaps([(r['label'], summary(r, 'Gn')[0])
+    fig = plots.gap_heatmaps([(r['label'], _summary(r, 'Gn')[0])
                               for r in reports], tasks[0],
                              reports[0]['budgets'],
                              reports[0]['task_names'],
@@ -176,8 +147,48 @@ def draw(reports, out: str) -> dict:
                             title=f'{reports[0]["env"]}: training tasks '
                             'visited (first member)')
   fig.savefig(paths['visited_tasks'], dpi=110)
+  paths['json'] = os.path.join(out, 'comparison.json')
+  write_json(paths['json'], _table(reports))
+  return paths
 
-  table = {r['label']: dict(
+
+def _summary(r, name):
+  """(mean, std) over members of a report's measure `name`."""
+  return (json_array(r['summary'][f'{name}_mean']),
+          json_array(r['summary'][f'{name}_std']))
+
+
+def _draw_curves(reports, env, note, paths) -> None:
+  """Gmax_n and average A_n against n, a curve per run (those with the
+  first run's budgets; a warning names the others)."""
+  fig = plots.curves(
+      reports[0]['budgets'],
+      [(r['label'],) + _summary(r, 'Gmax_n') for r in reports
+       if r['budgets'] == reports[0]['budgets']],
+      'Gmax_n = max_ψ (A* − A_n)', f'{env}; {note}')
+  for r in reports:
+    if r['budgets'] != reports[0]['budgets']:
+      print(f'warning: {r["workdir"]} has budgets {r["budgets"]}, not '
+            f'{reports[0]["budgets"]}; left out of the curves', file=sys.stderr)
+  fig.savefig(paths['gmax'], dpi=110)
+
+  lines = []
+  for r in reports:
+    if r['budgets'] != reports[0]['budgets']:
+      continue
+    mean_n, std_n = _summary(r, 'average_An')
+    a0_mean = json_number(r['summary']['average_A0_mean'])
+    a0_std = json_number(r['summary']['average_A0_std'])
+    lines.append((r['label'], np.concatenate([[a0_mean], mean_n]),
+                  np.concatenate([[a0_std], std_n])))
+  fig = plots.curves([0] + reports[0]['budgets'], lines,
+                     'average A_n (n = 0: A0)', env)
+  fig.savefig(paths['average_return'], dpi=110)
+
+
+def _table(reports) -> dict:
+  """comparison.json: the plotted numbers of every run, by label."""
+  return {r['label']: dict(
       workdir=r['workdir'], budgets=r['budgets'],
       astar_method=r['astar_method'], astar_budget=r['astar_budget'],
       members=r['summary']['members'],
@@ -186,10 +197,7 @@ def draw(reports, out: str) -> dict:
       average_An_mean=r['summary']['average_An_mean'],
       average_An_std=r['summary']['average_An_std'],
       average_A0_mean=r['summary']['average_A0_mean'])
-           for r in reports}
-  paths['json'] = os.path.join(out, 'comparison.json')
-  write_json(paths['json'], table)
-  return paths
+          for r in reports}
 
 
 if __name__ == '__main__':

@@ -14,16 +14,20 @@ config.json.
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from typing import Any, Dict, Tuple
 
+from admrl_jax import envs
+from admrl_jax.baselines import maml
+from admrl_jax.baselines import pearl
 from admrl_jax.config import RolloutConfig
 from admrl_jax.config_io import config_from_dict  # pylint: disable=unused-import (re-exported)
 from admrl_jax.meta import admrl
 from admrl_jax.meta import task_gradient as tg
 from admrl_jax.models.dynamics import ModelConfig
+from admrl_jax.policies.gaussian_mlp import PolicyConfig
 from admrl_jax.rl.slbo import SLBOConfig
+from experiments.common import UsageError, parse_value
 
 NAMES = ('smoke', 'quick', 'paper')
 
@@ -66,7 +70,6 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
   if name not in NAMES:
     raise ValueError(f'unknown preset {name!r}; choose one of '
                      f'{", ".join(NAMES)}')
-  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   family = envs.make(env) if isinstance(env, str) else env
   env = family.name
   action_clip = family.action_bound
@@ -126,14 +129,11 @@ def baseline_preset(env, name: str, algo: str):
   if name not in NAMES:
     raise ValueError(f'unknown preset {name!r}; choose one of '
                      f'{", ".join(NAMES)}')
-  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
   family = envs.make(env) if isinstance(env, str) else env
   _, overrides, _ = preset(family, name)
   horizon = overrides.get('horizon', family.horizon)
   n_iterations = BASELINE_ITERATIONS[name]
   if algo == 'maml':
-    from admrl_jax.baselines import maml  # pylint: disable=g-import-not-at-top
-    from admrl_jax.policies.gaussian_mlp import PolicyConfig  # pylint: disable=g-import-not-at-top
     if name == 'paper':
       return maml.MAMLConfig(), overrides, n_iterations
     if name == 'quick':
@@ -143,7 +143,6 @@ def baseline_preset(env, name: str, algo: str):
                                policy=PolicyConfig(hidden=(16, 16)))
     return config, overrides, n_iterations
   if algo == 'pearl':
-    from admrl_jax.baselines import pearl  # pylint: disable=g-import-not-at-top
     if name == 'paper':
       return pearl.PEARLConfig(), overrides, n_iterations
     if name == 'quick':
@@ -196,6 +195,15 @@ def apply_overrides(config, overrides: Dict[str, str]):
   return config
 
 
+def apply_sets(config, sets):
+  """`apply_overrides(config, sets)` for a script's --set flags: its
+  ValueError becomes a UsageError naming --set."""
+  try:
+    return apply_overrides(config, sets)
+  except (ValueError, TypeError) as e:
+    raise UsageError(f'--set: {e}') from None
+
+
 def _set(obj, path, text, dotted):
   if not dataclasses.is_dataclass(obj):
     raise ValueError(f'{dotted}: {path[0]!r} is not a config section')
@@ -227,6 +235,8 @@ def field_type(hint) -> Tuple[Any, bool]:
 
 
 def _parse(hint, text, dotted):
+  """`text` as a value of the field annotated `hint` (`common.parse_value`;
+  'none' for an Optional field); ValueError naming `dotted`."""
   base, optional = field_type(hint)
   text = text.strip()
   name = getattr(base, '__name__', str(base))
@@ -235,23 +245,11 @@ def _parse(hint, text, dotted):
       if optional:
         return None
       raise ValueError(text)
-    if base is bool:
-      if text.lower() not in ('true', 'false', '1', '0'):
-        raise ValueError(text)
-      return text.lower() in ('true', '1')
-    if base is int:
-      return int(text)
-    if base is float:
-      value = float(text)
-      if not math.isfinite(value):
-        raise ValueError(text)
-      return value
-    if base is tuple:
-      return tuple(int(x) for x in text.split(','))
-    if base is str:
-      return text
+    return parse_value(base, text)
   except ValueError:
     raise ValueError(f'{dotted}: cannot parse {text!r} as '
                      f'{"optional " if optional else ""}{name}'
                      f'{" (finite)" if base is float else ""}') from None
-  raise ValueError(f'{dotted}: a {name} cannot be set from a flag')
+  except TypeError:
+    raise ValueError(f'{dotted}: a {name} cannot be set from a '
+                     'flag') from None

@@ -17,6 +17,8 @@ import os
 import subprocess
 from typing import Any, Callable, Dict, List, Optional
 
+import jax
+
 from admrl_jax import fileio
 
 FILENAME = 'provenance.json'
@@ -56,7 +58,6 @@ def collect() -> Dict[str, Any]:
     bool, 'x64': bool, 'platform': str, 'device_kind': str, 'code':
     `code()`}.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   versions = {}
   for name in PACKAGES:
     try:

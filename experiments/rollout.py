@@ -22,6 +22,14 @@ from experiments import common
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from admrl_jax.config import RolloutConfig
+from admrl_jax.evaluation import metrics
+from admrl_jax.models import dataset
+from admrl_jax.rl import rollout
 from experiments.common import UsageError, build_family, resolve_psi
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -62,14 +70,6 @@ def main(argv):
 
 
 def run() -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
-  from admrl_jax.models import dataset  # pylint: disable=g-import-not-at-top
-  from admrl_jax.rl import rollout  # pylint: disable=g-import-not-at-top
-
   preset = PRESETS[_PRESET.value]
   n_envs = _N_ENVS.value if _N_ENVS.value is not None else preset['n_envs']
   if n_envs < 1:
@@ -129,7 +129,6 @@ def run() -> dict:
     summary['state_mean'] = [round(float(v), 6) for v in family.state_mean]
     summary['state_std'] = [round(float(v), 6) for v in family.state_std]
   if _WORKDIR.value:
-    from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
     common.write_json(os.path.join(_WORKDIR.value, 'rollout.json'),
                       metrics.to_jsonable(summary))
   return summary

@@ -59,6 +59,8 @@ from experiments import hooks
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+
 from admrl_jax import envs
 from experiments.common import (UsageError, parse_floats, parse_seeds,
                                 parse_sets, run_main)
@@ -189,6 +191,7 @@ def run():
   family, config, alphas, seeds, record = resolve_settings()
   if _WANDB_PROJECT.value:
     try:
+      # Not at the top: wandb is optional; this checks it is installed.
       import wandb  # pylint: disable=g-import-not-at-top,unused-import
     except ImportError:
       raise UsageError('--wandb_project needs wandb: pip install -e .[wandb]'
@@ -208,7 +211,6 @@ def run():
 
 def configure_jax() -> None:
   """--distributed, --x64 and the compilation cache, before any array."""
-  import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value:
     jax.distributed.initialize()  # before any other JAX call
   if _X64.value:

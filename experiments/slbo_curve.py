@@ -33,9 +33,25 @@ from absl import app
 from absl import flags
 
 from experiments import common
-from experiments import provenance
 
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from admrl_jax import checkpoints
+from admrl_jax.config import RolloutConfig
+from admrl_jax.evaluation.metrics import to_jsonable
+from admrl_jax.models import dataset
+from admrl_jax.models.dynamics import ModelConfig
+from admrl_jax.rl import slbo
+from experiments import presets
+from experiments import provenance
+from experiments.common import (build_family, json_number, parse_floats,
+                                parse_seeds, parse_sets, resolve_psi)
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _ENV = flags.DEFINE_string('env', 'hopper2d', 'Task family.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, common.VERBOSE_HELP)
@@ -143,20 +159,9 @@ def main(argv):
 
 
 def run():
+  """Flags → the curves (a JSON line per evaluation), <out>.json and
+  <out>.png (with --out), resumed from <out>.json and <out>.ckpt/."""
   common.enable_compilation_cache()
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
-  from admrl_jax.models import dataset  # pylint: disable=g-import-not-at-top
-  from admrl_jax.models.dynamics import ModelConfig  # pylint: disable=g-import-not-at-top
-  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from experiments import presets  # pylint: disable=g-import-not-at-top
-  from admrl_jax.rl import slbo  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation.metrics import to_jsonable  # pylint: disable=g-import-not-at-top
-  from experiments.common import build_family, json_number, parse_floats, parse_seeds, parse_sets, resolve_psi  # pylint: disable=g-import-not-at-top
-
   family = build_family(_ENV.value, pipeline=_PIPELINE.value,
                         frame_skip=_FRAME_SKIP.value)
   psi = resolve_psi(family, _PSI.value)
@@ -167,14 +172,38 @@ def run():
   # seeds train on one task and share one compiled program.
   key_cal = jax.random.split(jax.random.key(seeds[0]), 3)[0]
   family = family.calibrate(key_cal)
-  def capacity_for(stages):
-    # Every real sample fits: nothing is overwritten, and sampling (indices
-    # below the dataset's size) does not depend on the capacity, so a curve
-    # extended to more stages (its dataset grown) equals an unbroken one.
-    return max(10_000, stages * _REAL_ENVS.value * family.horizon)
+  capacity = _capacity(family, _STAGES.value)
+  config = _slbo_config(family, hidden, capacity)
+  overrides = parse_sets(_SET.value)
+  config = presets.apply_sets(config, overrides)
+  agent = slbo.SLBO(family, config)
+  psi = jnp.asarray(psi)
+  setting = _setting(family, psi, seeds, hidden, config, overrides)
+  done, runs = _load_previous(_OUT.value, setting, _STAGES.value, seeds)
+  runs = _with(runs, provenance.collect())
+  curves = _Curves(agent, family, config, psi, setting, seeds, capacity,
+                   done, runs)
+  curves = {seed: curves.run_seed(seed) for seed in seeds}
+  summary, means = _summary(curves)
+  print(json.dumps(dict(summary=summary)), flush=True)
+  result = _result(setting, seeds, curves, True, capacity, runs)
+  result['summary'] = summary
+  if _OUT.value:
+    common.write_json(_OUT.value + '.json', result)
+    _plot(family, psi, seeds, curves, means, summary, _OUT.value + '.png')
 
-  capacity = capacity_for(_STAGES.value)
-  config = slbo.SLBOConfig(
+
+def _capacity(family, stages) -> int:
+  """The dataset's capacity: every real sample fits, so nothing is
+  overwritten, and sampling (indices below the dataset's size) does not
+  depend on the capacity, so a curve extended to more stages (its dataset
+  grown) equals an unbroken one."""
+  return max(10_000, stages * _REAL_ENVS.value * family.horizon)
+
+
+def _slbo_config(family, hidden, capacity):
+  """The SLBOConfig of the flags (before --set)."""
+  return slbo.SLBOConfig(
       n_inner=_N_INNER.value, n_policy=_N_POLICY.value,
       n_rollouts=_ROLLOUTS.value, rollout_steps=_ROLLOUT_STEPS.value,
       dataset_capacity=capacity,
@@ -182,17 +211,13 @@ def run():
                         action_clip=None if family.action_bound is None
                         else family.action_bound),
       real=RolloutConfig(n_envs=_REAL_ENVS.value))
-  overrides = parse_sets(_SET.value)
-  try:
-    config = presets.apply_overrides(config, overrides)
-  except ValueError as e:
-    raise common.UsageError(f'--set: {e}') from None
-  agent = slbo.SLBO(family, config)
-  psi = jnp.asarray(psi)
+
+
+def _setting(family, psi, seeds, hidden, config, overrides) -> dict:
+  """Everything the numbers depend on except the stage count and the
+  seeds, which a continued run may extend."""
   per_stage = slbo.real_samples_per_stage(family, config)
-  # Everything the numbers depend on except the stage count and the seeds,
-  # which a continued run may extend.
-  setting = dict(
+  return dict(
       env=family.name, psi=[float(v) for v in np.asarray(psi)],
       pipeline=getattr(family, 'pipeline', None),
       frame_skip=getattr(family, 'frame_skip', None),
@@ -209,42 +234,55 @@ def run():
                   model_loss=config.model.loss, model_kind=config.model.kind,
                   virtual_start=config.virtual_start,
                   overrides=overrides))
-  done, runs = _load_previous(_OUT.value, setting, _STAGES.value, seeds)
-  runs = _with(runs, provenance.collect())
-  # wall_s: seconds of computing since the curve was started, over every
-  # process that worked on it (this one adds to where the last one stopped).
-  offset = max((row['wall_s'] for c in done.values() for row in c),
-               default=0.0)
-  start = time.time()
 
-  def wall():
-    return round(offset + time.time() - start, 1)
 
-  def evaluate(state, key):
-    out = agent.evaluate(state, psi, key)
+class _Curves:
+  """The learning curves of one setting, one seed at a time: each seed's
+  SLBO run on ψ, its mean policy evaluated before training and after every
+  stage (a JSON line each); with --out, <out>.json rewritten and the
+  seed's state and key checkpointed after every stage, and a seed resumed
+  from its checkpoint.
+
+  Attributes:
+    done: {seed: curve} so far (the earlier run's, then this one's).
+  """
+
+  def __init__(self, agent, family, config, psi, setting, seeds, capacity,
+               done, runs):
+    self.agent, self.psi, self.setting = agent, psi, setting
+    self.family, self.config = family, config
+    self.per_stage = setting['budget']['real_samples_per_stage']
+    self.seeds, self.capacity, self.done, self.runs = (seeds, capacity, done,
+                                                       runs)
+    # wall_s: seconds of computing since the curve was started, over every
+    # process that worked on it (this one adds to where the last one
+    # stopped).
+    self.offset = max((row['wall_s'] for c in done.values() for row in c),
+                      default=0.0)
+    self.start = time.time()
+
+  def wall(self):
+    return round(self.offset + time.time() - self.start, 1)
+
+  def evaluate(self, state, key):
+    out = self.agent.evaluate(state, self.psi, key)
     return float(jnp.mean(out.first_return)), float(jnp.std(out.first_return))
 
-  def run_seed(seed):
-    curve = done.get(seed, [])
+  def run_seed(self, seed):
+    """The curve of `seed` up to --stages: [the initial evaluation, one per
+    stage], continued from its checkpoint where there is one."""
+    curve = self.done.get(seed, [])
     if len(curve) > _STAGES.value:   # already there: nothing to compute
       return curve
     _, key_init, key = jax.random.split(jax.random.key(seed), 3)
-    state = slbo.init(key_init, family, config)
+    state = slbo.init(key_init, self.family, self.config)
     directory = (os.path.join(_OUT.value + '.ckpt', f'seed_{seed}')
                  if _OUT.value else None)
     manager = (checkpoints.Manager(directory, max_to_keep=1)
                if directory else None)
     last = manager.latest_step() if manager else None
     if last is not None and len(curve) > last:
-      # The dataset's capacity grows with --stages: the checkpoint may hold a
-      # smaller one (each seed's own, should a run stop between seeds).
-      saved_data = manager.metadata(last)[0]['data']['data']
-      saved_capacity = saved_data['obs'].shape[0]
-      saved = state if saved_capacity == capacity else slbo.init(
-          key_init, family, dataclasses.replace(
-              config, dataset_capacity=saved_capacity))
-      state, key = manager.restore(last, (saved, key))
-      state = state.replace(data=dataset.grow(state.data, capacity))
+      state, key = self._resume(manager, last, state, key, key_init)
       curve = curve[:last + 1]
       print(json.dumps(dict(seed=seed, resumed_after_stage=last)), flush=True)
     else:
@@ -257,34 +295,53 @@ def run():
         shutil.rmtree(directory)
         manager = checkpoints.Manager(directory, max_to_keep=1)
       key, key_eval = jax.random.split(key)
-      mean, std = evaluate(state, key_eval)
+      mean, std = self.evaluate(state, key_eval)
       curve = [dict(real_samples=0, return_mean=to_jsonable(mean),
-                    return_std=to_jsonable(std), wall_s=wall())]
-      print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
-      done[seed] = curve
-      if manager:   # the curve first: a checkpoint is never ahead of it
-        _write(_OUT.value, setting, seeds, done, False, capacity, runs)
-        _save(manager, 0, (state, key))
+                    return_std=to_jsonable(std), wall_s=self.wall())]
+      self._record(seed, curve, manager, 0, state, key)
     for stage in range(len(curve) - 1, _STAGES.value):
       key, key_stage, key_eval = jax.random.split(key, 3)
-      state, metrics = agent.stage(state, psi, key_stage)
-      mean, std = evaluate(state, key_eval)
+      state, metrics = self.agent.stage(state, self.psi, key_stage)
+      mean, std = self.evaluate(state, key_eval)
       curve.append(dict(
-          real_samples=(stage + 1) * per_stage, return_mean=to_jsonable(mean),
-          return_std=to_jsonable(std),
+          real_samples=(stage + 1) * self.per_stage,
+          return_mean=to_jsonable(mean), return_std=to_jsonable(std),
           model_loss=to_jsonable(metrics.model_loss[-1]),
           virtual_return=to_jsonable(metrics.virtual_return[-1]),
           trpo_accept_rate=to_jsonable(jnp.mean(metrics.trpo_accepted)),
-          wall_s=wall()))
-      print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
-      done[seed] = curve
-      if manager:
-        _write(_OUT.value, setting, seeds, done, False, capacity, runs)
-        _save(manager, stage + 1, (state, key))
+          wall_s=self.wall()))
+      self._record(seed, curve, manager, stage + 1, state, key)
     return curve
 
-  curves = {seed: run_seed(seed) for seed in seeds}
-  x = [c['real_samples'] for c in curves[seeds[0]]]
+  def _resume(self, manager, last, state, key, key_init):
+    """(state, key) of the checkpoint after stage `last`, its dataset grown
+    to this run's capacity."""
+    # The dataset's capacity grows with --stages: the checkpoint may hold a
+    # smaller one (each seed's own, should a run stop between seeds).
+    saved_data = manager.metadata(last)[0]['data']['data']
+    saved_capacity = saved_data['obs'].shape[0]
+    saved = state if saved_capacity == self.capacity else slbo.init(
+        key_init, self.family, dataclasses.replace(
+            self.config, dataset_capacity=saved_capacity))
+    state, key = manager.restore(last, (saved, key))
+    return state.replace(data=dataset.grow(state.data, self.capacity)), key
+
+  def _record(self, seed, curve, manager, step, state, key):
+    """The curve's new point: its JSON line; with --out, <out>.json, then
+    the checkpoint of `step` (the curve first: a checkpoint is never ahead
+    of it)."""
+    print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
+    self.done[seed] = curve
+    if manager:
+      _write(_OUT.value, self.setting, self.seeds, self.done, False,
+             self.capacity, self.runs)
+      _save(manager, step, (state, key))
+
+
+def _summary(curves):
+  """(summary, means): the mean over seeds of the initial, final and best
+  real return, each seed's final − initial, and the means (seeds,
+  stages + 1) they come from."""
   means = np.array([[json_number(c['return_mean'])
                      for c in curve[:_STAGES.value + 1]]
                     for curve in curves.values()])   # (seeds, stages + 1)
@@ -294,38 +351,42 @@ def run():
       best=to_jsonable(np.max(np.mean(means, axis=0))),
       final_minus_initial_per_seed=[to_jsonable(v)
                                     for v in means[:, -1] - means[:, 0]])
-  print(json.dumps(dict(summary=summary)), flush=True)
-  result = _result(setting, seeds, curves, True, capacity, runs)
-  result['summary'] = summary
-  if _OUT.value:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    import matplotlib.ticker  # pylint: disable=g-import-not-at-top
-    common.write_json(_OUT.value + '.json', result)
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    if len(seeds) == 1:
-      e = np.array([json_number(c['return_std']) for c in curves[seeds[0]]])
-      ax.plot(x, means[0], marker='o', label=f'seed {seeds[0]}')
-      ax.fill_between(x, means[0] - e, means[0] + e, alpha=0.2,
-                      label='± std over episodes')
-    else:
-      for seed, row in zip(seeds, means):
-        ax.plot(x, row, alpha=0.4, lw=1, label=f'seed {seed}')
-      ax.plot(x, means.mean(axis=0), marker='o', color='k', lw=2,
-              label=f'mean of {len(seeds)} seeds')
-    ax.axhline(summary['initial'], color='grey', ls='--', lw=1,
-               label='initial policy')
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
-        lambda v, _: f'{v / 1000:g}k' if v else '0'))
-    ax.set_xlabel('real samples')
-    ax.set_ylabel('real return (mean policy)')
-    ax.set_title(f'SLBO on {family.name}, ψ = '
-                 f'{[round(float(v), 2) for v in np.asarray(psi)]}')
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(_OUT.value + '.png', dpi=100)
+  return summary, means
+
+
+def _plot(family, psi, seeds, curves, means, summary, path) -> None:
+  """<out>.png: each seed's curve (with its std over episodes for one
+  seed, with their mean for several) and the initial policy's return."""
+  # Not at the top: matplotlib loads only when a curve is drawn (--out),
+  # its Agg backend chosen first.
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+  x = [c['real_samples'] for c in curves[seeds[0]]]
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  if len(seeds) == 1:
+    e = np.array([json_number(c['return_std']) for c in curves[seeds[0]]])
+    ax.plot(x, means[0], marker='o', label=f'seed {seeds[0]}')
+    ax.fill_between(x, means[0] - e, means[0] + e, alpha=0.2,
+                    label='± std over episodes')
+  else:
+    for seed, row in zip(seeds, means):
+      ax.plot(x, row, alpha=0.4, lw=1, label=f'seed {seed}')
+    ax.plot(x, means.mean(axis=0), marker='o', color='k', lw=2,
+            label=f'mean of {len(seeds)} seeds')
+  ax.axhline(summary['initial'], color='grey', ls='--', lw=1,
+             label='initial policy')
+  ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+      lambda v, _: f'{v / 1000:g}k' if v else '0'))
+  ax.set_xlabel('real samples')
+  ax.set_ylabel('real return (mean policy)')
+  ax.set_title(f'SLBO on {family.name}, ψ = '
+               f'{[round(float(v), 2) for v in np.asarray(psi)]}')
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
 
 
 if __name__ == '__main__':

@@ -41,9 +41,11 @@ from experiments import common
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
 import numpy as np
 
 from experiments import step_truth_analysis as analysis
+from experiments import workdir as workdir_lib
 from experiments.common import UsageError, read_json, run_main, write_json
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -99,9 +101,6 @@ def run():
   log = common.timed_log(start)
   check = settings()
   common.enable_compilation_cache()
-  import jax  # pylint: disable=g-import-not-at-top
-  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-
   workdir = _WORKDIR.value
   family, config, record = workdir_lib.load_config(workdir)
   if config.algo != 'admrl':

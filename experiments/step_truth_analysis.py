@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from admrl_jax.config import RolloutConfig
 from admrl_jax.evaluation import stats
+from admrl_jax.meta import admrl
+from admrl_jax.rl import rollout
 
 
 def make_program(family, config, check):
@@ -21,12 +26,6 @@ def make_program(family, config, check):
   η is the mean first return of `check['episodes']` real episodes of θ̂,
   the same episodes' keys in every column (common random numbers).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
-  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
-  from admrl_jax.rl import rollout  # pylint: disable=g-import-not-at-top
-
   algorithm = admrl.AdMRL(family, config)
   collect = rollout.make_collect_fn(
       family, algorithm.engine.policy_fn,

@@ -59,6 +59,7 @@ import json
 import math
 import os
 import time
+from typing import Any, NamedTuple, Optional
 
 from absl import app
 from absl import flags
@@ -69,6 +70,20 @@ from experiments import hooks
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import numpy as np
+
+from admrl_jax import checkpoints
+from admrl_jax import envs
+from admrl_jax.evaluation import adaptation
+from admrl_jax.evaluation import metrics as metrics_lib
+from admrl_jax.evaluation import optimum
+from admrl_jax.evaluation import stats
+from experiments import astar as astar_lib
+from experiments import baselines
+from experiments import presets
+from experiments import training as driver
+from experiments import workdir as workdir_lib
 from experiments.common import (UsageError, json_number, parse_floats,
                                 parse_seeds, read_json, run_main, wait,
                                 write_json)
@@ -134,8 +149,6 @@ def study_settings():
     if alphas is not None:
       per_arm[arm] = list(alphas)
       continue
-    from admrl_jax import envs  # pylint: disable=g-import-not-at-top
-    from experiments import presets  # pylint: disable=g-import-not-at-top
     if _ENV.value not in envs.names():
       raise UsageError(f'--env: unknown environment {_ENV.value!r}; valid: '
                        f'{", ".join(envs.names())}')
@@ -204,6 +217,9 @@ class StopStudy(Exception):
 
 # --------------------------------------------------------------------- run
 def run():
+  """Flags → the study in --workdir: every arm trained, A* and every
+  member's adaptations measured (each piece saved as it finishes), then
+  study.json, study.md and the figures."""
   start = time.time()
   log = common.timed_log(start)
 
@@ -215,14 +231,64 @@ def run():
   runs = training_runs(settings)
   scale = SCALES[settings['scale']]
 
-  from experiments.common import enable_compilation_cache  # pylint: disable=g-import-not-at-top
-  enable_compilation_cache()
+  common.enable_compilation_cache()
   os.makedirs(workdir, exist_ok=True)
   write_json(os.path.join(workdir, 'study_config.json'), settings)
 
-  from admrl_jax.evaluation import adaptation, optimum  # pylint: disable=g-import-not-at-top
-  # The arms share the family (`training_runs` checks); A* and the
-  # model-based adaptation use the scale's SLBO settings.
+  plan = study_plan(settings, runs, scale)
+  members = {algo: [(s, a) for s in r[3] for a in r[2]]
+             for algo, r in runs.items()}
+  log(f'study of {", ".join(settings["algos"])} on {settings["env"]} '
+      f'({settings["scale"]} scale) in {workdir}: seeds {settings["seeds"]}, '
+      f'alphas {settings["alphas"]}; {len(plan.tasks)} evaluation tasks, '
+      f'A_n at n = {list(plan.adapt_config.budgets)}, A* {plan.method}'
+      + (f' ({plan.astar_budget} real samples per task)'
+         if plan.astar_budget else ''))
+  pieces = Pieces(total_units(runs, members, plan, scale), log,
+                  _STOP_AFTER.value)
+  try:
+    astar, evaluations = run_pieces(runs, members, plan, scale, workdir,
+                                    pieces, log)
+  except StopStudy:
+    log(f'stopped after {pieces.count} piece(s) (--stop_after_pieces); '
+        'rerun the same command to continue')
+    return
+  report = summarize(settings, runs, members, plan.tasks, plan.adapt_config,
+                     astar, plan.method, plan.astar_budget, evaluations,
+                     workdir)
+  write_outputs(report, runs, workdir, log)
+  timings = read_json(os.path.join(workdir, 'timings.json'), {})
+  timings[f'session_{time.strftime("%Y-%m-%dT%H:%M:%S")}'] = round(
+      time.time() - start, 1)
+  write_json(os.path.join(workdir, 'timings.json'), timings)
+
+
+class StudyPlan(NamedTuple):
+  """How the arms are evaluated (`study_plan`).
+
+  Attributes:
+    family, config: the first arm's family (the arms share it) and the
+      reference config, whose SLBO settings A* and the model-based
+      adaptation use.
+    tasks: the evaluation tasks (t, k).
+    stage_samples: real samples per adaptation stage.
+    adapt_config: the `adaptation.AdaptationConfig` of A0 and A_n.
+    method: how A* is measured ('closed_form' or 'slbo').
+    astar_budget: A*'s real samples per task (None for the closed form).
+  """
+  family: Any
+  config: Any
+  tasks: Any
+  stage_samples: int
+  adapt_config: Any
+  method: str
+  astar_budget: Optional[int]
+
+
+def study_plan(settings, runs, scale) -> StudyPlan:
+  """The study's evaluation tasks, adaptation and A* (`StudyPlan`): the
+  arms share the family (`training_runs` checks); A* and the model-based
+  adaptation use the scale's SLBO settings."""
   family0 = runs[settings['algos'][0]][0]
   config0 = reference_config(settings)
   tasks = eval_tasks(family0, scale)
@@ -233,64 +299,64 @@ def run():
   method = optimum.default_method(family0)
   astar_budget = (None if method == 'closed_form'
                   else scale.astar_stages * stage_samples)
+  return StudyPlan(family0, config0, tasks, stage_samples, adapt_config,
+                   method, astar_budget)
 
-  # Work in VirtualTraining iterations, for the ETA (an iteration of a
-  # meta-RL baseline, and its adaptation to a task, count as one).
-  def train_units(config, n_members):
-    if baseline_config(config):
-      return n_members * config.n_iterations
-    s = config.slbo
-    per_task = s.n_zeroshot + config.n_slbo * s.n_inner
-    return n_members * per_task * config.n_tasks
 
-  n_vt_adapt = (config0.slbo.n_zeroshot
-                + scale.stages[-1] * config0.slbo.n_inner)
+# Work in VirtualTraining iterations, for the ETA (an iteration of a
+# meta-RL baseline, and its adaptation to a task, count as one).
+def train_units(config, n_members) -> float:
+  """The work of training an arm's `n_members` members."""
+  if baseline_config(config):
+    return n_members * config.n_iterations
+  s = config.slbo
+  per_task = s.n_zeroshot + config.n_slbo * s.n_inner
+  return n_members * per_task * config.n_tasks
 
-  def adapt_units(algo):
-    return 1 if is_baseline(algo) else n_vt_adapt
 
-  members = {algo: [(s, a) for s in r[3] for a in r[2]]
-             for algo, r in runs.items()}
+def adapt_units(algo, plan: StudyPlan, scale) -> float:
+  """The work of adapting one member of arm `algo` to one task."""
+  if is_baseline(algo):
+    return 1
+  return (plan.config.slbo.n_zeroshot
+          + scale.stages[-1] * plan.config.slbo.n_inner)
+
+
+def total_units(runs, members, plan: StudyPlan, scale) -> float:
+  """The study's work: training, adaptation and A*'s SLBO runs."""
   total = sum(train_units(r[1], len(members[a])) for a, r in runs.items())
-  total += sum(len(m) * len(tasks) * adapt_units(a)
+  total += sum(len(m) * len(plan.tasks) * adapt_units(a, plan, scale)
                for a, m in members.items())
-  n_astar = 0 if method == 'closed_form' else len(tasks) + scale.astar_repeats
-  total += n_astar * scale.astar_stages * config0.slbo.n_inner
-  log(f'study of {", ".join(settings["algos"])} on {settings["env"]} '
-      f'({settings["scale"]} scale) in {workdir}: seeds {settings["seeds"]}, '
-      f'alphas {settings["alphas"]}; '
-      f'{len(tasks)} evaluation tasks, A_n at n = {list(adapt_config.budgets)}'
-      f', A* {method}'
-      + (f' ({astar_budget} real samples per task)' if astar_budget else ''))
-  pieces = Pieces(total, log, _STOP_AFTER.value)
-  try:
-    for algo, (family, config, alphas, seeds, record) in runs.items():
-      train(algo, family, config, alphas, seeds, record, workdir, pieces,
-            train_units(config, len(members[algo])) / iterations(config),
-            log)
-    astar = astar_values(family0, config0, tasks, method, astar_budget,
-                         stage_samples, scale, workdir, pieces, log)
-    evaluations = {}
-    for algo, (family, config, alphas, seeds, record) in runs.items():
-      evaluations[algo] = evaluate(algo, family, config, members[algo],
-                                   tasks, adapt_config, workdir, pieces,
-                                   adapt_units(algo), log,
-                                   hooks.THROTTLE_S.value)
-  except StopStudy:
-    log(f'stopped after {pieces.count} piece(s) (--stop_after_pieces); '
-        'rerun the same command to continue')
-    return
-  report = summarize(settings, runs, members, tasks, adapt_config, astar,
-                     method, astar_budget, evaluations, workdir)
+  n_astar = (0 if plan.method == 'closed_form'
+             else len(plan.tasks) + scale.astar_repeats)
+  return total + n_astar * scale.astar_stages * plan.config.slbo.n_inner
+
+
+def run_pieces(runs, members, plan: StudyPlan, scale, workdir, pieces, log):
+  """Every piece of the study in turn: training, A*, the evaluations;
+  returns (A*, {algo: evaluation}). StopStudy after --stop_after_pieces."""
+  for algo, (family, config, alphas, seeds, record) in runs.items():
+    train(algo, family, config, alphas, seeds, record, workdir, pieces,
+          train_units(config, len(members[algo])) / iterations(config), log)
+  astar = astar_values(plan.family, plan.config, plan.tasks, plan.method,
+                       plan.astar_budget, plan.stage_samples, scale, workdir,
+                       pieces, log)
+  evaluations = {}
+  for algo, (family, config, _, _, _) in runs.items():
+    evaluations[algo] = evaluate(algo, family, config, members[algo],
+                                 plan.tasks, plan.adapt_config, workdir,
+                                 pieces, adapt_units(algo, plan, scale), log,
+                                 hooks.THROTTLE_S.value)
+  return astar, evaluations
+
+
+def write_outputs(report, runs, workdir, log) -> None:
+  """study.json, study.md and the figures, with a line."""
   write_json(os.path.join(workdir, 'study.json'), report)
   with open(os.path.join(workdir, 'study.md'), 'w') as f:
     f.write(markdown(report))
   draw(report, runs, workdir)
   log(f'wrote {os.path.join(workdir, "study.json")}, study.md and figures/')
-  timings = read_json(os.path.join(workdir, 'timings.json'), {})
-  timings[f'session_{time.strftime("%Y-%m-%dT%H:%M:%S")}'] = round(
-      time.time() - start, 1)
-  write_json(os.path.join(workdir, 'timings.json'), timings)
 
 
 def iterations(config) -> int:
@@ -301,7 +367,6 @@ def iterations(config) -> int:
 
 def baseline_config(config) -> bool:
   """Whether an arm's resolved config is a meta-RL baseline's."""
-  from experiments import baselines  # pylint: disable=g-import-not-at-top
   return baselines.is_baseline(config)
 
 
@@ -310,8 +375,6 @@ def train(algo, family, config, alphas, seeds, record, workdir, pieces,
   """Trains (or resumes) one algorithm's members; one piece per task
   iteration, or per iteration of a meta-RL baseline (counted through the
   driver's checkpoint lines)."""
-  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from experiments import training as driver  # pylint: disable=g-import-not-at-top
   run_dir = os.path.join(workdir, 'train', algo)
   done = checkpoints.Manager(os.path.join(run_dir, 'checkpoints')
                              ).latest_step() if os.path.isdir(run_dir) else None
@@ -343,8 +406,6 @@ def astar_values(family, config, tasks, method, budget, stage_samples, scale,
                  workdir, pieces, log):
   """A* per task (closed form, or cached SLBO runs) and the repeats that
   measure its noise: {'values': (t,), 'repeats': [...]}."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from experiments import astar as astar_lib  # pylint: disable=g-import-not-at-top
   cache = os.path.join(workdir, 'astar_cache.json')
   units = scale.astar_stages * config.slbo.n_inner
 
@@ -384,11 +445,6 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
   (`Adaptation.adapt`), a meta-RL baseline by its own rule
   (`baselines.Evaluator`: MAML's inner step, PEARL's posterior), with the
   same keys, tasks and evaluation episodes."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
-  from experiments import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-
   path = os.path.join(workdir, 'eval', f'{algo}.json')
   blank = dict(members=[dict(seed=s, alpha=a) for s, a in members],
                tasks=np.asarray(tasks, np.float64).tolist(),
@@ -409,7 +465,6 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
   pieces.skip((len(members) * len(tasks) - len(todo)) * units)
   if not todo:
     return result
-  from experiments import baselines  # pylint: disable=g-import-not-at-top
   run_dir = os.path.join(workdir, 'train', algo)
   _, run_config, record = workdir_lib.load_config(run_dir)
   state, _ = workdir_lib.load_state(run_dir, family, run_config, record)
@@ -460,10 +515,6 @@ def summarize(settings, runs, members, tasks, adapt_config, astar, method,
               astar_budget, evaluations, workdir):
   """Every measure of the study as a JSON-able dict (no wall times: a
   resumed study gives the same study.json as an uninterrupted one)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
-
   budgets = [0] + list(adapt_config.budgets)
   astar_v = np.asarray(astar['values'], np.float64)
   methods = {}   # label -> per-seed arrays
@@ -538,7 +589,6 @@ def _standard_errors(result):
   """The standard errors of A0 and A_n of an evaluation,
   (members, tasks, 1 + budgets), NaN where not measured; None when the
   evaluation predates them."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   if any(v is None for row in result['a0_se'] for v in row):
     return None
   a0 = np.asarray([[json_number(v) for v in row] for row in result['a0_se']])
@@ -585,8 +635,6 @@ def _real_samples(workdir, runs):
 def _paired(a, b):
   """The paired t-interval and p-value (keys of `stats.paired_t`) and the
   bootstrap interval (`boot_lo`, `boot_hi`, `p_below_zero`) of a − b."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
   out = {k: np.asarray(v).tolist() if k != 'n' else v
          for k, v in stats.paired_t(a, b).items()}
   boot = stats.paired_bootstrap(a, b)
@@ -599,8 +647,6 @@ def _paired(a, b):
 def diagnostics(workdir, runs):
   """Task-gradient diagnostics of every gradient arm, per α (from its
   metrics.jsonl), keyed by the arm's label ('admrl α=0.5')."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
   out = {}
   for arm, run in runs.items():
     if not is_adversary(arm):
@@ -609,12 +655,12 @@ def diagnostics(workdir, runs):
     normalized = run[1].step_rule == 'normalized'
     for alpha in sorted({line['alpha'] for line in lines}):
       rows = [line for line in lines if line['alpha'] == alpha]
-      out[arm_label(arm, alpha)] = _gradient_diagnostics(
-          rows, alpha, normalized, np, stats)
+      out[arm_label(arm, alpha)] = _gradient_diagnostics(rows, alpha,
+                                                         normalized)
   return out
 
 
-def _gradient_diagnostics(rows, alpha, normalized, np, stats):
+def _gradient_diagnostics(rows, alpha, normalized):
   by_seed = {}
   for line in rows:
     by_seed.setdefault(line['seed'], []).append(line)
@@ -654,7 +700,6 @@ def boundary_fractions(workdir, runs):
   """{label: fraction of the training tasks after the first (every seed)
   on the boundary of the box (some |u_j| ≥ 0.999)}: how much of each arm's
   training happened on faces, edges and corners."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   out = {}
   for arm in runs:
     groups = {}
@@ -701,8 +746,17 @@ MEASURES = (('Gmax_n', 'Gmax_n'), ('CVaR_Gn', 'CVaR₀.₂₅ G_n'),
 
 
 def markdown(report) -> str:
-  """study.md: the tables of a report."""
-  from admrl_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
+  """study.md: the tables of a report, section by section."""
+  lines = []
+  for section in (_md_header, _md_real_samples, _md_measures, _md_paired,
+                  _md_negative_gaps, _md_astar_repeats, _md_boundary,
+                  _md_diagnostics):
+    lines += section(report)
+  return '\n'.join(lines)
+
+
+def _md_header(report):
+  """The title and the study's settings."""
   lines = [f'# Study: {report["env"]}, {report["scale"]} scale', '']
   s = report['settings']
   lines += [f'Seeds {s["seeds"]}; algorithms {", ".join(s["algos"])}; '
@@ -712,13 +766,19 @@ def markdown(report) -> str:
             + f'; real samples per training run: {report["real_samples"]}.',
             '', 'Mean over seeds [95% t-interval]; n = 0 is zero-shot (A0).',
             '']
-  lines += ['## Real samples of training', '',
-            'Real environment steps of each method\'s (meta-)training run, '
-            'per seed: its `real_samples` after the last iteration (AdMRL '
-            'and the model-based arms: the dataset\'s and the task '
-            'gradient\'s roll-outs; MAML: every pre- and post-update '
-            'episode; PEARL: every collected transition). Mean over seeds '
-            '[min, max].', '', '| method | real samples |', '|---|---|']
+  return lines
+
+
+def _md_real_samples(report):
+  """Each method's real samples of training, and the standard errors of
+  the A_n."""
+  lines = ['## Real samples of training', '',
+           'Real environment steps of each method\'s (meta-)training run, '
+           'per seed: its `real_samples` after the last iteration (AdMRL '
+           'and the model-based arms: the dataset\'s and the task '
+           'gradient\'s roll-outs; MAML: every pre- and post-update '
+           'episode; PEARL: every collected transition). Mean over seeds '
+           '[min, max].', '', '| method | real samples |', '|---|---|']
   lines += [f'| {label} | {method_samples(m)} |'
             for label, m in report['methods'].items()]
   lines.append('')
@@ -734,6 +794,12 @@ def markdown(report) -> str:
               'those episodes (the measurement\'s own noise, per member and '
               f'task) has median {sorted(median)[len(median) // 2]:.3g} and '
               f'maximum {max(worst):.3g} over every method and n.', '']
+  return lines
+
+
+def _md_measures(report):
+  """A table per measure: each method's mean and interval per n."""
+  lines = []
   budgets = report['budgets']
   for key, title in MEASURES:
     lines += [f'## {title}', '',
@@ -743,79 +809,111 @@ def markdown(report) -> str:
       lines.append(f'| {label} | ' + ' | '.join(
           _fmt_ci(row[key], j) for j in range(len(budgets))) + ' |')
     lines.append('')
-  if report['paired']:
-    n_seeds = len(s['seeds'])
-    few = n_seeds < stats.MIN_BOOTSTRAP_SEEDS
-    lines += ['## Paired differences, gradient arm − other arm (per seed)', '',
-              'Mean difference [95% paired t-interval] (two-sided p of a '
-              'paired t-test); '
-              + (f'with {n_seeds} seeds a bootstrap has too few distinct '
-                 'resamples, so its interval is not shown. ' if few else
-                 'then the 95% bootstrap interval. ')
-              + 'Negative Gmax_n, CVaR or mean G_n differences favour '
-              'the first arm.', '']
-    for key, title in MEASURES:
-      lines += [f'### {title}', '',
-                '| comparison | ' + ' | '.join(f'n = {b}' for b in budgets)
-                + ' |', '|---|' + '---|' * len(budgets)]
-      for label, row in report['paired'].items():
-        lines.append(f'| {label} | ' + ' | '.join(
-            _fmt_paired(row[key], j, few) for j in range(len(budgets)))
-                     + ' |')
-      lines.append('')
-  if any(report['negative_gaps'].values()):
-    cause = ('the noise of A_n, a mean over a few episodes, around a '
-             'closed-form A*' if report['astar_budget'] is None else
-             'A* underestimated by its budget, or the noise of A_n')
-    lines += [f'Cells (seed × task × n) with G_n < 0, i.e. A_n above A* '
-              f'({cause}): '
-              + ', '.join(f'{k}: {v}' for k, v in
-                          report['negative_gaps'].items()), '']
-  if report['astar_repeats']:
-    lines += ['## A* noise (same task, another seed)', '',
-              '| ψ | A* | A* again |', '|---|---|---|']
-    for r in report['astar_repeats']:
-      lines.append(f'| {", ".join(f"{v:.3g}" for v in r["psi"])} | '
-                   f'{r["astar"]:.4g} | {r["astar_repeat"]:.4g} |')
+  return lines
+
+
+def _md_paired(report):
+  """The paired differences of every gradient arm and every other arm."""
+  if not report['paired']:
+    return []
+  budgets = report['budgets']
+  n_seeds = len(report['settings']['seeds'])
+  few = n_seeds < stats.MIN_BOOTSTRAP_SEEDS
+  lines = ['## Paired differences, gradient arm − other arm (per seed)', '',
+           'Mean difference [95% paired t-interval] (two-sided p of a '
+           'paired t-test); '
+           + (f'with {n_seeds} seeds a bootstrap has too few distinct '
+              'resamples, so its interval is not shown. ' if few else
+              'then the 95% bootstrap interval. ')
+           + 'Negative Gmax_n, CVaR or mean G_n differences favour '
+           'the first arm.', '']
+  for key, title in MEASURES:
+    lines += [f'### {title}', '',
+              '| comparison | ' + ' | '.join(f'n = {b}' for b in budgets)
+              + ' |', '|---|' + '---|' * len(budgets)]
+    for label, row in report['paired'].items():
+      lines.append(f'| {label} | ' + ' | '.join(
+          _fmt_paired(row[key], j, few) for j in range(len(budgets)))
+                   + ' |')
     lines.append('')
-  if report.get('boundary_fraction'):
-    lines += ['## Training tasks on the box\'s boundary', '',
-              'Fraction of the training tasks after the first (every seed) '
-              'with some |u_j| ≥ 0.999: ' + ', '.join(
-                  f'{k} {v:.2f}' for k, v in
-                  report['boundary_fraction'].items()) + '.', '']
-  if report['diagnostics']:
-    lines += ['## Task-gradient diagnostics (gradient arms)', '',
-              '| arm | steps | next gap > current | ‖∂L/∂u‖ median [min, max] '
-              '| step length ‖Δu‖ median [min, max] | step clipped by the box '
-              '| cosine of two estimates, mean (median) |',
-              '|---|---|---|---|---|---|---|']
-    for label, d in report['diagnostics'].items():
-      def q(v):
-        return 'n/a' if v is None else f'{v[2]:.3g} [{v[0]:.3g}, {v[4]:.3g}]'
-      frac = d['gap_raised_fraction']
-      cos_q = d['repeat_cosine_quantiles']
-      lines.append(
-          f'| {label} | {d["steps"]} | '
-          + ('n/a' if frac is None else f'{frac:.2f} of {d["gap_pairs"]}')
-          + f' | {q(d["grad_norm_quantiles"])} | '
-          f'{q(d["step_length_quantiles"])} | '
-          + ('n/a' if d['clipped_fraction'] is None
-             else f'{d["clipped_fraction"]:.2f}')
-          + ' | ' + ('n/a' if d['repeat_cosine_mean'] is None else
-                     f'{d["repeat_cosine_mean"]:.2f} ({cos_q[2]:.2f})')
-          + ' |')
-    lines.append('')
-  return '\n'.join(lines)
+  return lines
+
+
+def _md_negative_gaps(report):
+  """How many cells have A_n above A*, and the likely cause."""
+  if not any(report['negative_gaps'].values()):
+    return []
+  cause = ('the noise of A_n, a mean over a few episodes, around a '
+           'closed-form A*' if report['astar_budget'] is None else
+           'A* underestimated by its budget, or the noise of A_n')
+  return [f'Cells (seed × task × n) with G_n < 0, i.e. A_n above A* '
+          f'({cause}): '
+          + ', '.join(f'{k}: {v}' for k, v in
+                      report['negative_gaps'].items()), '']
+
+
+def _md_astar_repeats(report):
+  """A* of some tasks again, with another seed."""
+  if not report['astar_repeats']:
+    return []
+  lines = ['## A* noise (same task, another seed)', '',
+           '| ψ | A* | A* again |', '|---|---|---|']
+  for r in report['astar_repeats']:
+    lines.append(f'| {", ".join(f"{v:.3g}" for v in r["psi"])} | '
+                 f'{r["astar"]:.4g} | {r["astar_repeat"]:.4g} |')
+  lines.append('')
+  return lines
+
+
+def _md_boundary(report):
+  """The fraction of each arm's training tasks on the box's boundary."""
+  if not report.get('boundary_fraction'):
+    return []
+  return ['## Training tasks on the box\'s boundary', '',
+          'Fraction of the training tasks after the first (every seed) '
+          'with some |u_j| ≥ 0.999: ' + ', '.join(
+              f'{k} {v:.2f}' for k, v in
+              report['boundary_fraction'].items()) + '.', '']
+
+
+def _md_diagnostics(report):
+  """The task-gradient diagnostics of the gradient arms."""
+  if not report['diagnostics']:
+    return []
+  lines = ['## Task-gradient diagnostics (gradient arms)', '',
+           '| arm | steps | next gap > current | ‖∂L/∂u‖ median [min, max] '
+           '| step length ‖Δu‖ median [min, max] | step clipped by the box '
+           '| cosine of two estimates, mean (median) |',
+           '|---|---|---|---|---|---|---|']
+
+  def q(v):
+    return 'n/a' if v is None else f'{v[2]:.3g} [{v[0]:.3g}, {v[4]:.3g}]'
+
+  for label, d in report['diagnostics'].items():
+    frac = d['gap_raised_fraction']
+    cos_q = d['repeat_cosine_quantiles']
+    lines.append(
+        f'| {label} | {d["steps"]} | '
+        + ('n/a' if frac is None else f'{frac:.2f} of {d["gap_pairs"]}')
+        + f' | {q(d["grad_norm_quantiles"])} | '
+        f'{q(d["step_length_quantiles"])} | '
+        + ('n/a' if d['clipped_fraction'] is None
+           else f'{d["clipped_fraction"]:.2f}')
+        + ' | ' + ('n/a' if d['repeat_cosine_mean'] is None else
+                   f'{d["repeat_cosine_mean"]:.2f} ({cos_q[2]:.2f})')
+        + ' |')
+  lines.append('')
+  return lines
 
 
 def draw(report, runs, workdir) -> None:
   """The study's figures under <workdir>/figures/."""
+  # Not at the top: matplotlib loads only when drawing, its Agg backend
+  # chosen first (plots imports pyplot).
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from admrl_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
   out = os.path.join(workdir, 'figures')
   os.makedirs(out, exist_ok=True)
@@ -846,7 +944,6 @@ def draw(report, runs, workdir) -> None:
   alphas = [(m['alpha'], label) for label, m in report['methods'].items()
             if is_adversary(m['algo'])]
   if len(alphas) > 1 and len({label.split(' ')[0] for _, label in alphas}) == 1:
-    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
     fig = Figure(figsize=(5.0, 3.6), layout='constrained')
     ax = fig.subplots()
     alphas.sort()

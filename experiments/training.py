@@ -7,7 +7,20 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 
+import jax
+import numpy as np
+
+from admrl_jax import checkpoints
+from admrl_jax import config_io
+from admrl_jax import envs
+from admrl_jax import fileio
+from admrl_jax.evaluation import metrics as metrics_lib
+from admrl_jax.meta import admrl
+from experiments import logs
+from experiments import presets
+from experiments import provenance
 from experiments.common import (CheckpointError, UsageError, build_family,
                                 family_from_record, parse_family_sets, wait)
 from experiments.progress import Progress, format_seconds, plan
@@ -33,10 +46,8 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
   meta-RL baseline's run instead (`experiments.baselines.resolve`): config
   is then a `baselines.Baseline`, alphas [None].
   """
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
+  # Not at the top: experiments.baselines imports this module.
   from experiments import baselines  # pylint: disable=g-import-not-at-top
-  from experiments import presets  # pylint: disable=g-import-not-at-top
 
   if algo is None and config_file is not None:
     algo = baselines.algo_of_file(config_file)  # a baseline run's record
@@ -50,14 +61,7 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
   if algo is not None and algo not in admrl.ALGOS:
     raise UsageError(f'--algo: unknown algorithm {algo!r}; valid: '
                      f'{", ".join(admrl.ALGOS + baselines.ALGOS)}')
-  if preset not in presets.NAMES:
-    raise UsageError(f'--preset: unknown preset {preset!r}; valid: '
-                     f'{", ".join(presets.NAMES)}')
-  from admrl_jax import envs  # pylint: disable=g-import-not-at-top
-  if env not in envs.names():
-    raise UsageError(f'--env: unknown environment {env!r}; valid: '
-                     f'{", ".join(envs.names())} (a family of another '
-                     'module: --family_module)')
+  check_preset_and_env(preset, env)
   fields = parse_family_sets(env, family_sets)
   config, family_overrides, _ = presets.preset(env, preset)
   if config_file is not None:
@@ -65,40 +69,73 @@ def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
   if alphas is not None and (not alphas or any(not a > 0 for a in alphas)):
     raise UsageError(f'--alpha: step sizes must be > 0, got {alphas}')
   seeds = list(seeds)
-  if sweep not in ('vmap', 'map'):
-    raise UsageError(f'--sweep: expected vmap or map, got {sweep!r}')
+  check_sweep(sweep)
   overrides = {} if algo is None else {'algo': algo}
   if ntasks is not None:
-    if ntasks < 1:
-      raise UsageError(f'--ntasks must be >= 1, got {ntasks}')
-    overrides['n_tasks'] = str(ntasks)
+    overrides['n_tasks'] = str(check_ntasks(ntasks))
   overrides.update(sets or {})
-  try:
-    config = presets.apply_overrides(config, overrides)
-  except ValueError as e:
-    raise UsageError(f'--set: {e}') from None
+  config = presets.apply_sets(config, overrides)
   alphas = ([presets.default_alpha(env, config)] if alphas is None
             else list(alphas))
-  horizon = (horizon if horizon is not None
-             else family_overrides.get('horizon'))
-  family = build_family(env, pipeline, horizon, frame_skip=frame_skip,
-                        fields=fields)
-  # The resolved pipeline (not the flag), so that the run is rebuilt with the
-  # same physics even if the default changes.
-  record = dict(env=env, preset=preset,
+  family = build_family(env, pipeline, preset_horizon(horizon,
+                                                      family_overrides),
+                        frame_skip=frame_skip, fields=fields)
+  record = run_record(env, preset, family, alphas, seeds, sweep, config, x64,
+                      family_modules, fields)
+  return family, config, alphas, seeds, record
+
+
+# The steps of `resolve` that `baselines.resolve` shares.
+def check_preset_and_env(preset, env) -> None:
+  """UsageError naming --preset or --env when either is unknown."""
+  if preset not in presets.NAMES:
+    raise UsageError(f'--preset: unknown preset {preset!r}; valid: '
+                     f'{", ".join(presets.NAMES)}')
+  if env not in envs.names():
+    raise UsageError(f'--env: unknown environment {env!r}; valid: '
+                     f'{", ".join(envs.names())} (a family of another '
+                     'module: --family_module)')
+
+
+def check_sweep(sweep) -> None:
+  """UsageError unless --sweep is vmap or map."""
+  if sweep not in ('vmap', 'map'):
+    raise UsageError(f'--sweep: expected vmap or map, got {sweep!r}')
+
+
+def check_ntasks(ntasks) -> int:
+  """--ntasks, or UsageError when it is below 1."""
+  if ntasks < 1:
+    raise UsageError(f'--ntasks must be >= 1, got {ntasks}')
+  return ntasks
+
+
+def preset_horizon(horizon, family_overrides):
+  """--horizon, else the preset's (None: the family's own)."""
+  return (horizon if horizon is not None
+          else family_overrides.get('horizon'))
+
+
+def run_record(env, preset, family, alphas, seeds, sweep, config, x64,
+               family_modules, fields, **head) -> dict:
+  """What config.json holds: the flags, `head` (a baseline's algo and
+  n_iterations) after the preset, and the resolved pipeline, frame skip
+  and horizon (not the flags: the run is rebuilt with the same physics
+  even if a default changes); x64, family_module and family_set only when
+  given (absent, not False or empty, keeps older workdirs valid)."""
+  record = dict(env=env, preset=preset, **head,
                 pipeline=getattr(family, 'pipeline', None),
                 frame_skip=getattr(family, 'frame_skip', None),
                 horizon=family.horizon, alphas=alphas, seeds=seeds,
                 sweep=sweep,
-                config=metrics.to_jsonable(dataclasses.asdict(config)))
-  # Absent (not False, not empty) keeps older workdirs valid.
+                config=metrics_lib.to_jsonable(dataclasses.asdict(config)))
   if x64:
     record['x64'] = True
   if family_modules:
     record['family_module'] = list(family_modules)
   if fields:
     record['family_set'] = fields
-  return family, config, alphas, seeds, record
+  return record
 
 
 def _differences(saved, current, prefix=''):
@@ -192,8 +229,6 @@ def member_sharding(shard, n_members, sweep='vmap'):
     raise UsageError(f'--shard: expected auto, on or off, got {shard!r}')
   if shard == 'off':
     return None, None
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   n_devices = len(devices)
   if sweep != 'vmap':
@@ -233,7 +268,6 @@ def calibrated(family, saved, record, seeds):
   """The run's family with its calibration (Cheetah-Highdim's μ, σ), which
   is part of the run: the saved one on a resume, else measured now;
   recorded in `record`."""
-  import jax  # pylint: disable=g-import-not-at-top
   if saved is not None and saved.get('calibration'):
     family = family_from_record(dict(record,
                                      calibration=saved['calibration']))
@@ -297,62 +331,30 @@ def train(family, config, alphas, seeds, record, workdir, log,
   by `experiments.baselines.train` (the same outer behaviour; α and
   phase_progress do not apply) and returns its batched state.
   """
+  # Not at the top: experiments.baselines imports this module.
   from experiments import baselines  # pylint: disable=g-import-not-at-top
+
   if baselines.is_baseline(config):
     return baselines.train(
         family, config, seeds, record, workdir, log, stop_after=stop_after,
         throttle_s=throttle_s, sharding=sharding,
         wandb_project=wandb_project, keep_checkpoints=keep_checkpoints,
         fallback_to_intact=fallback_to_intact)
-  # Another configuration is refused before anything is written. The first
-  # line, before anything is written or compiled (calibration included),
-  # says what is to be run and an estimate of how long it takes; then the
-  # libraries and settings are recorded (new run) or compared (resume).
-  saved = check_workdir(workdir, record)
-  recorded, keep = resolve_keep(workdir, saved, record, keep_checkpoints)
-  target = config.n_tasks if stop_after is None else min(config.n_tasks,
-                                                           stop_after)
-  first = min(latest_saved_step(workdir), target)
-  log(plan(family, config, len(seeds) * len(alphas), first, target))
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
-  provenance.record_or_check(workdir, provenance.collect(), log)
-
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
-  from admrl_jax import checkpoints
-  from experiments import logs  # pylint: disable=g-import-not-at-top
-
+  members = [(seed, alpha) for seed in seeds for alpha in alphas]
+  saved, recorded, keep, target = start_run(
+      workdir, record, keep_checkpoints, config.n_tasks, stop_after,
+      lambda first, last: plan(family, config, len(members), first, last),
+      log)
   family = calibrated(family, saved, record, seeds)
   log(f'{family.name}: k={family.task_dim}, algo {config.algo}, '
       f'{len(seeds)} seed(s) x {len(alphas)} alpha(s), '
       f'{config.n_tasks} tasks, workdir {workdir}')
-
-  members = [(seed, alpha) for seed in seeds for alpha in alphas]
-  if sharding is not None:
-    devices = sharding.mesh.devices.size
-    log(f'{len(members)} member(s) sharded over {devices} '
-        f'{sharding.mesh.devices.flat[0].platform} device(s), '
-        f'{len(members) // devices} per device')
+  log_sharding(sharding, len(members), log)
   progress = Progress(config, len(members), record['sweep'], log)
   algorithm = admrl.AdMRL(family, config)
-  # One program (kept in the persistent cache), not a dispatch per op.
-  state = jax.jit(jax.vmap(algorithm.init))(
-      jax.numpy.stack([jax.random.key(seed) for seed, _ in members]),
-      jax.numpy.asarray([alpha for _, alpha in members]))
-
-  manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'),
-                                max_to_keep=None if keep == 'all' else keep)
-  if manager.latest_step() is not None:
-    state = resume_state(manager, state, fallback_to_intact, log)
-    if keep != recorded:
-      write_record(workdir, dict(saved or record, keep_checkpoints=keep))
-      log(f'keeping {"every checkpoint" if keep == "all" else keep} from '
-          f'now on (was {recorded}; recorded in config.json)')
-  else:
-    write_record(workdir, record)
-
+  manager, state = open_run(workdir, _init_members(algorithm, members),
+                            saved, record, recorded, keep,
+                            fallback_to_intact, log)
   done = int(np.asarray(state.iteration)[0])
   metrics_log = logs.MetricsLog(workdir, members, keep_below=done,
                                 wandb_project=wandb_project, config=record)
@@ -360,15 +362,34 @@ def train(family, config, alphas, seeds, record, workdir, log,
     state = jax.device_put(state, sharding)
   runner = (PhasedIteration if phase_progress else WholeIteration)(
       algorithm, record['sweep'], sharding, progress, len(members))
-  target = config.n_tasks
-  if stop_after is not None:
-    target = min(target, stop_after)
+  state, done = _run_tasks(runner, state, done, target, config.n_tasks,
+                           manager, metrics_log, progress, phase_progress,
+                           throttle_s, log)
+  metrics_log.close()
+  log(f'finished {done}/{config.n_tasks} task iterations; metrics in '
+      f'{os.path.join(workdir, "metrics.jsonl")}')
+  return state
+
+
+def _init_members(algorithm, members):
+  """The fresh batched state of the (seed, α) members, in one program
+  (kept in the persistent cache), not a dispatch per op."""
+  return jax.jit(jax.vmap(algorithm.init))(
+      jax.numpy.stack([jax.random.key(seed) for seed, _ in members]),
+      jax.numpy.asarray([alpha for _, alpha in members]))
+
+
+def _run_tasks(runner, state, done, target, n_tasks, manager, metrics_log,
+               progress, phase_progress, throttle_s, log):
+  """Task iterations done + 1 … target, each followed by its metrics line,
+  its checkpoint and a progress line (the first compiled first);
+  returns (state, done)."""
   progress.start(done, target)
   compiled = False
   start = time.time()
   while done < target:
     if not compiled:
-      log(f'task {done + 1}/{config.n_tasks}: compiling the task iteration')
+      log(f'task {done + 1}/{n_tasks}: compiling the task iteration')
       t0 = time.time()
       with CacheCount() as cache:
         runner.compile(state, done == 0)
@@ -386,14 +407,65 @@ def train(family, config, alphas, seeds, record, workdir, log,
       time.sleep(throttle_s)
     summary = metrics_log.last_summary
     eta = progress.eta_seconds()
-    log(f'task {done}/{config.n_tasks} done in {elapsed:.1f}s, checkpoint '
+    log(f'task {done}/{n_tasks} done in {elapsed:.1f}s, checkpoint '
         f'saved: {summary}'
         + (f', ETA {format_seconds(eta)}'
            if done < target and eta is not None else ''))
-  metrics_log.close()
-  log(f'finished {done}/{config.n_tasks} task iterations; metrics in '
-      f'{os.path.join(workdir, "metrics.jsonl")}')
-  return state
+  return state, done
+
+
+# The steps of `train` that `baselines.train` shares.
+def start_run(workdir, record, keep_checkpoints, n_iterations, stop_after,
+              plan_line, log):
+  """The first steps of a run, before anything is written or compiled
+  (calibration included): another configuration in `workdir` is refused,
+  the line `plan_line(first, target)` says what is to be run and an
+  estimate of how long it takes, then the libraries and settings are
+  recorded (new run) or compared (resume).
+
+  Returns:
+    (saved, recorded, keep, target): the saved record (None for a new
+    run), the recorded and the new --keep_checkpoints (`resolve_keep`),
+    and the iteration to stop after (`n_iterations`, or `stop_after` if
+    fewer).
+  """
+  saved = check_workdir(workdir, record)
+  recorded, keep = resolve_keep(workdir, saved, record, keep_checkpoints)
+  target = (n_iterations if stop_after is None
+            else min(n_iterations, stop_after))
+  first = min(latest_saved_step(workdir), target)
+  log(plan_line(first, target))
+  provenance.record_or_check(workdir, provenance.collect(), log)
+  return saved, recorded, keep, target
+
+
+def log_sharding(sharding, n_members, log) -> None:
+  """A line saying how the members are sharded (none when unsharded)."""
+  if sharding is not None:
+    devices = sharding.mesh.devices.size
+    log(f'{n_members} member(s) sharded over {devices} '
+        f'{sharding.mesh.devices.flat[0].platform} device(s), '
+        f'{n_members // devices} per device')
+
+
+def open_run(workdir, like, saved, record, recorded, keep,
+             fallback_to_intact, log, what='task iteration'):
+  """(manager, state): the run's checkpoints (the latest `keep` kept) and
+  the state to continue from — the latest checkpoint's on a resume
+  (`resume_state`, structured like `like`; a changed --keep_checkpoints is
+  recorded in config.json, with a line), else `like`, once config.json is
+  written."""
+  manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'),
+                                max_to_keep=None if keep == 'all' else keep)
+  if manager.latest_step() is None:
+    write_record(workdir, record)
+    return manager, like
+  state = resume_state(manager, like, fallback_to_intact, log, what)
+  if keep != recorded:
+    write_record(workdir, dict(saved or record, keep_checkpoints=keep))
+    log(f'keeping {"every checkpoint" if keep == "all" else keep} from '
+        f'now on (was {recorded}; recorded in config.json)')
+  return manager, state
 
 
 def batched(fn, sweep, sharding=None, n_args=1):
@@ -408,7 +480,6 @@ def batched(fn, sweep, sharding=None, n_args=1):
   kernels round differently from unbatched ones, and RL amplifies
   rounding, so a `map` member is bitwise a single run.
   """
-  import jax  # pylint: disable=g-import-not-at-top
 
   def over_members(x, *args):
     if sweep == 'map':
@@ -458,9 +529,6 @@ class PhasedIteration:
     self._compiled = None
 
   def compile(self, state, first):
-    import warnings  # pylint: disable=g-import-not-at-top
-    import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
     carry = jax.eval_shape(self._begin, state, first)
     with warnings.catch_warnings():
       # `end` donates the whole carry for its dataset; θ̂'s parameters and
@@ -471,8 +539,6 @@ class PhasedIteration:
                         self._end.lower(carry).compile())
 
   def __call__(self, state, done):
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from admrl_jax.meta.admrl import PhaseEvent  # pylint: disable=g-import-not-at-top
     begin, phase, end = self._compiled
     first = done == 0
     indices = self._algorithm.phase_indices(first)
@@ -482,7 +548,7 @@ class PhasedIteration:
       carry, report = wait(phase(carry, np.int32(index)))
       values = np.asarray(report.virtual_return), np.asarray(report.model_loss)
       for lane in range(self._n_members):
-        self._progress(PhaseEvent(
+        self._progress(admrl.PhaseEvent(
             task_index=done, phase='zero_shot' if index == 0 else 'stage',
             stage=index, n_stages=n_stages, first=first,
             virtual_return=float(values[0][lane]),
@@ -490,7 +556,7 @@ class PhasedIteration:
     state, metrics = wait(end(carry))
     gaps = np.asarray(metrics.gap)
     for lane in range(self._n_members):
-      self._progress(PhaseEvent(
+      self._progress(admrl.PhaseEvent(
           task_index=done, phase='task_update', stage=0, n_stages=n_stages,
           first=first, virtual_return=float('nan'), model_loss=float('nan'),
           gap=float(gaps[lane])))
@@ -504,7 +570,6 @@ class CacheCount:
   _active = []
 
   def __enter__(self):
-    import jax  # pylint: disable=g-import-not-at-top
     if not CacheCount._active:
       jax.monitoring.register_event_listener(CacheCount._listen)
     self.requests = self.hits = 0
@@ -512,7 +577,6 @@ class CacheCount:
     return self
 
   def __exit__(self, *exc):
-    import jax  # pylint: disable=g-import-not-at-top
     CacheCount._active.remove(self)
     if not CacheCount._active:
       jax.monitoring.unregister_event_listener(CacheCount._listen)
@@ -538,7 +602,6 @@ class CacheCount:
 
 def write_record(workdir, record) -> None:
   """<workdir>/config.json, written atomically."""
-  from admrl_jax import fileio  # pylint: disable=g-import-not-at-top
   fileio.write_json(os.path.join(workdir, 'config.json'), record, indent=2)
 
 
@@ -553,7 +616,6 @@ def resume_state(manager, like, fallback_to_intact, log,
       and the ways out; nothing is moved), or with `fallback_to_intact`
       none restores intact.
   """
-  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
   if fallback_to_intact:
     step, state, corrupt = manager.restore_intact(like)
     for error in corrupt:
@@ -564,6 +626,11 @@ def resume_state(manager, like, fallback_to_intact, log,
     step = manager.latest_step()
     try:
       state = manager.restore(step, like)
+    except checkpoints.IncompatibleCheckpoint as e:
+      raise CheckpointError(
+          f'{e}; left untouched: resume it with the version that wrote it '
+          '(its commit is in provenance.json) or start a new --workdir'
+      ) from None
     except checkpoints.CorruptCheckpoint as e:
       raise CheckpointError(
           f'{e}; left untouched. --fallback_to_intact resumes from the '
@@ -582,7 +649,6 @@ def resume_state(manager, like, fallback_to_intact, log,
 def config_from_file(path, like):
   """--config: the config of a JSON file over `like`; UsageError naming the
   file and the problem."""
-  from admrl_jax import config_io  # pylint: disable=g-import-not-at-top
   try:
     with open(path) as f:
       values = json.load(f)

@@ -32,6 +32,12 @@ from experiments import common
 common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import numpy as np
+
+from admrl_jax import agents
+from admrl_jax.evaluation import viewer
+from admrl_jax.meta import admrl
 from experiments.common import UsageError, run_main
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -64,11 +70,6 @@ def run():
     raise UsageError('--workdir: give a run directory')
   if _ADAPT.value is not None and _ADAPT.value < 0:
     raise UsageError(f'--adapt_iterations must be >= 0, got {_ADAPT.value}')
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax import agents  # pylint: disable=g-import-not-at-top
-  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
-
   try:
     family, config, state = agents.load_state(_WORKDIR.value, _STEP.value,
                                               _MEMBER.value)
@@ -96,7 +97,6 @@ def run():
   policy = make_policy(agents.policy_params(state), deterministic=True)
   out = _OUT.value or os.path.join(_WORKDIR.value, 'watch')
   os.makedirs(out, exist_ok=True)
-  from admrl_jax.evaluation import viewer  # pylint: disable=g-import-not-at-top
   ep, errors = viewer.watch(family, algorithm.networks.model, state.slbo.model,
                      policy, psi, key_episode, out)
   log(f'episode return {float(ep.episode_return):.2f} over '

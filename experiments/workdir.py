@@ -3,6 +3,13 @@ from __future__ import annotations
 
 import os
 
+import jax
+import jax.numpy as jnp
+
+from admrl_jax import checkpoints
+from admrl_jax import config_io
+from admrl_jax.meta import admrl
+from experiments import baselines
 from experiments.common import (UsageError, family_from_record,
                                 import_family_modules)
 
@@ -18,8 +25,6 @@ def load_config(workdir: str):
       or its family cannot be built (a module not importable, an
       unregistered name, a bad field).
   """
-  from admrl_jax import config_io  # pylint: disable=g-import-not-at-top
-
   path = os.path.join(workdir, 'config.json')
   try:
     record, config = config_io.read_run(workdir, baselines=True)
@@ -28,7 +33,6 @@ def load_config(workdir: str):
   except (ValueError, TypeError) as e:
     raise UsageError(f'{path}: {e}') from None
   if config_io.algo_of(record) in config_io.BASELINE_ALGOS:
-    from experiments import baselines  # pylint: disable=g-import-not-at-top
     config = baselines.from_record(record, config)
   import_family_modules(record.get('family_module'),
                         f'{path} (family_module)')
@@ -44,7 +48,6 @@ def load_config(workdir: str):
 def members(record):
   """The (seed, α) pairs of the run, in batch order
   (`config_io.members`)."""
-  from admrl_jax import config_io  # pylint: disable=g-import-not-at-top
   return config_io.members(record)
 
 
@@ -59,13 +62,6 @@ def load_state(workdir: str, family, config, record, step=None):
     checkpoints.CorruptCheckpoint: (a CheckpointError) it does not read or
       does not match its digests; one line naming the step.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
-  from admrl_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from experiments import baselines  # pylint: disable=g-import-not-at-top
-
   if baselines.is_baseline(config):
     like = baselines.init_members(family, config, record['seeds'],
                                   record.get('sweep', 'vmap'))

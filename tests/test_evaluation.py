@@ -766,6 +766,9 @@ def test_family_set_parses_fields_by_type_and_is_recorded(tmp_path):
   assert 'family_set' not in training.resolve(env='lq', preset='smoke')[4]
   for items, message in ((['nope=1'], "lq has no field 'nope'"),
                          (['q_weight=abc'], 'cannot parse q_weight'),
+                         # One parser with --set (`common.parse_value`):
+                         # non-finite floats are refused here too.
+                         (['q_weight=inf'], 'not a finite number'),
                          (['horizon=5'], 'its own flag, --horizon'),
                          (['q_weight'], 'expected field=value'),
                          (['q_weight=-1'], 'must be positive')):
