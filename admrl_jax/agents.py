@@ -280,7 +280,7 @@ def load(workdir: str, step: Optional[int] = None, member: int = 0,
     `make_policy(params, deterministic=True) -> policy(obs, key)`
     (`make_policy_factory`), the `PolicyParams` of the task trained last,
     and the learned dynamics model's state (`state.slbo.model`: network
-    parameters and normalisers; `networks.make_networks(...).model.apply`
+    parameters and normalisers; `networks.make_networks(...).model.predict`
     predicts with it).
   Raises: as `load_state`.
   """

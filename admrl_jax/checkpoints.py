@@ -20,6 +20,13 @@ checkpoint that does not read or does not match is refused with
 `CorruptCheckpoint`, one line naming the step and its directory (and the
 leaves, where known). Checkpoints written before the digests existed still
 restore, unverified (`Manager.digests` is None for them).
+
+Before reading any array, a restore compares the saved tree's leaves (the
+names and shapes orbax recorded) with those of the state it is restored
+as: a checkpoint of another layout (e.g. written before the networks
+became flax modules, whose parameters were [{'w', 'b'}] layers) is
+refused with `IncompatibleCheckpoint`, one line naming the leaves that
+differ.
 """
 from __future__ import annotations
 
@@ -36,7 +43,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from admrl_jax.errors import (CheckpointError, CorruptCheckpoint,  # noqa: F401
-                              StepNotFound, describe_steps)
+                              IncompatibleCheckpoint, StepNotFound,
+                              describe_steps)
 
 # The step metadata file that orbax writes in every step directory, and the
 # key of the digests in its custom metadata.
@@ -142,11 +150,14 @@ class Manager:
     Raises:
       StepNotFound: no checkpoint of `step` (the message lists the saved
         steps).
-      CorruptCheckpoint: it does not read (corrupt files, or a state of
-        another layout), or a leaf differs from its saved digest.
+      IncompatibleCheckpoint: (a CorruptCheckpoint) its leaves' names or
+        shapes are not `like`'s (a state of another layout).
+      CorruptCheckpoint: it does not read (corrupt files), or a leaf
+        differs from its saved digest.
     """
     saved_digests = self.digests(step)
     target = _to_savable(like)
+    self._check_layout(step, target)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     # Before the reads start: a failed one's siblings may report as soon as
     # orbax gives up on them.
@@ -178,6 +189,8 @@ class Manager:
     (nothing is moved or deleted).
 
     Raises:
+      IncompatibleCheckpoint: the latest one holds a state of another
+        layout (not corruption: an earlier one would not fit either).
       CheckpointError: no checkpoint restores (each one's error named), or
         there is none.
     """
@@ -185,6 +198,8 @@ class Manager:
     for step in reversed(self.all_steps()):
       try:
         return step, self.restore(step, like), corrupt
+      except IncompatibleCheckpoint:
+        raise
       except CorruptCheckpoint as e:
         corrupt.append(e)
     if not corrupt:
@@ -209,6 +224,19 @@ class Manager:
       self._manager.reload()
     return target
 
+  def _check_layout(self, step: int, target) -> None:
+    """Raises `IncompatibleCheckpoint` if the tree saved at `step` has
+    other leaves, or leaves of other shapes, than `target` (savable). A
+    tree whose metadata does not read is left to the restore to report."""
+    try:
+      with _quiet_metadata_errors():
+        saved = _leaf_shapes(self.metadata(step))
+    except Exception:  # pylint: disable=broad-except
+      return
+    detail = layout_difference(saved, _leaf_shapes(target))
+    if detail:
+      raise IncompatibleCheckpoint(step, self.path(step), detail)
+
   def _check_step(self, step):
     steps = self.all_steps()
     if step not in steps:
@@ -227,6 +255,45 @@ def _leaf_name(path) -> str:
     else:
       parts.append(str(k))
   return '.'.join(parts)
+
+
+def _leaf_shapes(tree) -> dict:
+  """{leaf name: shape} of a tree of arrays or of orbax's array metadata."""
+  shapes = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    shape = leaf.shape if hasattr(leaf, 'shape') else np.shape(leaf)
+    shapes[_leaf_name(path)] = tuple(shape)
+  return shapes
+
+
+def _listed(names, limit: int = 3) -> str:
+  names = sorted(names)
+  return ', '.join(names[:limit]) + (', …' if len(names) > limit else '')
+
+
+def layout_difference(saved: dict, expected: dict) -> str:
+  """'' when two {leaf name: shape} maps agree, else one line on how the
+  saved one differs: the expected leaves it lacks, the leaves it has that
+  are not expected, and those of another shape (a few of each named)."""
+  missing = expected.keys() - saved.keys()
+  extra = saved.keys() - expected.keys()
+  reshaped = [f'{name} {saved[name]} instead of {expected[name]}'
+              for name in sorted(expected.keys() & saved.keys())
+              if tuple(saved[name]) != tuple(expected[name])]
+  parts = []
+  if missing:
+    parts.append(f'{len(missing)} expected leaves are not in it '
+                 f'({_listed(missing)})')
+  if extra:
+    parts.append(f'{len(extra)} of its leaves are not expected '
+                 f'({_listed(extra)})')
+  if reshaped:
+    parts.append(f'{len(reshaped)} leaves have another shape '
+                 f'({_listed(reshaped, 2)})')
+  if not parts:
+    return ''
+  return ('; '.join(parts) + ' (written by another version of admrl_jax, '
+          'or with other networks or sizes)')
 
 
 def _sha256(x):

@@ -19,6 +19,20 @@ class CorruptCheckpoint(CheckpointError):
     self.step, self.path, self.detail = step, path, detail
 
 
+class IncompatibleCheckpoint(CorruptCheckpoint):
+  """A checkpoint that reads, but holds a state of another layout than the
+  one it is restored as: leaves missing, unexpected or of other shapes (a
+  state written by another version of admrl_jax, or with other networks
+  or sizes). The message is one line naming the step, its directory and
+  the first leaves that differ. Attributes: step, path, detail."""
+
+  def __init__(self, step: int, path: str, detail: str):
+    CheckpointError.__init__(  # pylint: disable=non-parent-init-called
+        self, f'checkpoint {step} ({path}) holds a state of another layout '
+        f'than the one restored: {detail}')
+    self.step, self.path, self.detail = step, path, detail
+
+
 class StepNotFound(ValueError):
   """A step that has no checkpoint; the message lists those that have one
   (the scripts treat it as a bad flag value, exit status 2). Attributes:

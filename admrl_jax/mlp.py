@@ -1,40 +1,72 @@
-"""The one MLP every network of the library is built from, as init/apply.
+"""The MLP every default network of the library is built from: a
+`flax.linen` module.
 
-Hand-written layers [{'w': (n_in, n_out), 'b': (n_out,)}] rather than
-`flax.linen.Dense`: the parameters are drawn from exactly the keys they have
-always been drawn from (one `jax.random.split` of the network's key, one key
-per layer), so every random stream and every committed result stays
-bitwise-identical; flax's per-module key folding would redraw them.
+Dense layers named `hidden_0`, `hidden_1`, … and `out`; the parameters of
+`MLP(features=(32, 32, 3)).init(key, x)` are
+
+    {'params': {'hidden_0': {'kernel': (n_in, 32), 'bias': (32,)},
+                'hidden_1': {'kernel': (32, 32), 'bias': (32,)},
+                'out': {'kernel': (32, 3), 'bias': (3,)}}}
+
+The library's networks (`networks.gaussian_mlp_policy`, `mlp_value`,
+`mlp_model`, `ensemble_model`) wrap it as init/apply functions, as brax's
+network factories wrap theirs (brax.training.networks).
 """
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+Initializer = Callable[..., jax.Array]
 
-def mlp_init(key: jax.Array, sizes: Sequence[int], out_scale: float = 1.0):
-  """Layers [{'w': (n_in, n_out), 'b': (n_out,)}], LeCun-normal weights.
 
-  The last layer's weights are scaled by `out_scale` (small initial policy
-  means, as in common TRPO/PPO practice).
+def default_float():
+  """The default float dtype now: float32, or float64 under
+  `jax_enable_x64` (flax's parameters are float32 by default either way)."""
+  return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def scaled(init: Initializer, scale: float) -> Initializer:
+  """The initialiser `init` with its draws multiplied by `scale`."""
+  if scale == 1.0:
+    return init
+
+  def scaled_init(key, shape, dtype=jnp.float32):
+    return scale * init(key, shape, dtype)
+  return scaled_init
+
+
+class MLP(nn.Module):
+  """x (..., n_in) ↦ (..., features[-1]): Dense layers of `features`,
+  `activation` after each but the last.
+
+  Attributes:
+    features: the layers' output sizes, the last one the MLP's output.
+    activation: hidden activation (tanh: the authors' policy and value).
+    kernel_init: weight initialiser (LeCun normal; biases are zero).
+    out_scale: the last layer's weights are drawn by `kernel_init` times
+      `out_scale` (0.01: the near-zero initial means of the policy, as in
+      common TRPO/PPO practice).
+    param_dtype: the parameters' dtype; None: the default float
+      (`default_float`, float64 under x64, as the tests of derivatives
+      need).
   """
-  layers = []
-  keys = jax.random.split(key, len(sizes) - 1)
-  for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
-    scale = 1.0 / math.sqrt(n_in)
-    if i == len(sizes) - 2:
-      scale *= out_scale
-    layers.append({'w': scale * jax.random.normal(k, (n_in, n_out)),
-                   'b': jnp.zeros((n_out,))})
-  return tuple(layers)
+  features: Sequence[int]
+  activation: Callable[[jax.Array], jax.Array] = jnp.tanh
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  out_scale: float = 1.0
+  param_dtype: Optional[Any] = None
 
-
-def mlp_apply(layers, x: jax.Array, activation=jnp.tanh) -> jax.Array:
-  """The MLP `layers` at x (n_in,) → (n_out,): `activation` on the hidden
-  layers, the last layer linear. Broadcasts over leading axes of x."""
-  for layer in layers[:-1]:
-    x = activation(x @ layer['w'] + layer['b'])
-  return x @ layers[-1]['w'] + layers[-1]['b']
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = (default_float() if self.param_dtype is None
+             else self.param_dtype)
+    *hidden, out = self.features
+    for i, size in enumerate(hidden):
+      x = self.activation(nn.Dense(size, kernel_init=self.kernel_init,
+                                   param_dtype=dtype, name=f'hidden_{i}')(x))
+    return nn.Dense(out, kernel_init=scaled(self.kernel_init, self.out_scale),
+                    param_dtype=dtype, name='out')(x)

@@ -13,13 +13,17 @@ policy or a value function without touching the algorithms:
 
 Each network is a frozen dataclass of pure functions (init / apply, plus
 what its algorithm needs); the parameters they make are any pytree. The
-defaults (`make_networks`) are the authors' networks, bitwise: the same
-functions of `policies.gaussian_mlp` and `models.dynamics` called on the
-same keys.
+defaults (`make_networks`) are the authors' networks as `flax.linen`
+modules (`mlp.MLP`, `policies.gaussian_mlp.GaussianMLPPolicy`) wrapped as
+init/apply, as brax's network factories wrap theirs
+(brax.training.networks). A user's own modules plug in the same way:
+
+    nets = dataclasses.replace(
+        nets, policy=networks.policy_from_module(MyPolicy(action_size)),
+        model=networks.model_from_module(MyDynamics(obs_size), config.model))
 
 The action distribution is a diagonal Gaussian over (mean, log_std),
-written by hand (`DiagGaussian`) rather than taken from distrax: its
-formulas are the ones the committed results were computed with, and TRPO's
+written by hand (`DiagGaussian`) rather than taken from distrax: TRPO's
 Fisher-vector product uses its closed-form Fisher weights in (μ, log σ)
 (`DiagGaussian.fisher_weights`).
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -186,34 +191,86 @@ class Networks:
   value: ValueNetwork
 
 
+# ------------------------------------------------------- flax modules
+def _shape(x):
+  return getattr(x, 'shape', None)
+
+
+def policy_from_module(module: nn.Module) -> PolicyNetwork:
+  """A `PolicyNetwork` of a flax module mapping one normalised observation
+  (obs_size,) to (mean (action_size,), log_std broadcastable to it), the
+  parameters of a `DiagGaussian`: init is `module.init(key, zeros(obs))`,
+  apply `module.apply`.
+
+  Raises (from init):
+    ValueError: the module's mean is not (action_size,).
+  """
+  def init(key, obs_size, action_size):
+    obs = jnp.zeros(obs_size)
+    params = module.init(key, obs)
+    out = jax.eval_shape(module.apply, params, obs)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2
+            and _shape(out[0]) == (action_size,)):
+      raise ValueError(
+          f'the policy module {type(module).__name__} must map '
+          f'({obs_size},) to (mean ({action_size},), log_std), got '
+          f'{jax.tree.map(_shape, out)}')
+    return params
+
+  return PolicyNetwork(init=init, apply=module.apply)
+
+
+def value_from_module(module: nn.Module) -> ValueNetwork:
+  """A `ValueNetwork` of a flax module mapping one normalised observation
+  (obs_size,) to V(s), a scalar or (1,) (reshaped to a scalar)."""
+  def apply(params, obs):
+    return jnp.reshape(module.apply(params, obs), ())
+
+  return ValueNetwork(
+      init=lambda key, obs_size: module.init(key, jnp.zeros(obs_size)),
+      apply=apply)
+
+
+def model_from_module(module: Optional[nn.Module],
+                      config: dynamics.ModelConfig = dynamics.ModelConfig()
+                      ) -> ModelNetwork:
+  """SLBO's deterministic model (`models.dynamics`: its input
+  normalisation and action clip, next-state clip, loss and fit at
+  `config`) with the flax module `module` as its network: one input
+  [normalised s, clipped a] (obs_size + action_size,) to the normalised
+  state change (obs_size,). None: the MLP of `config`
+  (`dynamics.network`). `init` raises ValueError for another output."""
+  return ModelNetwork(
+      init=lambda key, obs_size, action_size: dynamics.fit_init(
+          key, obs_size, action_size, config, module),
+      make_fit=lambda stride: dynamics.make_fit(config, stride, module),
+      update_normalizers=dynamics.update_normalizers,
+      predict=dynamics.make_dynamics_fn(config, module))
+
+
 # -------------------------------------------------------------- defaults
 def gaussian_mlp_policy(config: gm.PolicyConfig = gm.PolicyConfig()
                         ) -> PolicyNetwork:
   """The authors' policy: mean = tanh MLP [obs, *hidden, action] with a
-  small last layer, state-independent log-std (`policies.gaussian_mlp`)."""
+  small last layer, state-independent log-std
+  (`policies.gaussian_mlp.GaussianMLPPolicy`); its entropy is read from
+  the log-std alone."""
   return PolicyNetwork(
       init=lambda key, obs_size, action_size: gm.policy_init(
           key, obs_size, action_size, config),
-      apply=gm.policy_apply,
+      apply=lambda params, obs: gm.policy_apply(params, obs, config),
       batch_entropy=lambda params, obs: gm.entropy(params))
 
 
 def mlp_value(config: gm.ValueConfig = gm.ValueConfig()) -> ValueNetwork:
   """The authors' value function: tanh MLP [obs, *hidden, 1]."""
-  return ValueNetwork(
-      init=lambda key, obs_size: gm.value_init(key, obs_size, config),
-      apply=gm.value_apply)
+  return value_from_module(gm.value_module(config))
 
 
 def mlp_model(config: dynamics.ModelConfig = dynamics.ModelConfig()
               ) -> ModelNetwork:
   """SLBO's deterministic MLP model and its fit (`models.dynamics`)."""
-  return ModelNetwork(
-      init=lambda key, obs_size, action_size: dynamics.fit_init(
-          key, obs_size, action_size, config),
-      make_fit=lambda stride: dynamics.make_fit(config, stride=stride),
-      update_normalizers=dynamics.update_normalizers,
-      predict=dynamics.make_dynamics_fn(config))
+  return model_from_module(None, config)
 
 
 def ensemble_model(config: dynamics.ModelConfig) -> ModelNetwork:
@@ -238,4 +295,3 @@ def make_networks(model: dynamics.ModelConfig = dynamics.ModelConfig(),
                    else mlp_model(model))
   return Networks(model=model_network, policy=gaussian_mlp_policy(policy),
                   value=mlp_value(value))
-

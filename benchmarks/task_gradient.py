@@ -79,7 +79,6 @@ def main(argv):
   from admrl_jax.meta import estimators  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import task_gradient as tg  # pylint: disable=g-import-not-at-top
   from admrl_jax.models import dynamics, normalizer  # pylint: disable=g-import-not-at-top
-  from admrl_jax.policies import gaussian_mlp as gm  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import slbo, virtual  # pylint: disable=g-import-not-at-top
   from benchmarks import synthetic  # pylint: disable=g-import-not-at-top
 
@@ -124,7 +123,8 @@ def main(argv):
   batches = [valued(jax.random.key(i)) for i in (5, 6, 7)]
 
   def log_prob(theta, obs, action):
-    return gm.log_prob(theta, normalizer.normalize(norm, obs), action)
+    return agent.networks.policy.log_prob(
+        theta, normalizer.normalize(norm, obs), action)
 
   rows = {}
   for solver in ('adjoint', 'per_dimension'):

@@ -241,7 +241,6 @@ def _time_parts(agent, state, psi, start_obs, repeats):
   virtual batch with its GAE, and the model fit."""
   import jax  # pylint: disable=g-import-not-at-top
   from admrl_jax.models import normalizer  # pylint: disable=g-import-not-at-top
-  from admrl_jax.policies import gaussian_mlp as gm  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import returns, trpo  # pylint: disable=g-import-not-at-top
   config = agent.config
   norm = state.model.norms.state
@@ -250,7 +249,8 @@ def _time_parts(agent, state, psi, start_obs, repeats):
                                          config.rollout_steps))(
       (agent_state.policy, norm), state.model, psi, start_obs,
       jax.random.key(13))
-  value = jax.vmap(jax.vmap(gm.value_apply, (None, 0)), (None, 0))
+  value = jax.vmap(jax.vmap(agent.networks.value.apply, (None, 0)),
+                   (None, 0))
   obs_n = normalizer.normalize(norm, tr.obs)
   adv, ret = returns.batched_gae(
       tr.reward, value(agent_state.value, obs_n),

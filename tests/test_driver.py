@@ -159,28 +159,39 @@ def test_vmapped_sweep_agrees_with_single_runs_to_rounding(runs):
 
 def test_vmapped_sweep_in_float64_tracks_single_runs(runs):
   """--x64: the vmapped sweep's α = 0.5 lane and α = 0.5 alone (a member of the
-  --sweep=map run: the single-member program) differ only by rounding, over
-  every task iteration: the ψ trajectory agrees to 1e-5 (a normalised step
-  of length α along the task gradient's direction, which carries the
-  solve's rounding: measured 6e-7) and the metrics to 1e-4 (the task
-  gradient, from a 20-iteration Krylov solve stopped early, to 1e-2;
-  measured 4e-4 at task 3)."""
+  --sweep=map run: the single-member program) differ only by rounding.
+
+  Batched and unbatched kernels round differently (1e-16); TRPO amplifies
+  that (the virtual return differs by 1e-11 after the first task, 1e-7
+  after the second) and the task gradient's 20-iteration Krylov solve,
+  stopped at a residual of 0.1–0.2, amplifies it most. So the first two
+  task iterations agree to rounding — ψ, u and the next task to 1e-5, the
+  metrics to 1e-4 (measured: 2e-7 and 2e-6) — and the last one in
+  direction: the task gradients' cosine > 0.99 and the next task within
+  0.05 (measured with the flax networks: cosine 0.9998, 7e-3; a lane
+  mixed up with another member's would differ by O(1))."""
   runs, _ = runs
   sweep = [r for r in _metrics(runs['sweep_x64']) if r['alpha'] == 0.5]
   single = [r for r in _metrics(runs['map_x64']) if r['alpha'] == 0.5]
   assert [r['task_index'] for r in sweep] == [r['task_index']
                                                for r in single] == [0, 1, 2]
-  for a, b in zip(sweep, single):
+  for a, b in zip(sweep[:2], single[:2]):
     for name in ('psi', 'u', 'u_next', 'real_samples'):
       np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-5,
                                  err_msg=name)
     for name in ('model_loss', 'virtual_return', 'return_hat',
-                 'return_star', 'gap', 'residual'):
+                 'return_star', 'gap', 'residual', 'grad_u', 'grad_norm'):
       np.testing.assert_allclose(_number(a[name]), _number(b[name]),
                                  rtol=1e-4, atol=1e-6, err_msg=name)
-    for name in ('grad_u', 'grad_norm'):
-      np.testing.assert_allclose(_number(a[name]), _number(b[name]),
-                                 rtol=1e-2, atol=1e-6, err_msg=name)
+  a, b = sweep[2], single[2]
+  np.testing.assert_allclose(a['psi'], b['psi'], rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(a['u_next'], b['u_next'], atol=0.05)
+  g_a, g_b = _number(a['grad_u']), _number(b['grad_u'])
+  assert g_a @ g_b / np.linalg.norm(g_a) / np.linalg.norm(g_b) > 0.99
+  for name in ('model_loss', 'virtual_return', 'return_hat', 'return_star',
+               'gap'):
+    np.testing.assert_allclose(_number(a[name]), _number(b[name]),
+                               rtol=1e-4, atol=1e-6, err_msg=name)
   # The run really is float64, and says so in its record.
   with open(os.path.join(runs['map_x64'], 'config.json')) as f:
     assert json.load(f)['x64'] is True

@@ -7,11 +7,15 @@ from jax.flatten_util import ravel_pytree
 
 import lq_truth
 from admrl_jax import linalg
+from admrl_jax import networks
 from admrl_jax import types
 from admrl_jax.config import RolloutConfig
 from admrl_jax.meta import estimators
 from admrl_jax.policies import gaussian_mlp as gm
 from admrl_jax.rl import rollout
+
+SMALL = gm.PolicyConfig(hidden=(3,))
+LOG_PROB = networks.gaussian_mlp_policy(SMALL).log_prob  # (θ, s, a)
 
 
 def _batch(rng, family, t=6, n=3):
@@ -48,13 +52,12 @@ def test_reinforce_hessian_surrogate_hvp_dense_and_eq7():
     family = lq_truth.families()[0]
     tr = _batch(rng, family)
     psi = jnp.asarray([0.3, -0.2])
-    theta = gm.policy_init(jax.random.key(0), 2, 2,
-                           gm.PolicyConfig(hidden=(3,)))
+    theta = gm.policy_init(jax.random.key(0), 2, 2, SMALL)
     theta = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(
         jax.random.key(1), x.shape, x.dtype), theta)
     flat, unravel = ravel_pytree(theta)
     surrogate = estimators.reinforce_hessian_objective(
-        family, gm.log_prob, theta, psi, tr, gamma)
+        family, LOG_PROB, theta, psi, tr, gamma)
     dense = jax.hessian(lambda z: surrogate(unravel(z)))(flat)
     v = jnp.asarray(rng.normal(size=flat.size))
     hv = jax.jit(lambda v: linalg.hvp(surrogate, theta, unravel(v)))(v)
@@ -65,7 +68,7 @@ def test_reinforce_hessian_surrogate_hvp_dense_and_eq7():
     weights = r - r.mean()
     t_ep = np.asarray(estimators.time_in_episode(tr))
     ends = np.asarray(tr.done | tr.timeout)
-    logp = lambda z, t, i: gm.log_prob(unravel(z), tr.obs[t, i],
+    logp = lambda z, t, i: LOG_PROB(unravel(z), tr.obs[t, i],
                                        tr.raw_action[t, i])
     grad_logp, hess_logp = jax.grad(logp), jax.hessian(logp)
     expected = np.zeros_like(dense)
@@ -91,8 +94,7 @@ def _valued_setup(rng):
   batch = estimators.ValuedBatch(tr, jnp.asarray(rng.normal(size=(6, 3))),
                                  jnp.asarray(rng.normal(size=(6, 3))))
   psi = jnp.asarray([0.3, -0.2])
-  theta = gm.policy_init(jax.random.key(0), 2, 2,
-                         gm.PolicyConfig(hidden=(3,)))
+  theta = gm.policy_init(jax.random.key(0), 2, 2, SMALL)
   flat, unravel = ravel_pytree(theta)
   return family, tr, batch, psi, theta, flat, unravel
 
@@ -102,7 +104,7 @@ def test_mixed_term_is_the_psi_jacobian_of_the_policy_gradient():
   rng = np.random.default_rng(2)
   with jax.enable_x64(True):
     family, tr, batch, psi, theta, flat, unravel = _valued_setup(rng)
-    objective = estimators.mixed_objective(family, gm.log_prob, batch, 0.99,
+    objective = estimators.mixed_objective(family, LOG_PROB, batch, 0.99,
                                            0.95)
     field = lambda p: ravel_pytree(jax.grad(objective)(theta, p))[0]
     dense = jax.jacobian(field)(psi)                       # (P, k)
@@ -112,7 +114,7 @@ def test_mixed_term_is_the_psi_jacobian_of_the_policy_gradient():
     d_adv = jax.jacobian(lambda p: estimators.advantages(
         family, p, batch, 0.99, 0.95))(psi)                # (T, n, k)
     grad_logp = jax.vmap(jax.vmap(
-        lambda o, a: ravel_pytree(jax.grad(gm.log_prob)(theta, o, a))[0]))(
+        lambda o, a: ravel_pytree(jax.grad(LOG_PROB)(theta, o, a))[0]))(
             tr.obs, tr.raw_action)                          # (T, n, P)
     expected = jnp.einsum('tnp,tnk->pk', grad_logp, d_adv) / 5
     np.testing.assert_allclose(dense, expected, rtol=1e-9, atol=1e-12)
@@ -206,13 +208,13 @@ def test_per_step_hessian_is_the_score_outer_product_times_advantage():
   with jax.enable_x64(True):
     family, tr, batch, psi, theta, flat, unravel = _valued_setup(rng)
     surrogate = estimators.per_step_hessian_objective(
-        family, gm.log_prob, theta, batch, psi, 0.99, 0.95)
+        family, LOG_PROB, theta, batch, psi, 0.99, 0.95)
     dense = jax.hessian(lambda z: surrogate(unravel(z)))(flat)
     v = jnp.asarray(rng.normal(size=flat.size))
     hv = jax.jit(lambda v: linalg.hvp(surrogate, theta, unravel(v)))(v)
     np.testing.assert_allclose(ravel_pytree(hv)[0], dense @ v, rtol=1e-10)
     adv = np.asarray(estimators.advantages(family, psi, batch, 0.99, 0.95))
-    logp = lambda z, t, i: gm.log_prob(unravel(z), tr.obs[t, i],
+    logp = lambda z, t, i: LOG_PROB(unravel(z), tr.obs[t, i],
                                        tr.raw_action[t, i])
     expected = np.zeros_like(dense)
     for t in range(6):

@@ -25,6 +25,14 @@ def _transitions(obs, action, next_obs):
                           done=np.zeros(n, bool), timeout=np.zeros(n, bool))
 
 
+def _layers(params):
+  """The default network's (kernel, bias) pairs, input layer first."""
+  layers = params['params']
+  hidden = sorted((n for n in layers if n.startswith('hidden_')),
+                  key=lambda n: int(n.split('_')[1]))
+  return [(layers[n]['kernel'], layers[n]['bias']) for n in hidden + ['out']]
+
+
 def _linear_system(seed=0):
   """s′ = A s + B a with A near the identity (a stable-ish plant)."""
   rng = np.random.default_rng(seed)
@@ -103,8 +111,13 @@ def test_default_config_is_spec():
   assert config.loss == 'one_step'
   assert (config.action_clip, config.next_state_clip) == (1.0, 100.0)
   params = dyn.model_init(jax.random.key(0), OBS, ACT)
-  assert [l['w'].shape for l in params] == [(5, 1000), (1000, 1000),
-                                            (1000, 3)]
+  assert [w.shape for w, _ in _layers(params)] == [(5, 1000), (1000, 1000),
+                                                   (1000, 3)]
+  # SLBO's initialisation: truncated normal(0, 1e-5) at ±2σ, zero biases.
+  kernel = np.asarray(_layers(params)[1][0])
+  np.testing.assert_allclose(kernel.std(), 1e-5 * 0.8796, rtol=0.01)
+  assert np.abs(kernel).max() <= 2e-5
+  assert all(not np.any(b) for _, b in _layers(params))
   assert config.multi_step_horizon == 2
   with pytest.raises(ValueError, match='loss'):
     dyn.ModelConfig(loss='two_step')
@@ -118,11 +131,11 @@ def _numpy_loss(params, norms, batch, action_clip):
     return (x - np.asarray(norm.mean, np.float64)) / std
   x = np.concatenate([normalize(norms.state, batch.obs),
                       np.clip(batch.action, -action_clip, action_clip)], -1)
-  layers = [{k: np.asarray(v, np.float64) for k, v in l.items()}
-            for l in params]
-  for layer in layers[:-1]:
-    x = np.maximum(x @ layer['w'] + layer['b'], 0.0)
-  pred = x @ layers[-1]['w'] + layers[-1]['b']
+  layers = [(np.asarray(w, np.float64), np.asarray(b, np.float64))
+            for w, b in _layers(params)]
+  for w, b in layers[:-1]:
+    x = np.maximum(x @ w + b, 0.0)
+  pred = x @ layers[-1][0] + layers[-1][1]
   error = pred - normalize(norms.diff, batch.next_obs - batch.obs)
   return np.mean(np.sqrt(np.mean(error**2, -1)))
 
@@ -166,8 +179,9 @@ def test_predict_clips_next_state_in_normalised_units():
   params = dyn.model_init(jax.random.key(0), OBS, ACT, config)
   norms = normalizer.normalizers_init(OBS, ACT)
   # The network predicts a normalised diff of 1e6 on every dimension.
-  params = params[:-1] + ({'w': jnp.zeros_like(params[-1]['w']),
-                           'b': jnp.full((OBS,), 1e6)},)
+  out = params['params']['out']
+  params = {'params': dict(params['params'], out={
+      'kernel': jnp.zeros_like(out['kernel']), 'bias': jnp.full((OBS,), 1e6)})}
   state_norm = normalizer.Normalizer(mean=jnp.asarray([1.0, 0.0, -2.0]),
                                      var=jnp.asarray([4.0, 1.0, 0.25]),
                                      count=jnp.asarray(10, jnp.int32))
@@ -280,9 +294,10 @@ def _numpy_multi_step_loss(params, norms, runs, config):
   def net(x, a):
     z = np.concatenate([(x - np.asarray(norms.state.mean)) /
                         np.asarray(norms.state.std), np.clip(a, -1, 1)])
-    for layer in params[:-1]:
-      z = np.maximum(z @ np.asarray(layer['w']) + np.asarray(layer['b']), 0)
-    return z @ np.asarray(params[-1]['w']) + np.asarray(params[-1]['b'])
+    layers = [(np.asarray(w), np.asarray(b)) for w, b in _layers(params)]
+    for w, b in layers[:-1]:
+      z = np.maximum(z @ w + b, 0)
+    return z @ layers[-1][0] + layers[-1][1]
   tr = jax.tree.map(np.asarray, runs.transitions)
   diff_mean, diff_std = (np.asarray(norms.diff.mean),
                          np.asarray(norms.diff.std))

@@ -1,6 +1,8 @@
 """Networks as values (admrl_jax.networks): the default bundle is the
-authors' networks exactly, and a user's own model and policy, defined here
-without touching the library, run through SLBO and AdMRL."""
+functions of policies.gaussian_mlp and models.dynamics exactly, and a
+user's own model and policy (init/apply written here around the library's
+flax `MLP`, without touching the library) run through SLBO and AdMRL.
+tests/test_user_networks.py plugs in user-defined flax modules."""
 import dataclasses
 
 import jax
@@ -13,7 +15,7 @@ from flax import struct
 from admrl_jax import envs
 from admrl_jax import networks
 from admrl_jax.meta import admrl
-from admrl_jax.mlp import mlp_apply, mlp_init
+from admrl_jax.mlp import MLP
 from admrl_jax.models import dataset as dataset_lib
 from admrl_jax.models import dynamics
 from admrl_jax.models import ensemble
@@ -29,7 +31,7 @@ N_MEMBERS = 5
 # ------------------------------------------- a probabilistic ensemble
 @struct.dataclass
 class EnsembleState:
-  params: tuple           # MLP layers with a leading (N_MEMBERS,) axis
+  params: dict            # MLP variables with a leading (N_MEMBERS,) axis
   opt_state: object
   norms: normalizer.Normalizers
 
@@ -40,23 +42,28 @@ def ensemble_model(hidden=(32, 32), n_steps=10, batch_size=64, lr=1e-3):
   (trajectory sampling, Chua et al. 2018) and sample its Gaussian."""
   optimizer = optax.adam(lr)
 
-  def heads(layers, norms, obs, action):
-    out = mlp_apply(layers, jnp.concatenate(
-        [normalizer.normalize(norms.state, obs), action]), jax.nn.relu)
+  def net(obs_size):
+    return MLP(hidden + (2 * obs_size,), activation=jax.nn.relu,
+               out_scale=0.1)
+
+  def heads(params, norms, obs, action):
+    out = net(obs.shape[-1]).apply(params, jnp.concatenate(
+        [normalizer.normalize(norms.state, obs), action]))
     mean, log_std = jnp.split(out, 2)
     return mean, jnp.clip(log_std, -5.0, 1.0)
 
   def init(key, obs_size, action_size):
-    sizes = (obs_size + action_size,) + hidden + (2 * obs_size,)
-    params = jax.vmap(lambda k: mlp_init(k, sizes, out_scale=0.1))(
+    inputs = jnp.zeros(obs_size + action_size)
+    params = jax.vmap(lambda k: net(obs_size).init(k, inputs))(
         jax.random.split(key, N_MEMBERS))
     return EnsembleState(params=params, opt_state=optimizer.init(params),
                          norms=normalizer.normalizers_init(obs_size,
                                                            action_size))
 
   def nll(params, norms, batch):
-    def member(layers):
-      mean, log_std = jax.vmap(lambda s, a: heads(layers, norms, s, a))(
+    def member(member_params):
+      mean, log_std = jax.vmap(
+          lambda s, a: heads(member_params, norms, s, a))(
           batch.obs, batch.action)
       target = normalizer.normalize(norms.diff, batch.next_obs - batch.obs)
       return jnp.mean(0.5 * ((target - mean) * jnp.exp(-log_std))**2
@@ -84,14 +91,14 @@ def ensemble_model(hidden=(32, 32), n_steps=10, batch_size=64, lr=1e-3):
     return obs + normalizer.denormalize(state.norms.diff, normalized_diff)
 
   def predict(state, obs, action):  # the ensemble's mean
-    means = jax.vmap(lambda l: heads(l, state.norms, obs, action)[0])(
+    means = jax.vmap(lambda p: heads(p, state.norms, obs, action)[0])(
         state.params)
     return next_state(state, obs, jnp.mean(means, axis=0))
 
   def sample(state, obs, action, key_rollout, key_step):
     member = jax.random.randint(key_rollout, (), 0, N_MEMBERS)
-    layers = jax.tree.map(lambda x: x[member], state.params)
-    mean, log_std = heads(layers, state.norms, obs, action)
+    member_params = jax.tree.map(lambda x: x[member], state.params)
+    mean, log_std = heads(member_params, state.norms, obs, action)
     noise = jax.random.normal(key_step, mean.shape, mean.dtype)
     return next_state(state, obs, mean + jnp.exp(log_std) * noise)
 
@@ -102,13 +109,14 @@ def ensemble_model(hidden=(32, 32), n_steps=10, batch_size=64, lr=1e-3):
 
 
 # ----------------------------- a policy with a state-dependent log-std
-def state_dependent_policy(hidden=(32, 32)):
+def state_dependent_policy(action_size, hidden=(32, 32)):
+  net = MLP(hidden + (2 * action_size,), out_scale=0.01)
+
   def init(key, obs_size, action_size):
-    return mlp_init(key, (obs_size,) + hidden + (2 * action_size,),
-                    out_scale=0.01)
+    return net.init(key, jnp.zeros(obs_size))
 
   def apply(params, obs):
-    mean, log_std = jnp.split(mlp_apply(params, obs), 2)
+    mean, log_std = jnp.split(net.apply(params, obs), 2)
     return mean, jnp.clip(log_std, -5.0, 2.0)
 
   return networks.PolicyNetwork(init=init, apply=apply)
@@ -120,10 +128,10 @@ def lq_smoke():
   return envs.make('lq', **family_overrides), config, alpha
 
 
-def _custom_networks(config):
+def _custom_networks(config, family):
   return dataclasses.replace(
       slbo.default_networks(config.slbo), model=ensemble_model(),
-      policy=state_dependent_policy())
+      policy=state_dependent_policy(family.action_size))
 
 
 def _assert_finite(tree):
@@ -134,11 +142,12 @@ def _assert_finite(tree):
 
 def test_own_networks_slbo_stage(lq_smoke):
   family, config, _ = lq_smoke
-  nets = _custom_networks(config)
+  nets = _custom_networks(config, family)
   engine = slbo.SLBO(family, config.slbo, networks=nets)
   state = slbo.init(jax.random.key(0), family, config.slbo, nets)
-  assert state.model.params[0]['w'].shape[0] == N_MEMBERS
-  assert state.agent.policy[-1]['w'].shape[-1] == 2 * family.action_size
+  assert state.model.params['params']['out']['kernel'].shape[0] == N_MEMBERS
+  assert (state.agent.policy['params']['out']['kernel'].shape[-1]
+          == 2 * family.action_size)
   psi = family.from_u(jnp.full((family.task_dim,), 0.3))
   state, metrics = engine.stage(state, psi, jax.random.key(1))
   assert metrics.model_loss.shape == (config.slbo.n_inner,)
@@ -150,7 +159,8 @@ def test_own_networks_slbo_stage(lq_smoke):
 
 def test_own_networks_admrl_task_iteration(lq_smoke):
   family, config, alpha = lq_smoke
-  algorithm = admrl.AdMRL(family, config, networks=_custom_networks(config))
+  algorithm = admrl.AdMRL(family, config,
+                          networks=_custom_networks(config, family))
   state = algorithm.init(jax.random.key(0), alpha)
   state, _ = algorithm.jitted(state, True)
   state, metrics = algorithm.jitted(state, False)  # with the task gradient
@@ -167,12 +177,13 @@ def test_ensemble_rollouts_keep_one_member():
   step lies nearest that member's mean)."""
   model = ensemble_model(hidden=(8,))
   state = model.init(jax.random.key(0), 3, 2)
-  last = state.params[-1]
-  state = state.replace(params=state.params[:-1] + (
-      {'w': last['w'], 'b': last['b'].at[:, 3:].set(-100.0)},))
+  layers = state.params['params']
+  out = dict(layers['out'], bias=layers['out']['bias'].at[:, 3:].set(-100.0))
+  state = state.replace(params={'params': dict(layers, out=out)})
   obs, action = jnp.ones(3), jnp.ones(2)
-  means = jax.vmap(lambda l: mlp_apply(l, jnp.concatenate([obs, action]),
-                                       jax.nn.relu)[:3])(state.params)
+  net = MLP((8, 6), activation=jax.nn.relu)
+  means = jax.vmap(lambda p: net.apply(p, jnp.concatenate([obs, action]))[
+      :3])(state.params)
   drawn = set()
   for r in range(8):
     key_rollout = jax.random.key(100 + r)
@@ -185,7 +196,7 @@ def test_ensemble_rollouts_keep_one_member():
   assert len(drawn) > 1
 
 
-# ------------------------------------- the default bundle is today's
+# ------------------------------ the default bundle is the module functions
 def test_default_bundle_is_the_authors_networks():
   config = slbo.SLBOConfig(model=dynamics.ModelConfig(hidden=(16, 16)),
                            policy=gm.PolicyConfig(hidden=(8, 8)),
@@ -201,14 +212,18 @@ def test_default_bundle_is_the_authors_networks():
   policy = gm.policy_init(k, 4, 2, config.policy)
   policy_q = gm.policy_init(jax.random.key(4), 4, 2, config.policy)
   obs, action = jnp.linspace(-1, 1, 4), jnp.array([0.3, -0.2])
-  same(nets.policy.sample(policy, obs, k), gm.policy_sample(policy, obs, k))
-  same(nets.policy.mode(policy, obs), gm.policy_apply(policy, obs)[0])
+  same(nets.policy.sample(policy, obs, k),
+       gm.policy_sample(policy, obs, k, config.policy))
+  same(nets.policy.mode(policy, obs),
+       gm.policy_apply(policy, obs, config.policy)[0])
   same(nets.policy.log_prob(policy, obs, action),
-       gm.log_prob(policy, obs, action))
-  same(nets.policy.kl(policy, policy_q, obs), gm.kl(policy, policy_q, obs))
+       gm.log_prob(policy, obs, action, config.policy))
+  same(nets.policy.kl(policy, policy_q, obs),
+       gm.kl(policy, policy_q, obs, config.policy))
   same(nets.policy.entropy(policy, obs[None]), gm.entropy(policy))
   value = gm.value_init(k, 4, config.value)
-  same(nets.value.apply(value, obs), gm.value_apply(value, obs))
+  same(nets.value.apply(value, obs),
+       gm.value_apply(value, obs, config.value))
   same(nets.model.predict(model, obs, action),
        dynamics.predict(model.params, model.norms, obs, action,
                         config.model))
@@ -249,7 +264,7 @@ def test_builtin_ensemble_from_the_driver_flag(lq_smoke):
   assert engine.networks.model.sample is not None
   state = slbo.init(jax.random.key(0), family, config.slbo)
   fresh = state.model.params
-  assert fresh[0]['w'].shape == (
+  assert fresh['params']['hidden_0']['kernel'].shape == (
       config.slbo.model.n_members, family.obs_size + family.action_size,
       config.slbo.model.hidden[0])
   psi = family.from_u(jnp.full((family.task_dim,), 0.3))

@@ -9,15 +9,33 @@ from admrl_jax.policies import gaussian_mlp as gm
 
 def _params(seed, log_std):
   params = gm.policy_init(jax.random.key(seed), 4, 3)
-  return params.replace(log_std=jnp.asarray(log_std, jnp.float32))
+  return gm.with_log_std(params, jnp.asarray(log_std, jnp.float32))
+
+
+def _kernels(mlp):
+  return [mlp[name]['kernel'].shape for name in sorted(mlp)]
 
 
 def test_shapes_and_defaults():
+  """The flax parameter trees: {'params': {'mean': MLP, 'log_std'}} and
+  the value's MLP, layers hidden_0, hidden_1, out; zero biases, LeCun
+  weights (var 1/fan_in, truncated at 2σ) and a last layer of the mean
+  scaled by 0.01."""
   params = gm.policy_init(jax.random.key(0), 4, 3)
-  assert [l['w'].shape for l in params.mlp] == [(4, 32), (32, 32), (32, 3)]
-  np.testing.assert_array_equal(params.log_std, 0.0)  # authors' code
+  mean = params['params']['mean']
+  assert sorted(mean) == ['hidden_0', 'hidden_1', 'out']
+  assert _kernels(mean) == [(4, 32), (32, 32), (32, 3)]
+  np.testing.assert_array_equal(gm.log_std_of(params), 0.0)  # authors' code
+  for layer in mean.values():
+    np.testing.assert_array_equal(layer['bias'], 0.0)
+  wide = gm.policy_init(jax.random.key(1), 400, 3, gm.PolicyConfig((400,)))
+  kernel = np.asarray(wide['params']['mean']['hidden_0']['kernel'])
+  np.testing.assert_allclose(kernel.std() * np.sqrt(400), 1.0, rtol=0.02)
+  assert np.abs(kernel).max() * np.sqrt(400) <= 2.0 / 0.8796 + 1e-5
+  out = np.asarray(wide['params']['mean']['out']['kernel'])
+  np.testing.assert_allclose(out.std() * np.sqrt(400), 0.01, rtol=0.15)
   value = gm.value_init(jax.random.key(1), 4)
-  assert [l['w'].shape for l in value] == [(4, 64), (64, 64), (64, 1)]
+  assert _kernels(value['params']) == [(4, 64), (64, 64), (64, 1)]
   assert gm.value_apply(value, jnp.ones(4)).shape == ()
 
 
@@ -26,8 +44,8 @@ def test_log_prob_entropy_kl_match_closed_forms():
   q = _params(1, [0.0, 0.2, -0.1])
   obs = jnp.asarray([0.3, -1.0, 0.5, 2.0])
   action = jnp.asarray([0.2, -0.4, 1.0])
-  mean_p, std_p = gm.policy_apply(p, obs)[0], np.exp(p.log_std)
-  mean_q, std_q = gm.policy_apply(q, obs)[0], np.exp(q.log_std)
+  mean_p, std_p = gm.policy_apply(p, obs)[0], np.exp(gm.log_std_of(p))
+  mean_q, std_q = gm.policy_apply(q, obs)[0], np.exp(gm.log_std_of(q))
   np.testing.assert_allclose(
       gm.log_prob(p, obs, action),
       stats.norm.logpdf(action, mean_p, std_p).sum(), rtol=1e-5)

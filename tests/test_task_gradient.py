@@ -10,6 +10,7 @@ from jax.flatten_util import ravel_pytree
 
 import lq_truth
 from admrl_jax import linalg
+from admrl_jax import networks
 from admrl_jax.config import RolloutConfig
 from admrl_jax.evaluation import stats
 from admrl_jax.meta import estimators
@@ -18,6 +19,8 @@ from admrl_jax.policies import gaussian_mlp as gm
 from admrl_jax.rl import rollout
 
 EXACT = dict(damping=0.0, scale=1.0, tol=1e-14, iters=200)
+SMALL = gm.PolicyConfig(hidden=(8,))
+LOG_PROB = networks.gaussian_mlp_policy(SMALL).log_prob  # (θ, s, a)
 
 
 def _central_difference(f, x, h=1e-5):
@@ -162,11 +165,11 @@ def hopper_batch(families):
   """Real hopper2d transitions of a small Gaussian MLP policy (float64)."""
   family = families('hopper2d')
   policy = gm.policy_init(jax.random.key(0), family.obs_size,
-                          family.action_size, gm.PolicyConfig(hidden=(8,)))
+                          family.action_size, SMALL)
   # A visible mean so the score terms are not all alike.
-  policy = policy.replace(log_std=policy.log_std - 0.5)
+  policy = gm.with_log_std(policy, gm.log_std_of(policy) - 0.5)
   collect = rollout.make_collector(
-      family, lambda p, obs, key: gm.policy_sample(p, obs, key),
+      family, lambda p, obs, key: gm.policy_sample(p, obs, key, SMALL),
       RolloutConfig(n_envs=16, n_steps=64))
   tr = collect(policy, jnp.asarray([1.0, 1.4]), jax.random.key(1),
                0.0).transitions
@@ -194,7 +197,7 @@ def test_per_dimension_and_adjoint_agree_on_brax_data(hopper_batch):
           solver=solver, hessian='reinforce', linear_solver='cg_normal',
           damping=0.1, gamma=0.99, lam=0.95)
       results[solver] = jax.jit(lambda: tg.from_samples(
-          config, family, gm.log_prob, psi=psi, theta_hat=policy,
+          config, family, LOG_PROB, psi=psi, theta_hat=policy,
           virtual=batch, real_hat=batch, real_star_transitions=tr))()
     a, b = results['per_dimension'], results['adjoint']
     assert bool(a.finite) and bool(b.finite)

@@ -19,7 +19,8 @@ OBS, ACT, N = 3, 2, 256
 SMALL = gm.PolicyConfig(hidden=(8,))
 CONFIG = trpo.TRPOConfig()
 POLICY = networks.gaussian_mlp_policy(SMALL)
-VALUE = networks.mlp_value()
+VALUE_CONFIG = gm.ValueConfig((16, 16))
+VALUE = networks.mlp_value(VALUE_CONFIG)
 TRACES = []
 
 
@@ -34,17 +35,18 @@ trpo_step = jax.jit(_traced_step, static_argnames='config')
 def _policy(key, log_std=(0.2, -0.3)):
   """A small policy with non-trivial means and unequal stds."""
   params = gm.policy_init(key, OBS, ACT, SMALL)
-  mlp = tuple({'w': l['w'] * 30.0 if i == len(params.mlp) - 1 else l['w'],
-               'b': l['b'] + 0.1} for i, l in enumerate(params.mlp))
-  return params.replace(mlp=mlp, log_std=jnp.asarray(log_std,
-                                                     params.log_std.dtype))
+  mean = {name: {'kernel': layer['kernel'] * (30.0 if name == 'out' else 1.0),
+                 'bias': layer['bias'] + 0.1}
+          for name, layer in params['params']['mean'].items()}
+  params = {'params': dict(params['params'], mean=mean)}
+  return gm.with_log_std(params, jnp.asarray(log_std))
 
 
 def _batch(params, key, nan_at=None):
   """obs ~ N(0, I), a ~ π(·|s); Â rewards a large first action component."""
   key_obs, key_act, key_noise = jax.random.split(key, 3)
   obs = jax.random.normal(key_obs, (N, OBS))
-  actions = jax.vmap(gm.policy_sample, (None, 0, 0))(
+  actions = jax.vmap(POLICY.sample, (None, 0, 0))(
       params, obs, jax.random.split(key_act, N))
   adv = actions[:, 0] + 0.5 * jax.random.normal(key_noise, (N,))
   if nan_at is not None:
@@ -54,7 +56,7 @@ def _batch(params, key, nan_at=None):
 
 def _mean_kl(p, q, obs):
   """mean KL(π_p ‖ π_q) straight from the policy's `kl`, summed in float64."""
-  per_sample = jax.vmap(gm.kl, (None, None, 0))(p, q, obs)
+  per_sample = jax.vmap(POLICY.kl, (None, None, 0))(p, q, obs)
   return np.mean(np.asarray(per_sample, np.float64))
 
 
@@ -85,13 +87,12 @@ def test_fisher_vector_product_matches_dense_fisher():
     # Ground truth independent of autodiff of the KL: for a Gaussian with
     # mean μ_θ(s) and log-std ρ, F = mean_s J_μᵀ diag(σ⁻²) J_μ + 2·I on ρ.
     def mean_of(z, o):
-      return gm.policy_apply(unravel(z), o)[0]
+      return POLICY.mode(unravel(z), o)
     jac = jax.jit(jax.vmap(jax.jacobian(mean_of), (None, 0)))(flat_old, obs)
-    inv_var = jnp.exp(-2.0 * old.log_std)
+    inv_var = jnp.exp(-2.0 * gm.log_std_of(old))
     closed = jnp.einsum('nai,a,naj->ij', jac, inv_var, jac) / obs.shape[0]
-    rho = ravel_pytree(old.replace(
-        mlp=jax.tree.map(jnp.zeros_like, old.mlp),
-        log_std=jnp.ones_like(old.log_std)))[0]
+    rho = ravel_pytree(gm.with_log_std(jax.tree.map(jnp.zeros_like, old),
+                                       jnp.ones(ACT)))[0]
     closed = closed + 2.0 * jnp.diag(rho)
     np.testing.assert_allclose(dense, closed, rtol=1e-8, atol=1e-12)
 
@@ -149,7 +150,7 @@ def test_step_is_the_scaled_natural_gradient():
 
 def test_accepted_steps_respect_the_trust_region_without_recompiling():
   params = _policy(jax.random.key(6))
-  start_mean = np.mean(jax.vmap(gm.policy_apply, (None, 0))(
+  start_mean = np.mean(jax.vmap(POLICY.apply, (None, 0))(
       params, jnp.zeros((1, OBS)))[0][:, 0])
   n_accepted = 0
   for i in range(20):
@@ -173,7 +174,7 @@ def test_accepted_steps_respect_the_trust_region_without_recompiling():
     params = new
   assert n_accepted >= 15
   # Â rewards a large first action: its mean must have grown.
-  end_mean = np.mean(jax.vmap(gm.policy_apply, (None, 0))(
+  end_mean = np.mean(jax.vmap(POLICY.apply, (None, 0))(
       params, jnp.zeros((1, OBS)))[0][:, 0])
   assert end_mean > start_mean + 0.1
   assert len(TRACES) == traces  # new batches: one compiled program
@@ -195,7 +196,7 @@ def test_value_fit_reduces_mse_without_recompiling():
   n = 512
   obs = jax.random.normal(jax.random.key(10), (n, OBS))
   returns = jnp.sin(2.0 * obs[:, 0]) + obs[:, 1] * obs[:, 2] + 1.0
-  value = gm.value_init(jax.random.key(11), OBS, gm.ValueConfig((16, 16)))
+  value = gm.value_init(jax.random.key(11), OBS, VALUE_CONFIG)
   opt_state = trpo.value_optimizer(CONFIG).init(value)
   fit = jax.jit(functools.partial(trpo.value_fit, value=VALUE),
                 static_argnames='config')
@@ -225,7 +226,7 @@ def test_value_fit_skips_steps_with_a_nonfinite_return():
   n = 128
   obs = jax.random.normal(jax.random.key(20), (n, OBS))
   returns = (obs[:, 0] + 1.0).at[37].set(jnp.nan)
-  value = gm.value_init(jax.random.key(21), OBS, gm.ValueConfig((16, 16)))
+  value = gm.value_init(jax.random.key(21), OBS, VALUE_CONFIG)
   opt_state = trpo.value_optimizer(CONFIG).init(value)
   new, new_opt, _ = jax.jit(functools.partial(trpo.value_fit, value=VALUE),
                 static_argnames='config')(
@@ -250,7 +251,7 @@ def test_value_fit_is_per_minibatch_adam_on_the_layers():
     n = 200  # 4 minibatches of 48 per epoch, 8 samples left over
     obs = jax.random.normal(jax.random.key(30), (n, OBS))
     returns = jnp.sin(obs[:, 0]) + obs[:, 1]
-    value = gm.value_init(jax.random.key(31), OBS, gm.ValueConfig((16, 16)))
+    value = gm.value_init(jax.random.key(31), OBS, VALUE_CONFIG)
     optimizer = trpo.value_optimizer(config)
     opt_state = optimizer.init(value)
     key = jax.random.key(32)

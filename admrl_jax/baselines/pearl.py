@@ -614,6 +614,56 @@ def _where(cond: jax.Array, x: PyTree, y: PyTree) -> PyTree:
                              a, b), x, y)
 
 
+def _sample_posterior(nets: PEARLNetworks, params: PEARLParams,
+                      config: PEARLConfig, enc: TaskBuffers,
+                      key: jax.Array) -> jax.Array:
+  """z ~ q(z|c) for each of the m tasks of `enc` (leaves (m, …)), c
+  being embedding_batch_size transitions of the task's encoder buffer:
+  (m, latent_size)."""
+  m = enc.size.shape[0]
+  key_ctx, key_eps = jax.random.split(key)
+  context = context_features(
+      jax.vmap(_sample_one_task, (0, 0, None))(
+          enc, jax.random.split(key_ctx, m), config.embedding_batch_size),
+      config.use_next_obs_in_context)
+  mu, var = infer_posterior(nets.encoder, params.encoder, context)
+  return mu + jnp.sqrt(var) * jax.random.normal(key_eps, mu.shape, mu.dtype)
+
+
+def _act_and_step(params: PEARLParams, nets: PEARLNetworks,
+                  family: TaskFamily, psi: jax.Array, env_state,
+                  z: jax.Array, key: jax.Array):
+  """One step of the m tasks' environments (leaves (m, …)) with actions
+  of π(·|s, z) (tanh-squashed, scaled by `action_scale` and clipped for
+  the family): (TaskTransition with the policy's action in [−1, 1], the
+  next environment states)."""
+  obs = env_state.obs
+  mean, log_std = nets.sac.policy.apply(
+      params.policy, jnp.concatenate([obs, z], axis=-1))
+  action, _ = sac.tanh_gaussian_sample(
+      mean, log_std, jax.random.normal(key, mean.shape, mean.dtype))
+  env_action = jax.vmap(family.clip_action)(action_scale(family) * action)
+  next_state = jax.vmap(family.step)(env_state, env_action)
+  reward = jax.vmap(family.reward)(psi, obs, env_action, next_state.obs)
+  done = jax.vmap(family.done)(next_state.obs)
+  return TaskTransition(obs=obs, action=action, reward=reward,
+                        next_obs=next_state.obs, done=done), next_state
+
+
+def _collect_carry_init(env_state, enc: TaskBuffers, latent: int,
+                        key_z: jax.Array) -> _CollectCarry:
+  """Fresh episodes of the reset environments (leaves (m, …)), z from the
+  prior."""
+  m = env_state.obs.shape[0]
+  dtype = env_state.obs.dtype
+  return _CollectCarry(
+      env_state=env_state, t=jnp.zeros((m,), jnp.int32),
+      z=jax.random.normal(key_z, (m, latent), dtype),
+      z_posterior=jnp.zeros((m,), bool), enc=enc,
+      ep_return=jnp.zeros((m,), dtype), return_sum=jnp.zeros((2,), dtype),
+      return_count=jnp.zeros((2,), jnp.int32))
+
+
 def _collect_batch(params: PEARLParams, family: TaskFamily,
                    config: PEARLConfig, psi: jax.Array, enc: TaskBuffers,
                    key: jax.Array, schedule, use_posterior: bool):
@@ -621,52 +671,30 @@ def _collect_batch(params: PEARLParams, family: TaskFamily,
   phase, for each task), one `lax.scan` over the schedule's steps.
 
   psi (m, k); enc the m tasks' encoder buffers. The posterior (an encoder
-  pass over embedding_batch_size transitions per task) and the resets run
-  only on steps where some episode ends (a scalar `lax.cond`, as
-  `rl.rollout`'s resets).
+  pass over embedding_batch_size transitions per task,
+  `_sample_posterior`) and the resets run only on steps where some
+  episode ends (a scalar `lax.cond`, as `rl.rollout`'s resets).
   Returns (transitions (m, T, …), the encoder buffers, return sums (2,),
   counts (2,)) for episodes with z from the prior / the posterior.
   """
   nets = make_networks(config, family.action_size)
-  scale = action_scale(family)
-  latent = config.latent_size
   m = psi.shape[0]
   start_next, posterior, to_enc = (jnp.asarray(f) for f in schedule)
   n_steps = start_next.shape[0]
   key_reset, key_z, key_steps = jax.random.split(key, 3)
   env_state = jax.vmap(family.reset)(jax.random.split(key_reset, m))
-  dtype = env_state.obs.dtype
-
-  def sample_posterior(enc, key):
-    key_ctx, key_eps = jax.random.split(key)
-    context = context_features(
-        jax.vmap(_sample_one_task, (0, 0, None))(
-            enc, jax.random.split(key_ctx, m), config.embedding_batch_size),
-        config.use_next_obs_in_context)
-    mu, var = infer_posterior(nets.encoder, params.encoder, context)
-    return mu + jnp.sqrt(var) * jax.random.normal(key_eps, mu.shape,
-                                                  mu.dtype)
 
   def step(carry: _CollectCarry, xs):
     key_t, start_next_t, posterior_t, to_enc_t = xs
     key_act, key_reset, key_prior, key_post = jax.random.split(key_t, 4)
-    obs = carry.env_state.obs
-    mean, log_std = nets.sac.policy.apply(
-        params.policy, jnp.concatenate([obs, carry.z], axis=-1))
-    action, _ = sac.tanh_gaussian_sample(
-        mean, log_std, jax.random.normal(key_act, mean.shape, mean.dtype))
-    env_action = jax.vmap(family.clip_action)(scale * action)
-    next_state = jax.vmap(family.step)(carry.env_state, env_action)
-    reward = jax.vmap(family.reward)(psi, obs, env_action, next_state.obs)
-    done = jax.vmap(family.done)(next_state.obs)
-    tr = TaskTransition(obs=obs, action=action, reward=reward,
-                        next_obs=next_state.obs, done=done)
+    tr, next_state = _act_and_step(params, nets, family, psi,
+                                   carry.env_state, carry.z, key_act)
     enc = jax.vmap(_add_one_task)(
         carry.enc, jax.tree.map(lambda x: x[:, None], tr),
         jnp.broadcast_to(to_enc_t, (m, 1)))
     t = carry.t + 1
-    end = done | (t >= family.horizon)
-    ep_return = carry.ep_return + reward
+    end = tr.done | (t >= family.horizon)
+    ep_return = carry.ep_return + tr.reward
     kind = carry.z_posterior.astype(jnp.int32)
     return_sum = carry.return_sum.at[kind].add(
         jnp.where(end, ep_return, 0.0))
@@ -676,7 +704,8 @@ def _collect_batch(params: PEARLParams, family: TaskFamily,
     if use_posterior:
       z_end = jax.lax.cond(
           posterior_t & jnp.any(end),
-          lambda: sample_posterior(enc, key_post).astype(z_prior.dtype),
+          lambda: _sample_posterior(nets, params, config, enc,
+                                    key_post).astype(z_prior.dtype),
           lambda: z_prior)
       from_post = posterior_t
     else:
@@ -699,14 +728,8 @@ def _collect_batch(params: PEARLParams, family: TaskFamily,
         return_sum=return_sum, return_count=return_count)
     return carry, tr
 
-  carry = _CollectCarry(
-      env_state=env_state, t=jnp.zeros((m,), jnp.int32),
-      z=jax.random.normal(key_z, (m, latent), dtype),
-      z_posterior=jnp.zeros((m,), bool), enc=enc,
-      ep_return=jnp.zeros((m,), dtype), return_sum=jnp.zeros((2,), dtype),
-      return_count=jnp.zeros((2,), jnp.int32))
   carry, transitions = jax.lax.scan(
-      step, carry,
+      step, _collect_carry_init(env_state, enc, config.latent_size, key_z),
       (jax.random.split(key_steps, n_steps), start_next, posterior, to_enc))
   transitions = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), transitions)
   return transitions, carry.enc, carry.return_sum, carry.return_count
@@ -780,27 +803,28 @@ def target_entropy(family: TaskFamily, config: PEARLConfig) -> float:
   return -float(family.action_size)
 
 
-@jax.jit
-def update(state: PEARLState,
-           key: jax.Array) -> Tuple[PEARLState, UpdateMetrics]:
-  """One PEARL gradient step on a meta-batch (oyster `_take_step`), jitted.
+@struct.dataclass
+class _MetaBatch:
+  """One update's samples (oyster `_take_step`): m = meta_batch tasks
+  drawn with replacement, b = batch_size RL transitions each.
 
-  meta_batch tasks drawn with replacement; per task a context of
-  embedding_batch_size transitions from the encoder buffer and batch_size
-  RL transitions from the RL buffer; one z ~ q(z|c) per task. In order:
-    1. critic + encoder: Σ_i mean((Q_i(s, a, z) − y)²) + kl_lambda ·
-       Σ_tasks KL(q(z|c) ‖ N(0, I)), gradients into Q and the encoder
-       (y from `sac.critic_target` at (s′, z̄), no gradient);
-    2. policy: mean(α log π(ã|s, z̄) − min_i Q_i(s, ã, z̄)) + regularisers,
-       with the Q networks of step 1 and z̄ = stop_gradient(z);
-    3. log α (if auto_alpha): `sac.temperature_update` with step 2's log π;
-    4. target Q ← (1 − τ) target Q + τ Q.
-  Adam on each part. Returns (state, UpdateMetrics).
+  Attributes:
+    batch: RL transitions, leaves (m, b, …).
+    context: encoder inputs, (m, embedding_batch_size, features).
+    eps_z: the reparameterisation noise of z ~ q(z|c), (m, latent_size).
+    eps_next, eps_new: the noises of a′ ~ π(·|s′, z) in the critic's
+      target and of ã ~ π(·|s, z) in the actor's loss, (m, b, action).
   """
-  config, family = state.config, state.family
-  nets = make_networks(config, family.action_size)
-  opts = _optimizers(config)
-  params = state.params
+  batch: TaskTransition
+  context: jax.Array
+  eps_z: jax.Array
+  eps_next: jax.Array
+  eps_new: jax.Array
+
+
+def _meta_batch(state: PEARLState, key: jax.Array) -> _MetaBatch:
+  """The samples of one `update` step, drawn from the state's buffers."""
+  config = state.config
   m, b = config.meta_batch, config.batch_size
   (key_tasks, key_batch, key_ctx, key_z, key_next,
    key_new) = jax.random.split(key, 6)
@@ -811,44 +835,69 @@ def update(state: PEARLState,
                      config.embedding_batch_size),
       config.use_next_obs_in_context)
   dtype = batch.obs.dtype
-  eps_z = jax.random.normal(key_z, (m, config.latent_size), dtype)
-  eps_next = jax.random.normal(key_next, batch.action.shape, dtype)
-  eps_new = jax.random.normal(key_new, batch.action.shape, dtype)
-  alpha = _alpha(params, config)
+  return _MetaBatch(
+      batch=batch, context=context,
+      eps_z=jax.random.normal(key_z, (m, config.latent_size), dtype),
+      eps_next=jax.random.normal(key_next, batch.action.shape, dtype),
+      eps_new=jax.random.normal(key_new, batch.action.shape, dtype))
 
-  def per_transition(z):
-    return jnp.broadcast_to(z[:, None, :], (m, b, config.latent_size))
+
+def _per_transition(z: jax.Array, b: int) -> jax.Array:
+  """A task's z for each of its b transitions: (m, L) → (m, b, L)."""
+  return jnp.broadcast_to(z[:, None, :], (z.shape[0], b, z.shape[-1]))
+
+
+def _critic_step(state: PEARLState, nets: PEARLNetworks, opts: _Optimizers,
+                 mb: _MetaBatch, alpha: jax.Array):
+  """Step 1 of `update`: Adam on the Q networks and the encoder for
+  Σ_i mean((Q_i(s, a, z) − y)²) + kl_lambda · Σ_tasks KL(q(z|c) ‖ N(0, I)).
+
+  Returns:
+    (q_params, q_opt, encoder_params, encoder_opt, (q_loss, kl, z, z_var,
+    q, target)).
+  """
+  config, params, batch = state.config, state.params, mb.batch
 
   def critic_loss(q_params, encoder_params):
-    mu, var = infer_posterior(nets.encoder, encoder_params, context)
-    z = mu + jnp.sqrt(var) * eps_z
+    mu, var = infer_posterior(nets.encoder, encoder_params, mb.context)
+    z = mu + jnp.sqrt(var) * mb.eps_z
     kl = jnp.sum(kl_to_standard_normal(mu, var))
-    z_b = per_transition(z)
+    z_b = _per_transition(z, config.batch_size)
     target = sac.critic_target(
         nets.sac, params.policy, params.target_q,
         jnp.concatenate([batch.next_obs, jax.lax.stop_gradient(z_b)], -1),
-        batch.reward, batch.done, eps_next, alpha, config.discount,
+        batch.reward, batch.done, mb.eps_next, alpha, config.discount,
         config.reward_scale)
     q = nets.sac.q.apply(q_params, jnp.concatenate([batch.obs, z_b], -1),
                          batch.action)
     q_loss = sac.critic_loss(q, target)
     return q_loss + config.kl_lambda * kl, (q_loss, kl, z, var, q, target)
 
-  grads, (q_loss, kl, z, z_var, q, target) = jax.grad(
-      critic_loss, argnums=(0, 1), has_aux=True)(params.q, params.encoder)
+  grads, aux = jax.grad(critic_loss, argnums=(0, 1), has_aux=True)(
+      params.q, params.encoder)
   q_updates, q_opt = opts.q.update(grads[0], state.opt_state.q, params.q)
-  q_params = optax.apply_updates(params.q, q_updates)
   enc_updates, enc_opt = opts.encoder.update(grads[1],
                                              state.opt_state.encoder,
                                              params.encoder)
-  encoder_params = optax.apply_updates(params.encoder, enc_updates)
+  return (optax.apply_updates(params.q, q_updates), q_opt,
+          optax.apply_updates(params.encoder, enc_updates), enc_opt, aux)
 
-  x = jnp.concatenate([batch.obs, per_transition(jax.lax.stop_gradient(z))],
-                      -1)
+
+def _actor_step(state: PEARLState, nets: PEARLNetworks, opts: _Optimizers,
+                mb: _MetaBatch, q_params: PyTree, z: jax.Array,
+                alpha: jax.Array):
+  """Step 2 of `update`: Adam on the policy for mean(α log π(ã|s, z̄) −
+  min_i Q_i(s, ã, z̄)) + regularisers, with step 1's Q networks and
+  z̄ = stop_gradient(z). Returns (policy_params, policy_opt, loss,
+  log π(ã|s, z̄) (m, b))."""
+  config, params = state.config, state.params
+  x = jnp.concatenate(
+      [mb.batch.obs,
+       _per_transition(jax.lax.stop_gradient(z), config.batch_size)], -1)
 
   def actor_loss(policy_params):
     mean, log_std = nets.sac.policy.apply(policy_params, x)
-    action, log_prob = sac.tanh_gaussian_sample(mean, log_std, eps_new)
+    action, log_prob = sac.tanh_gaussian_sample(mean, log_std, mb.eps_new)
     q_min = jnp.min(nets.sac.q.apply(q_params, x, action), axis=0)
     loss = sac.actor_loss(log_prob, q_min, alpha, mean, log_std,
                           config.policy_mean_reg, config.policy_std_reg)
@@ -859,7 +908,41 @@ def update(state: PEARLState,
   pi_updates, pi_opt = opts.policy.update(policy_grad,
                                           state.opt_state.policy,
                                           params.policy)
-  policy_params = optax.apply_updates(params.policy, pi_updates)
+  return (optax.apply_updates(params.policy, pi_updates), pi_opt,
+          policy_loss, log_prob)
+
+
+@jax.jit
+def update(state: PEARLState,
+           key: jax.Array) -> Tuple[PEARLState, UpdateMetrics]:
+  """One PEARL gradient step on a meta-batch (oyster `_take_step`), jitted.
+
+  meta_batch tasks drawn with replacement; per task a context of
+  embedding_batch_size transitions from the encoder buffer and batch_size
+  RL transitions from the RL buffer; one z ~ q(z|c) per task
+  (`_meta_batch`). In order:
+    1. critic + encoder: Σ_i mean((Q_i(s, a, z) − y)²) + kl_lambda ·
+       Σ_tasks KL(q(z|c) ‖ N(0, I)), gradients into Q and the encoder
+       (y from `sac.critic_target` at (s′, z̄), no gradient;
+       `_critic_step`);
+    2. policy: mean(α log π(ã|s, z̄) − min_i Q_i(s, ã, z̄)) + regularisers,
+       with the Q networks of step 1 and z̄ = stop_gradient(z)
+       (`_actor_step`);
+    3. log α (if auto_alpha): `sac.temperature_update` with step 2's log π;
+    4. target Q ← (1 − τ) target Q + τ Q.
+  Adam on each part. Returns (state, UpdateMetrics).
+  """
+  config, family = state.config, state.family
+  nets = make_networks(config, family.action_size)
+  opts = _optimizers(config)
+  params = state.params
+  mb = _meta_batch(state, key)
+  alpha = _alpha(params, config)
+  (q_params, q_opt, encoder_params, enc_opt,
+   (q_loss, kl, z, z_var, q, target)) = _critic_step(state, nets, opts, mb,
+                                                     alpha)
+  policy_params, pi_opt, policy_loss, log_prob = _actor_step(
+      state, nets, opts, mb, q_params, z, alpha)
 
   if config.auto_alpha:
     log_alpha, alpha_opt, alpha_loss = sac.temperature_update(
@@ -867,7 +950,7 @@ def update(state: PEARLState,
         target_entropy(family, config), opts.alpha)
   else:
     log_alpha, alpha_opt = params.log_alpha, state.opt_state.alpha
-    alpha_loss = jnp.zeros((), dtype)
+    alpha_loss = jnp.zeros((), mb.batch.obs.dtype)
 
   new_params = PEARLParams(
       encoder=encoder_params, policy=policy_params, q=q_params,

@@ -80,18 +80,68 @@ class _MinresState:
   root: jax.Array       # ‖A r_k‖ / ‖r_k‖ estimate (least-squares test)
 
 
+def _shifted(matvec: Callable[[PyTree], PyTree], shift: float):
+  """v ↦ (A − shift·I) v (the matvec itself when shift is 0)."""
+  def op(v):
+    return otu.tree_add_scale(matvec(v), -shift, v) if shift else matvec(v)
+  return op
+
+
+def _nonzero(d: jax.Array) -> jax.Array:
+  """d with zeros replaced by ones: a divisor that keeps ‖b‖ = 0 finite."""
+  return jnp.where(d == 0, jnp.ones_like(d), d)
+
+
+def _minres_iteration(op, s: _MinresState, eps: jax.Array) -> _MinresState:
+  """One MINRES iteration (Paige & Saunders 1975; SciPy's `minres`): a
+  Lanczos step, then the Givens rotations of T_k and the update of x."""
+  zero, one = jnp.zeros_like(s.beta), jnp.ones_like(s.beta)
+  v = otu.tree_scale(1.0 / s.beta, s.r2)
+  y = op(v)
+  # Three-term Lanczos recurrence; the r1 term is absent on iteration 0.
+  y = otu.tree_add_scale(
+      y, -jnp.where(s.k > 0, s.beta / _nonzero(s.oldb), zero), s.r1)
+  alfa = otu.tree_vdot(v, y)
+  y = otu.tree_add_scale(y, -alfa / s.beta, s.r2)
+  beta = norm(y)
+  tnorm2 = s.tnorm2 + alfa**2 + s.beta**2 + beta**2
+  # Previous rotation, then the new one that annihilates beta.
+  oldeps = s.epsln
+  delta = s.cs * s.dbar + s.sn * alfa
+  gbar = s.sn * s.dbar - s.cs * alfa
+  epsln = s.sn * beta
+  dbar = -s.cs * beta
+  root = jnp.hypot(gbar, dbar)
+  gamma = jnp.hypot(gbar, beta)
+  # γ ≈ 0: T_k is singular (A singular and b outside its range). The
+  # update direction is undefined there; keep x finite and stop.
+  singular = gamma <= 10.0 * eps * jnp.sqrt(tnorm2)
+  gamma = jnp.where(singular, one, gamma)
+  cs, sn = gbar / gamma, beta / gamma
+  phi = jnp.where(singular, zero, cs * s.phibar)
+  phibar = sn * s.phibar
+  w = otu.tree_scale(1.0 / gamma, otu.tree_add_scale(
+      otu.tree_add_scale(v, -oldeps, s.w2), -delta, s.w))
+  x = otu.tree_add_scale(s.x, phi, w)
+  return _MinresState(k=s.k + 1, x=x, r1=s.r2, r2=y, w=w, w2=s.w,
+                      beta=beta, oldb=s.beta, dbar=dbar, epsln=epsln,
+                      phibar=jnp.where(singular, zero, jnp.abs(phibar)),
+                      cs=cs, sn=sn, tnorm2=tnorm2, root=root)
+
+
 def minres(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
            tol: float = 1e-10, shift: float = 0.0
            ) -> Tuple[PyTree, SolveInfo]:
   """Solves (A − shift·I) x = b for symmetric A by MINRES, x₀ = 0.
 
   The Lanczos recurrence with Givens rotations of Paige & Saunders (as in
-  SciPy's `minres`, unpreconditioned). Stops after `iters` iterations (static)
-  or when the residual estimate ‖r_k‖ ≤ tol·‖b‖; on a Lanczos breakdown
-  (the Krylov space is exhausted); or when ‖A r_k‖ ≤ tol·‖A‖‖r_k‖, i.e. a
-  least-squares solution of a singular, inconsistent system was reached
-  (MINRES then returns a finite iterate with its true residual, though not
-  always the minimum-norm least-squares solution; that needs MINRES-QLP).
+  SciPy's `minres`, unpreconditioned; `_minres_iteration`). Stops after
+  `iters` iterations (static) or when the residual estimate
+  ‖r_k‖ ≤ tol·‖b‖; on a Lanczos breakdown (the Krylov space is exhausted);
+  or when ‖A r_k‖ ≤ tol·‖A‖‖r_k‖, i.e. a least-squares solution of a
+  singular, inconsistent system was reached (MINRES then returns a finite
+  iterate with its true residual, though not always the minimum-norm
+  least-squares solution; that needs MINRES-QLP).
 
   Args:
     matvec: v ↦ A v on pytrees structured like b; A symmetric (any inertia).
@@ -103,14 +153,10 @@ def minres(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
   Returns:
     (x, SolveInfo) with the true relative residual of the returned x.
   """
-  def op(v):
-    return otu.tree_add_scale(matvec(v), -shift, v) if shift else matvec(v)
-
+  op = _shifted(matvec, shift)
   beta1 = norm(b)
   dtype = beta1.dtype
   zeros = otu.tree_zeros_like(b)
-  # ‖b‖ = 0: x = 0 is exact; dividing by a guarded 1 keeps everything finite.
-  safe = lambda d: jnp.where(d == 0, jnp.ones_like(d), d)
   one = jnp.ones((), dtype)
   zero = jnp.zeros((), dtype)
   init = _MinresState(
@@ -126,40 +172,8 @@ def minres(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
             & (s.beta > 10.0 * eps * anorm) & (s.beta > 0)
             & (s.root > tol * anorm))
 
-  def body(s: _MinresState) -> _MinresState:
-    v = otu.tree_scale(1.0 / s.beta, s.r2)
-    y = op(v)
-    # Three-term Lanczos recurrence; the r1 term is absent on iteration 0.
-    y = otu.tree_add_scale(
-        y, -jnp.where(s.k > 0, s.beta / safe(s.oldb), zero), s.r1)
-    alfa = otu.tree_vdot(v, y)
-    y = otu.tree_add_scale(y, -alfa / s.beta, s.r2)
-    beta = norm(y)
-    tnorm2 = s.tnorm2 + alfa**2 + s.beta**2 + beta**2
-    # Previous rotation, then the new one that annihilates beta.
-    oldeps = s.epsln
-    delta = s.cs * s.dbar + s.sn * alfa
-    gbar = s.sn * s.dbar - s.cs * alfa
-    epsln = s.sn * beta
-    dbar = -s.cs * beta
-    root = jnp.hypot(gbar, dbar)
-    gamma = jnp.hypot(gbar, beta)
-    # γ ≈ 0: T_k is singular (A singular and b outside its range). The
-    # update direction is undefined there; keep x finite and stop.
-    singular = gamma <= 10.0 * eps * jnp.sqrt(tnorm2)
-    gamma = jnp.where(singular, one, gamma)
-    cs, sn = gbar / gamma, beta / gamma
-    phi = jnp.where(singular, zero, cs * s.phibar)
-    phibar = sn * s.phibar
-    w = otu.tree_scale(1.0 / gamma, otu.tree_add_scale(
-        otu.tree_add_scale(v, -oldeps, s.w2), -delta, s.w))
-    x = otu.tree_add_scale(s.x, phi, w)
-    return _MinresState(k=s.k + 1, x=x, r1=s.r2, r2=y, w=w, w2=s.w,
-                        beta=beta, oldb=s.beta, dbar=dbar, epsln=epsln,
-                        phibar=jnp.where(singular, zero, jnp.abs(phibar)),
-                        cs=cs, sn=sn, tnorm2=tnorm2, root=root)
-
-  final = jax.lax.while_loop(cond, body, init)
+  final = jax.lax.while_loop(
+      cond, lambda s: _minres_iteration(op, s, eps), init)
   return final.x, SolveInfo(iterations=final.k,
                             residual=_relative_residual(op, final.x, b))
 
@@ -195,9 +209,7 @@ def gmres(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int,
       i.e. no restart. It stores `restart` vectors shaped like b, so a
       smaller value saves memory at the price of convergence.
   """
-  def op(v):
-    return otu.tree_add_scale(matvec(v), -shift, v) if shift else matvec(v)
-
+  op = _shifted(matvec, shift)
   restart = iters if restart is None else restart
   restart = max(1, min(restart, iters))
   maxiter = max(1, iters // restart)
@@ -220,9 +232,7 @@ def dense(matvec: Callable[[PyTree], PyTree], b: PyTree,
     (x, SolveInfo) with iterations = P matvecs and the true residual.
   """
   flat_b, unravel = ravel_pytree(b)
-
-  def op(v):
-    return otu.tree_add_scale(matvec(v), -shift, v) if shift else matvec(v)
+  op = _shifted(matvec, shift)
 
   def column(e):
     return ravel_pytree(op(unravel(e)))[0]

@@ -24,13 +24,14 @@ import dataclasses
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
 from admrl_jax import types
-from admrl_jax.mlp import mlp_apply, mlp_init
+from admrl_jax.mlp import MLP
 from admrl_jax.models import normalizer
 from admrl_jax.models import dataset as dataset_lib
 
@@ -47,7 +48,7 @@ class ModelConfig:
     activation: hidden activation.
     init_std: weights ~ truncated normal(0, init_std) and zero biases, as in
       SLBO (1e-5: the untrained model predicts the mean state change). None
-      uses the repo's LeCun-normal `mlp_init`.
+      uses LeCun-normal weights (`kernel_init`).
     lr: Adam learning rate.
     weight_decay: coefficient of the L2 penalty weight_decay·Σθ²/2 over all
       parameters (coupled, as in SLBO: its gradient is added before clipping
@@ -111,7 +112,7 @@ class ModelConfig:
                        f'{self.weight_decay}')
 
 
-Params = Tuple[Dict[str, jax.Array], ...]
+Params = Any  # the network's flax variables, {'params': …}
 
 
 @struct.dataclass
@@ -119,7 +120,9 @@ class ModelState:
   """Everything that persists across `fit` calls (and across tasks).
 
   Attributes:
-    params: MLP layers [{'w': (n_in, n_out), 'b': (n_out,)}].
+    params: the network's variables, for the default `network(config, ds)`
+      {'params': {'hidden_0': {'kernel': (ds + da, h), 'bias': (h,)}, …,
+      'out': {'kernel': (h, ds), 'bias': (ds,)}}}.
     opt_state: optax state of `make_optimizer(config)`.
     norms: `normalizer.Normalizers`; updated by the caller from real data.
   """
@@ -129,25 +132,48 @@ class ModelState:
 
 
 # ---------------------------------------------------------------- network
-def model_init(key: jax.Array, obs_size: int, action_size: int,
-               config: ModelConfig = ModelConfig()) -> Params:
-  """MLP layers for [obs_size + action_size, *hidden, obs_size]."""
-  sizes = (obs_size + action_size,) + tuple(config.hidden) + (obs_size,)
-  return init_layers(key, sizes, config)
-
-
-def init_layers(key: jax.Array, sizes: Tuple[int, ...],
-                config: ModelConfig = ModelConfig()) -> Params:
-  """MLP layers of the given sizes, initialised as `config.init_std` says
-  (truncated normal, or LeCun-normal `mlp_init` when None)."""
+def kernel_init(config: ModelConfig = ModelConfig()):
+  """The weights' initialiser of `config.init_std`: truncated normal (at
+  two standard deviations, as TF's truncated_normal_initializer, SLBO's)
+  of that standard deviation, or LeCun normal when None."""
   if config.init_std is None:
-    return mlp_init(key, sizes)
-  keys = jax.random.split(key, len(sizes) - 1)
-  # TF's truncated_normal_initializer truncates at two standard deviations.
-  return tuple({'w': config.init_std * jax.random.truncated_normal(
-                    k, -2.0, 2.0, (n_in, n_out)),
-                'b': jnp.zeros((n_out,))}
-               for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:]))
+    return nn.initializers.lecun_normal()
+  return nn.initializers.truncated_normal(config.init_std, lower=-2.0,
+                                          upper=2.0)
+
+
+def network(config: ModelConfig, out_size: int) -> nn.Module:
+  """The default network: an `MLP` [*, *config.hidden, out_size] with
+  `config.activation` and `kernel_init(config)`, zero biases."""
+  return MLP(tuple(config.hidden) + (out_size,),
+             activation=config.activation, kernel_init=kernel_init(config))
+
+
+def _module(module: Optional[nn.Module], config: ModelConfig,
+            obs_size: int) -> nn.Module:
+  return network(config, obs_size) if module is None else module
+
+
+def model_init(key: jax.Array, obs_size: int, action_size: int,
+               config: ModelConfig = ModelConfig(),
+               module: Optional[nn.Module] = None) -> Params:
+  """Variables of `module` (None: `network(config, obs_size)`), which maps
+  the model's input [normalised s, clipped a] (obs_size + action_size,)
+  to the normalised state change (obs_size,).
+
+  Raises:
+    ValueError: `module`'s output is not (obs_size,).
+  """
+  module = _module(module, config, obs_size)
+  inputs = jnp.zeros(obs_size + action_size)
+  params = module.init(key, inputs)
+  out = jax.eval_shape(module.apply, params, inputs)
+  if getattr(out, 'shape', None) != (obs_size,):
+    raise ValueError(f'the dynamics network {type(module).__name__} maps '
+                     f'({obs_size + action_size},) inputs to '
+                     f'{getattr(out, "shape", out)}; a normalised state '
+                     f'change ({obs_size},) is needed')
+  return params
 
 
 def _clip_action(action: jax.Array, config: ModelConfig) -> jax.Array:
@@ -158,21 +184,23 @@ def _clip_action(action: jax.Array, config: ModelConfig) -> jax.Array:
 
 def predict_normalized_diff(params: Params, norms: normalizer.Normalizers,
                             obs: jax.Array, action: jax.Array,
-                            config: ModelConfig = ModelConfig()) -> jax.Array:
+                            config: ModelConfig = ModelConfig(),
+                            module: Optional[nn.Module] = None) -> jax.Array:
   """The network's output: the normalised state change, (obs_size,).
 
   Args:
     obs: s, (obs_size,), raw.
     action: a, (action_size,), raw (clipped here).
+    module: the network (None: `network(config, obs_size)`).
   """
   inputs = jnp.concatenate([normalizer.normalize(norms.state, obs),
                             _clip_action(action, config)])
-  return mlp_apply(params, inputs, config.activation)
+  return _module(module, config, obs.shape[-1]).apply(params, inputs)
 
 
 def predict(params: Params, norms: normalizer.Normalizers, obs: jax.Array,
-            action: jax.Array,
-            config: ModelConfig = ModelConfig()) -> jax.Array:
+            action: jax.Array, config: ModelConfig = ModelConfig(),
+            module: Optional[nn.Module] = None) -> jax.Array:
   """The predicted next state s′ for one unbatched transition, (obs_size,).
 
   s′ = s + denormalize_diff(net(normalize_state(s), clip(a))). Then, as in
@@ -180,10 +208,12 @@ def predict(params: Params, norms: normalizer.Normalizers, obs: jax.Array,
   s′ ← denormalize_state(clip(normalize_state(s′))). Only coordinates that
   are actually clipped are replaced, so an unclipped prediction is not
   perturbed by the round trip's float rounding. Lift with `jax.vmap`.
+  `module` is the network (None: `network(config, obs_size)`).
   """
   chex.assert_rank([obs, action], 1)
   return next_state(
-      norms, obs, predict_normalized_diff(params, norms, obs, action, config),
+      norms, obs,
+      predict_normalized_diff(params, norms, obs, action, config, module),
       config)
 
 
@@ -200,22 +230,24 @@ def next_state(norms: normalizer.Normalizers, obs: jax.Array,
   return jnp.where(jnp.abs(z) > bound, clipped, next_obs)
 
 
-def make_dynamics_fn(config: ModelConfig = ModelConfig()):
-  """`dynamics_fn(model_state, obs, action) -> next_obs` for `rl.virtual`.
+def make_dynamics_fn(config: ModelConfig = ModelConfig(),
+                     module: Optional[nn.Module] = None):
+  """`dynamics_fn(model_state, obs, action) -> next_obs` for `rl.virtual`
+  (`module`: the network, None: `network(config, obs_size)`).
 
   The `ModelState` is the traced model argument, so refitting the model or
   updating its normalisers never recompiles the virtual roll-out.
   """
   def dynamics_fn(state: ModelState, obs: jax.Array,
                   action: jax.Array) -> jax.Array:
-    return predict(state.params, state.norms, obs, action, config)
+    return predict(state.params, state.norms, obs, action, config, module)
   return dynamics_fn
 
 
 # ------------------------------------------------------------------- loss
 def loss(params: Params, norms: normalizer.Normalizers,
-         batch: types.Transition,
-         config: ModelConfig = ModelConfig()) -> jax.Array:
+         batch: types.Transition, config: ModelConfig = ModelConfig(),
+         module: Optional[nn.Module] = None) -> jax.Array:
   """One-step loss: mean over the batch of the per-sample RMS error.
 
   For sample i with e_i = net(s_i, a_i) − normalize_diff(s′_i − s_i), (ds,):
@@ -228,13 +260,15 @@ def loss(params: Params, norms: normalizer.Normalizers,
   Args:
     batch: transitions with leaves (batch, ·); only obs, action and next_obs
       are used.
+    module: the network (None: `network(config, obs_size)`).
   Returns:
     scalar loss.
   """
   chex.assert_rank([batch.obs, batch.action, batch.next_obs], 2)
 
   def per_sample(obs, action, next_obs):
-    error = (predict_normalized_diff(params, norms, obs, action, config)
+    error = (predict_normalized_diff(params, norms, obs, action, config,
+                                     module)
              - normalizer.normalize(norms.diff, next_obs - obs))
     return _rms(error)
 
@@ -248,7 +282,8 @@ def _rms(error):
 
 def multi_step_loss(params: Params, norms: normalizer.Normalizers,
                     runs: dataset_lib.Runs,
-                    config: ModelConfig = ModelConfig()) -> jax.Array:
+                    config: ModelConfig = ModelConfig(),
+                    module: Optional[nn.Module] = None) -> jax.Array:
   """SLBO's multi-step loss over runs of consecutive real transitions.
 
   The model starts from the real state of step 0 and is rolled forward with
@@ -262,11 +297,13 @@ def multi_step_loss(params: Params, norms: normalizer.Normalizers,
 
   Args:
     runs: `dataset.Runs` with leaves (horizon, batch, ·).
+    module: the network (None: `network(config, obs_size)`).
   """
   tr = runs.transitions
   chex.assert_rank([tr.obs, tr.action, tr.next_obs], 3)
   predict_diff = jax.vmap(
-      lambda x, a: predict_normalized_diff(params, norms, x, a, config))
+      lambda x, a: predict_normalized_diff(params, norms, x, a, config,
+                                           module))
   batch_next_state = jax.vmap(lambda x, d: next_state(norms, x, d, config))
 
   def step(x, inputs):
@@ -297,9 +334,11 @@ def make_optimizer(config: ModelConfig) -> optax.GradientTransformation:
 
 
 def fit_init(key: jax.Array, obs_size: int, action_size: int,
-             config: ModelConfig = ModelConfig()) -> ModelState:
-  """Fresh parameters, optimiser state and identity normalisers."""
-  params = model_init(key, obs_size, action_size, config)
+             config: ModelConfig = ModelConfig(),
+             module: Optional[nn.Module] = None) -> ModelState:
+  """Fresh parameters of `module` (None: `network(config, obs_size)`),
+  optimiser state and identity normalisers."""
+  params = model_init(key, obs_size, action_size, config, module)
   return ModelState(params=params,
                     opt_state=make_optimizer(config).init(params),
                     norms=normalizer.normalizers_init(obs_size, action_size))
@@ -331,8 +370,10 @@ def guarded_step(optimizer, params, opt_state, value, grads):
           (value, grad_norm, ~finite))
 
 
-def make_fit(config: ModelConfig = ModelConfig(), stride: int = 1):
-  """Builds the jitted `fit(state, dataset, key) -> (state, metrics)`.
+def make_fit(config: ModelConfig = ModelConfig(), stride: int = 1,
+             module: Optional[nn.Module] = None):
+  """Builds the jitted `fit(state, dataset, key) -> (state, metrics)` of
+  the network `module` (None: `network(config, obs_size)`).
 
   Runs `config.n_steps` Adam steps (`lax.scan`), each on a minibatch of
   `config.batch_size` drawn uniformly with replacement from the dataset's
@@ -370,7 +411,8 @@ def make_fit(config: ModelConfig = ModelConfig(), stride: int = 1):
     def step(carry, key_t):
       params, opt_state = carry
       batch = draw(dataset, key_t)
-      value, grads = loss_and_grad(params, state.norms, batch, config)
+      value, grads = loss_and_grad(params, state.norms, batch, config,
+                                   module)
       return guarded_step(optimizer, params, opt_state, value, grads)
 
     (params, opt_state), (losses, grad_norms, rejected) = jax.lax.scan(

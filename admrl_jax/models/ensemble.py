@@ -17,14 +17,13 @@ Select it with `ModelConfig(kind='ensemble')` (the driver's
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from admrl_jax import types
-from admrl_jax.mlp import mlp_apply
 from admrl_jax.models import dataset as dataset_lib
 from admrl_jax.models import dynamics
 from admrl_jax.models import normalizer
@@ -34,9 +33,10 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 
 @struct.dataclass
 class EnsembleState:
-  """Parameters (MLP layers with a leading (n_members,) axis), optimiser
-  state and the normalisers (updated by the caller from real data)."""
-  params: Tuple[Dict[str, jax.Array], ...]
+  """Parameters (the variables of `dynamics.network(config, 2·ds)` with a
+  leading (n_members,) axis), optimiser state and the normalisers
+  (updated by the caller from real data)."""
+  params: Any
   opt_state: Any
   norms: normalizer.Normalizers
 
@@ -46,28 +46,30 @@ def init(key: jax.Array, obs_size: int, action_size: int,
   """Fresh members (one key each, initialised as `dynamics.model_init`,
   with a doubled output for the log-std head), Adam state and identity
   normalisers."""
-  sizes = (obs_size + action_size,) + tuple(config.hidden) + (2 * obs_size,)
-  params = jax.vmap(lambda k: dynamics.init_layers(k, sizes, config))(
+  module = dynamics.network(config, 2 * obs_size)
+  inputs = jnp.zeros(obs_size + action_size)
+  params = jax.vmap(lambda k: module.init(k, inputs))(
       jax.random.split(key, config.n_members))
   return EnsembleState(
       params=params, opt_state=dynamics.make_optimizer(config).init(params),
       norms=normalizer.normalizers_init(obs_size, action_size))
 
 
-def heads(layers, norms: normalizer.Normalizers, obs: jax.Array,
+def heads(params, norms: normalizer.Normalizers, obs: jax.Array,
           action: jax.Array, config: dynamics.ModelConfig):
   """One member's (μ, log σ) of the normalised state change, (obs_size,)
-  each, for one raw transition."""
+  each, for one raw transition; `params` are that member's variables."""
   action = (action if config.action_clip is None
             else jnp.clip(action, -config.action_clip, config.action_clip))
-  out = mlp_apply(layers, jnp.concatenate(
-      [normalizer.normalize(norms.state, obs), action]), config.activation)
+  out = dynamics.network(config, 2 * obs.shape[-1]).apply(
+      params, jnp.concatenate([normalizer.normalize(norms.state, obs),
+                               action]))
   mean, log_std = jnp.split(out, 2)
   return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
 
 
 def member(params, index: jax.Array):
-  """The layers of member `index` (a traced int)."""
+  """The variables of member `index` (a traced int)."""
   return jax.tree.map(lambda x: x[index], params)
 
 
@@ -76,8 +78,9 @@ def nll(params, norms: normalizer.Normalizers, batch: types.Transition,
   """Mean Gaussian negative log-likelihood (constant dropped) of the
   normalised state change; batch leaves (n_members, batch, ·), one
   minibatch per member."""
-  def one(layers, tr):
-    mean, log_std = jax.vmap(lambda s, a: heads(layers, norms, s, a, config))(
+  def one(member_params, tr):
+    mean, log_std = jax.vmap(
+        lambda s, a: heads(member_params, norms, s, a, config))(
         tr.obs, tr.action)
     target = normalizer.normalize(norms.diff, tr.next_obs - tr.obs)
     return jnp.mean(0.5 * jnp.square((target - mean) * jnp.exp(-log_std))
@@ -118,8 +121,8 @@ def make_predict(config: dynamics.ModelConfig):
   """`predict(state, obs, action) -> next_obs`: the members' mean μ, one
   unbatched transition, with `models.dynamics`'s next-state clip."""
   def predict(state: EnsembleState, obs, action):
-    means = jax.vmap(lambda l: heads(l, state.norms, obs, action, config)[0])(
-        state.params)
+    means = jax.vmap(
+        lambda p: heads(p, state.norms, obs, action, config)[0])(state.params)
     return dynamics.next_state(state.norms, obs, jnp.mean(means, axis=0),
                                config)
   return predict

@@ -51,8 +51,12 @@ class Normalizer:
     return jnp.maximum(jnp.sqrt(self.var), STD_FLOOR)
 
 
-def init(size: int, dtype=jnp.float32) -> Normalizer:
-  """The identity normaliser (mean 0, var 1, count 0) for (size,) vectors."""
+def init(size: int, dtype=None) -> Normalizer:
+  """The identity normaliser (mean 0, var 1, count 0) for (size,) vectors,
+  of `dtype` (None: the default float, float64 under `jax_enable_x64`, so
+  that an x64 run normalises in float64 too)."""
+  dtype = jax.dtypes.canonicalize_dtype(jnp.float64 if dtype is None
+                                        else dtype)
   return Normalizer(mean=jnp.zeros((size,), dtype),
                     var=jnp.ones((size,), dtype),
                     count=jnp.zeros((), jnp.int32))
@@ -127,9 +131,10 @@ class Normalizers:
 
 
 def normalizers_init(obs_size: int, action_size: int,
-                     dtype=jnp.float32) -> Normalizers:
+                     dtype=None) -> Normalizers:
   """Empty running normalisers of the state (obs_size,), the action
-  (action_size,) and the state change (obs_size,) (`init`)."""
+  (action_size,) and the state change (obs_size,) (`init`; dtype None: the
+  default float)."""
   return Normalizers(state=init(obs_size, dtype),
                      action=init(action_size, dtype),
                      diff=init(obs_size, dtype))

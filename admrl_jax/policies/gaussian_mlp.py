@@ -1,4 +1,5 @@
-"""Gaussian MLP policy and value MLP (authors' code), as init/apply pairs.
+"""Gaussian MLP policy and value MLP (authors' code): flax modules and
+their init/apply functions.
 
 The policy π_θ and value function V_φ that TRPO (Schulman et al. 2015,
 arXiv:1502.05477) trains inside SLBO (Luo et al. 2019, arXiv:1807.03858) and
@@ -9,19 +10,20 @@ state-independent log-std (initialised at 0). Value: MLP[obs, 64, 64, 1] tanh.
 Both take observations already normalised by the caller (the state
 normaliser is shared with the model, as in
 the authors' code, github.com/LinZichuan/AdMRL). Functions act on one
-unbatched observation; lift them with `jax.vmap`.
+unbatched observation; lift them with `jax.vmap`. `apply` functions take
+the config the parameters were initialised with (the modules' sizes).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Tuple
+from typing import Sequence, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import struct
 
-from admrl_jax.mlp import mlp_apply, mlp_init
+from admrl_jax.mlp import MLP, default_float
 
 
 def _check_hidden(owner: str, hidden: Tuple[int, ...]) -> None:
@@ -56,17 +58,55 @@ class ValueConfig:
     _check_hidden('ValueConfig', self.hidden)
 
 
-@struct.dataclass
-class PolicyParams:
-  """Parameters θ of the Gaussian policy: the mean's MLP layers
-  (`mlp_init`) and the state-independent log-std, (action_size,)."""
-  mlp: Tuple[dict, ...]
-  log_std: jax.Array  # (action_size,)
+class GaussianMLPPolicy(nn.Module):
+  """π_θ(a|s) = N(μ_θ(s), diag σ²): obs (..., obs_size) ↦ (mean
+  (..., action_size), log_std (action_size,)).
+
+  mean = `MLP` [obs, *hidden, action] with tanh hidden layers and a small
+  last layer (its LeCun-normal weights times `out_scale`), zero biases;
+  log σ is a state-independent parameter initialised at `init_log_std`.
+  Parameters: {'params': {'mean': <the MLP's>, 'log_std': (action_size,)}}.
+  """
+  action_size: int
+  hidden: Sequence[int] = (32, 32)
+  init_log_std: float = 0.0
+  out_scale: float = 0.01
+
+  @nn.compact
+  def __call__(self, obs: jax.Array):
+    mean = MLP(tuple(self.hidden) + (self.action_size,),
+               out_scale=self.out_scale, name='mean')(obs)
+    # The default float (f32, or f64 under x64), strongly typed like the
+    # trained value will be.
+    log_std = self.param('log_std',
+                         nn.initializers.constant(self.init_log_std),
+                         (self.action_size,), default_float())
+    return mean, log_std
+
+
+def policy_module(action_size: int,
+                  config: PolicyConfig = PolicyConfig()) -> GaussianMLPPolicy:
+  """The Gaussian MLP policy module of `config` for `action_size`."""
+  return GaussianMLPPolicy(action_size=action_size,
+                           hidden=tuple(config.hidden),
+                           init_log_std=config.init_log_std)
+
+
+def log_std_of(params) -> jax.Array:
+  """The state-independent log σ of policy parameters, (action_size,)."""
+  return params['params']['log_std']
+
+
+def with_log_std(params, log_std: jax.Array):
+  """`params` with log σ replaced by `log_std` (action_size,)."""
+  inner = dict(params['params'], log_std=jnp.asarray(
+      log_std, log_std_of(params).dtype))
+  return dict(params, params=inner)
 
 
 # ---------------------------------------------------------------- policy
 def policy_init(key: jax.Array, obs_size: int, action_size: int,
-                config: PolicyConfig = PolicyConfig()) -> PolicyParams:
+                config: PolicyConfig = PolicyConfig()):
   """A fresh Gaussian policy π_θ(a|s) = N(μ_θ(s), diag σ²).
 
   Args:
@@ -75,28 +115,28 @@ def policy_init(key: jax.Array, obs_size: int, action_size: int,
     config: hidden sizes (default (32, 32), tanh) and the initial log-std
       (default 0).
   Returns:
-    `PolicyParams`: LeCun-normal weights with the last layer scaled by
-    0.01 (near-zero initial means), zero biases, log_std (action_size,) =
-    `config.init_log_std` in the default float dtype.
+    The `GaussianMLPPolicy`'s parameters: LeCun-normal weights with the
+    last layer scaled by 0.01 (near-zero initial means), zero biases,
+    log_std (action_size,) = `config.init_log_std`, all in the default
+    float dtype.
   """
-  sizes = (obs_size,) + tuple(config.hidden) + (action_size,)
-  return PolicyParams(mlp=mlp_init(key, sizes, out_scale=0.01),
-                      # dtype=float: the default float (f32, or f64 under
-                      # x64), strongly typed like the trained value will be.
-                      log_std=jnp.full((action_size,), config.init_log_std,
-                                       dtype=float))
+  return policy_module(action_size, config).init(key, jnp.zeros(obs_size))
 
 
-def policy_apply(params: PolicyParams, obs: jax.Array):
-  """(mean, log_std) of π(·|obs), each (action_size,)."""
-  return mlp_apply(params.mlp, obs), params.log_std
+def policy_apply(params, obs: jax.Array,
+                 config: PolicyConfig = PolicyConfig()):
+  """(mean, log_std) of π(·|obs), each (action_size,); `config` is the one
+  the parameters were made with (its hidden sizes; the action size is
+  log_std's)."""
+  module = policy_module(log_std_of(params).shape[-1], config)
+  return module.apply(params, obs)
 
 
-def policy_sample(params: PolicyParams, obs: jax.Array,
-                  key: jax.Array) -> jax.Array:
+def policy_sample(params, obs: jax.Array, key: jax.Array,
+                  config: PolicyConfig = PolicyConfig()) -> jax.Array:
   """a ~ π_θ(·|obs) for one (normalised) observation: (action_size,), not
   clipped (the family clips to its action bound)."""
-  mean, log_std = policy_apply(params, obs)
+  mean, log_std = policy_apply(params, obs, config)
   return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape,
                                                      mean.dtype)
 
@@ -108,15 +148,16 @@ def gaussian_log_prob(mean, log_std, action) -> jax.Array:
   return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi))
 
 
-def log_prob(params: PolicyParams, obs, action) -> jax.Array:
+def log_prob(params, obs, action,
+             config: PolicyConfig = PolicyConfig()) -> jax.Array:
   """log π(a|s), a scalar."""
-  mean, log_std = policy_apply(params, obs)
+  mean, log_std = policy_apply(params, obs, config)
   return gaussian_log_prob(mean, log_std, action)
 
 
-def entropy(params: PolicyParams) -> jax.Array:
+def entropy(params) -> jax.Array:
   """Entropy of π(·|s) (state-independent for this policy)."""
-  return jnp.sum(params.log_std + 0.5 * jnp.log(2.0 * jnp.pi * jnp.e))
+  return jnp.sum(log_std_of(params) + 0.5 * jnp.log(2.0 * jnp.pi * jnp.e))
 
 
 def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> jax.Array:
@@ -126,19 +167,27 @@ def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> jax.Array:
                  + (var_p + (mean_p - mean_q)**2) / (2.0 * var_q) - 0.5)
 
 
-def kl(params_p: PolicyParams, params_q: PolicyParams, obs) -> jax.Array:
+def kl(params_p, params_q, obs,
+       config: PolicyConfig = PolicyConfig()) -> jax.Array:
   """KL(π_p(·|s) ‖ π_q(·|s)) at one observation."""
-  return gaussian_kl(*policy_apply(params_p, obs), *policy_apply(params_q, obs))
+  return gaussian_kl(*policy_apply(params_p, obs, config),
+                     *policy_apply(params_q, obs, config))
 
 
 # ----------------------------------------------------------------- value
+def value_module(config: ValueConfig = ValueConfig()) -> MLP:
+  """The value function's module: tanh `MLP` [obs, *config.hidden, 1]."""
+  return MLP(tuple(config.hidden) + (1,))
+
+
 def value_init(key: jax.Array, obs_size: int,
                config: ValueConfig = ValueConfig()):
-  """A fresh value function V_φ: MLP layers [obs_size, *config.hidden, 1]
+  """A fresh value function V_φ: the parameters of `value_module(config)`
   (default hidden (64, 64), tanh), LeCun-normal weights, zero biases."""
-  return mlp_init(key, (obs_size,) + tuple(config.hidden) + (1,))
+  return value_module(config).init(key, jnp.zeros(obs_size))
 
 
-def value_apply(params, obs: jax.Array) -> jax.Array:
-  """V(s), a scalar."""
-  return mlp_apply(params, obs)[0]
+def value_apply(params, obs: jax.Array,
+                config: ValueConfig = ValueConfig()) -> jax.Array:
+  """V(s), a scalar; `config` is the one the parameters were made with."""
+  return value_module(config).apply(params, obs)[0]

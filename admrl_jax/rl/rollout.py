@@ -8,6 +8,7 @@ switching exploration off never recompiles.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -61,6 +62,74 @@ def ou_step(noise: jax.Array, key: jax.Array, theta: float,
       key, noise.shape, noise.dtype)
 
 
+def _env_step(family: TaskFamily, policy_fn: PolicyFn,
+              config: RolloutConfig, params, psi, noise_scale,
+              carry: _EnvCarry, key):
+  """One environment, one step of `make_collect_fn`'s collection: the
+  policy's action plus noise_scale × OU noise, clipped, the family's step,
+  reward and done rule, and the episode bookkeeping; the reset of ended
+  episodes comes after (`_auto_reset`).
+
+  Returns:
+    (carry, (transition, the return of an episode ending here else 0,
+    whether one ends here)).
+  """
+  key_policy, key_noise = jax.random.split(key)
+  obs = carry.env_state.obs
+  noise = ou_step(carry.noise, key_noise, config.ou_theta, config.ou_sigma)
+  raw_action = policy_fn(params, obs, key_policy) + noise_scale * noise
+  action = family.clip_action(raw_action)
+  next_state = family.step(carry.env_state, action)
+  next_obs = next_state.obs
+  reward = family.reward(psi, obs, action, next_obs)
+  done = family.done(next_obs)
+  t = carry.t + 1
+  timeout = (t >= family.horizon) & ~done
+  end = done | timeout
+
+  ep_return = carry.ep_return + reward
+  first_end = end & ~carry.first_done
+  new_carry = _EnvCarry(
+      env_state=next_state,
+      t=jnp.where(end, 0, t),
+      noise=jnp.where(end, jnp.zeros_like(noise), noise),
+      ep_return=jnp.where(end, 0.0, ep_return),
+      first_return=jnp.where(first_end, ep_return, carry.first_return),
+      first_done=carry.first_done | end)
+  transition = types.Transition(
+      obs=obs, action=action, raw_action=raw_action, reward=reward,
+      next_obs=next_obs, done=done, timeout=timeout)
+  return new_carry, (transition, jnp.where(end, ep_return, 0.0), end)
+
+
+def _auto_reset(family: TaskFamily, n_envs: int, env_state: EnvState,
+                end: jax.Array, key: jax.Array) -> EnvState:
+  """Replaces ended environments (end (n_envs,)) by fresh ones.
+
+  The resets are computed only on steps where some episode ended (a scalar
+  `lax.cond`, not a per-environment select that would always pay for them).
+  """
+  def with_resets(env_state):
+    fresh = jax.vmap(family.reset)(jax.random.split(key, n_envs))
+    return jax.tree.map(
+        lambda r, s: jnp.where(
+            end.reshape(end.shape + (1,) * (s.ndim - 1)), r, s),
+        fresh, env_state)
+  return jax.lax.cond(jnp.any(end), with_resets, lambda s: s, env_state)
+
+
+def _initial_carry(env_state: EnvState, action_size: int) -> _EnvCarry:
+  """Fresh episodes of the reset environments `env_state` (n_envs, ...)."""
+  n = env_state.obs.shape[0]
+  dtype = env_state.obs.dtype  # float32, or float64 under x64 for `lq`
+  return _EnvCarry(
+      env_state=env_state, t=jnp.zeros((n,), jnp.int32),
+      noise=jnp.zeros((n, action_size), dtype),
+      ep_return=jnp.zeros((n,), dtype),
+      first_return=jnp.zeros((n,), dtype),
+      first_done=jnp.zeros((n,), bool))
+
+
 def make_collect_fn(family: TaskFamily, policy_fn: PolicyFn,
                     config: RolloutConfig = RolloutConfig()):
   """Builds the pure, jitted `collect(params, psi, key, noise_scale) ->
@@ -75,73 +144,23 @@ def make_collect_fn(family: TaskFamily, policy_fn: PolicyFn,
   wraps this function for host calls.
   """
   n_steps = family.horizon if config.n_steps is None else config.n_steps
-  horizon = family.horizon
-  action_size = family.action_size
-
-  def env_step(params, psi, noise_scale, carry: _EnvCarry, key):
-    """One environment, one step; the reset of ended episodes comes after."""
-    key_policy, key_noise = jax.random.split(key)
-    obs = carry.env_state.obs
-    noise = ou_step(carry.noise, key_noise, config.ou_theta, config.ou_sigma)
-    raw_action = policy_fn(params, obs, key_policy) + noise_scale * noise
-    action = family.clip_action(raw_action)
-    next_state = family.step(carry.env_state, action)
-    next_obs = next_state.obs
-    reward = family.reward(psi, obs, action, next_obs)
-    done = family.done(next_obs)
-    t = carry.t + 1
-    timeout = (t >= horizon) & ~done
-    end = done | timeout
-
-    ep_return = carry.ep_return + reward
-    first_end = end & ~carry.first_done
-    new_carry = _EnvCarry(
-        env_state=next_state,
-        t=jnp.where(end, 0, t),
-        noise=jnp.where(end, jnp.zeros_like(noise), noise),
-        ep_return=jnp.where(end, 0.0, ep_return),
-        first_return=jnp.where(first_end, ep_return, carry.first_return),
-        first_done=carry.first_done | end)
-    transition = types.Transition(
-        obs=obs, action=action, raw_action=raw_action, reward=reward,
-        next_obs=next_obs, done=done, timeout=timeout)
-    return new_carry, (transition, jnp.where(end, ep_return, 0.0), end)
-
-  def auto_reset(env_state: EnvState, end: jax.Array, key: jax.Array):
-    """Replaces ended environments by fresh ones.
-
-    The resets are computed only on steps where some episode ended (a scalar
-    `lax.cond`, not a per-environment select that would always pay for them).
-    """
-    def with_resets(env_state):
-      fresh = jax.vmap(family.reset)(jax.random.split(key, config.n_envs))
-      return jax.tree.map(
-          lambda r, s: jnp.where(
-              end.reshape(end.shape + (1,) * (s.ndim - 1)), r, s),
-          fresh, env_state)
-    return jax.lax.cond(jnp.any(end), with_resets, lambda s: s, env_state)
+  n = config.n_envs
+  batched_step = jax.vmap(
+      functools.partial(_env_step, family, policy_fn, config),
+      in_axes=(None, None, None, 0, 0))
 
   @jax.jit
   def collect_jit(params, psi, key, noise_scale) -> Rollout:
     key_reset, key_steps = jax.random.split(key)
-    env_state = jax.vmap(family.reset)(
-        jax.random.split(key_reset, config.n_envs))
-    n = config.n_envs
-    dtype = env_state.obs.dtype  # float32, or float64 under x64 for `lq`
-    carry = _EnvCarry(
-        env_state=env_state, t=jnp.zeros((n,), jnp.int32),
-        noise=jnp.zeros((n, action_size), dtype),
-        ep_return=jnp.zeros((n,), dtype),
-        first_return=jnp.zeros((n,), dtype),
-        first_done=jnp.zeros((n,), bool))
-    batched_step = jax.vmap(env_step, in_axes=(None, None, None, 0, 0))
+    env_state = jax.vmap(family.reset)(jax.random.split(key_reset, n))
+    carry = _initial_carry(env_state, family.action_size)
 
     def time_step(carry, key_t):
       key_envs, key_reset = jax.random.split(key_t)
       carry, (transition, ended_return, end) = batched_step(
           params, psi, noise_scale, carry, jax.random.split(key_envs, n))
-      carry = carry.replace(
-          env_state=auto_reset(carry.env_state, end, key_reset))
+      carry = carry.replace(env_state=_auto_reset(
+          family, n, carry.env_state, end, key_reset))
       return carry, (transition, ended_return, end)
 
     carry, (transitions, ended_returns, ended) = jax.lax.scan(

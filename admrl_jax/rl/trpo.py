@@ -233,6 +233,78 @@ class _SearchState:
   improvement: jax.Array
 
 
+@struct.dataclass
+class _Direction:
+  """The trust-region step of `trpo_step` before its line search."""
+  surr_old: jax.Array  # L(θ_old)
+  grad: PyTree         # ∇L(θ_old)
+  full_step: PyTree    # Δθ = sqrt(2δ / sᵀ(F + λI)s)·s, 0 when not finite
+  finite: jax.Array    # ∇L, s, sᵀ(F + λI)s and L(θ_old) all finite
+  cg_info: Any         # `linalg.CGInfo` of the solve for s
+
+
+def _step_direction(old: PyTree, surr, obs: jax.Array, config: TRPOConfig,
+                    policy: Policy) -> _Direction:
+  """s ≈ (F + λI)⁻¹∇L by `config.cg_iters` of CG and the full step Δθ
+  scaled to the trust region's boundary (the module docstring)."""
+  surr_old, grad = jax.value_and_grad(surr)(old)
+  fvp = make_fisher_vector_product(old, obs, config.cg_damping,
+                                   policy=policy)
+  direction, cg_info = linalg.conjugate_gradient(fvp, grad, config.cg_iters)
+  # sᵀ(F + λI)s: the damped curvature, as in the authors' (baselines') code.
+  curvature = otu.tree_vdot(direction, fvp(direction))
+  positive = curvature > 0
+  scale = jnp.sqrt(2.0 * config.max_kl
+                   / jnp.where(positive, curvature, jnp.ones_like(curvature)))
+  full_step = jax.tree.map(lambda s: jnp.where(positive, scale, 0.0) * s,
+                           direction)
+  finite = (jnp.isfinite(surr_old) & _all_finite(grad)
+            & jnp.isfinite(curvature) & _all_finite(full_step))
+  # Never let a non-finite direction reach the parameters.
+  full_step = jax.tree.map(lambda s: jnp.where(finite, s, 0.0), full_step)
+  return _Direction(surr_old=surr_old, grad=grad, full_step=full_step,
+                    finite=finite, cg_info=cg_info)
+
+
+def _line_search(old: PyTree, d: _Direction, old_log_prob: jax.Array,
+                 obs: jax.Array, actions: jax.Array, adv: jax.Array,
+                 config: TRPOConfig, policy: Policy) -> _SearchState:
+  """Backtracking over θ_old + ratioʲ·Δθ, j = 0 … max_backtracks − 1: the
+  first candidate with KL̄ ≤ kl_accept_factor·max_kl and L above
+  L(θ_old) is accepted (none is tried when the direction is not finite)."""
+  kl_limit = config.kl_accept_factor * config.max_kl
+  zero = jnp.zeros_like(d.surr_old)
+
+  def cond(s: _SearchState):
+    return (s.j < config.max_backtracks) & ~s.accepted
+
+  # π_old's outputs once; a candidate's one forward pass serves both its
+  # KL̄ and its surrogate (the same sums as `mean_kl` and `surrogate`).
+  dist = policy.distribution
+  old_out = jax.vmap(policy.apply, (None, 0))(old, obs)
+
+  def body(s: _SearchState) -> _SearchState:
+    coef = jnp.asarray(config.backtrack_ratio, d.surr_old.dtype)**s.j
+    cand = jax.tree.map(lambda p, step: p + coef * step, old, d.full_step)
+    cand_out = jax.vmap(policy.apply, (None, 0))(cand, obs)
+    kl_c = jnp.mean(jax.vmap(dist.kl)(old_out, cand_out))
+    log_prob_c = jax.vmap(dist.log_prob)(cand_out, actions)
+    improve_c = (jnp.mean(jnp.exp(log_prob_c - old_log_prob) * adv)
+                 + config.ent_coef * policy.entropy(cand, obs)) - d.surr_old
+    # NaN comparisons are False: a non-finite candidate is just a failed try.
+    ok = (kl_c <= kl_limit) & (improve_c > 0)
+    return _SearchState(
+        j=s.j + 1, accepted=ok,
+        params=jax.tree.map(lambda c, p: jnp.where(ok, c, p), cand, s.params),
+        kl=jnp.where(ok, kl_c, zero),
+        improvement=jnp.where(ok, improve_c, zero))
+
+  start = jnp.where(d.finite, 0, config.max_backtracks).astype(jnp.int32)
+  return jax.lax.while_loop(cond, body, _SearchState(
+      j=start, accepted=jnp.zeros((), bool), params=old, kl=zero,
+      improvement=zero))
+
+
 def trpo_step(policy_params: PyTree, batch: TRPOBatch,
               config: TRPOConfig = TRPOConfig(), *, policy: Policy
               ) -> Tuple[PyTree, TRPOInfo]:
@@ -262,68 +334,21 @@ def trpo_step(policy_params: PyTree, batch: TRPOBatch,
     return surrogate(p, old_log_prob, obs, actions, adv, config.ent_coef,
                      policy=policy)
 
-  surr_old, grad = jax.value_and_grad(surr)(old)
-
-  fvp = make_fisher_vector_product(old, obs, config.cg_damping,
-                                   policy=policy)
-
-  direction, cg_info = linalg.conjugate_gradient(fvp, grad, config.cg_iters)
-  # sᵀ(F + λI)s: the damped curvature, as in the authors' (baselines') code.
-  curvature = otu.tree_vdot(direction, fvp(direction))
-  positive = curvature > 0
-  scale = jnp.sqrt(2.0 * config.max_kl
-                   / jnp.where(positive, curvature, jnp.ones_like(curvature)))
-  full_step = jax.tree.map(lambda s: jnp.where(positive, scale, 0.0) * s,
-                           direction)
-  finite = (jnp.isfinite(surr_old) & _all_finite(grad)
-            & jnp.isfinite(curvature) & _all_finite(full_step))
-  # Never let a non-finite direction reach the parameters.
-  full_step = jax.tree.map(lambda s: jnp.where(finite, s, 0.0), full_step)
-
-  kl_limit = config.kl_accept_factor * config.max_kl
-  zero = jnp.zeros_like(surr_old)
-
-  def cond(s: _SearchState):
-    return (s.j < config.max_backtracks) & ~s.accepted
-
-  # π_old's outputs once; a candidate's one forward pass serves both its
-  # KL̄ and its surrogate (the same sums as `mean_kl` and `surrogate`).
-  dist = policy.distribution
-  old_out = jax.vmap(policy.apply, (None, 0))(old, obs)
-
-  def body(s: _SearchState) -> _SearchState:
-    coef = jnp.asarray(config.backtrack_ratio, surr_old.dtype)**s.j
-    cand = jax.tree.map(lambda p, d: p + coef * d, old, full_step)
-    cand_out = jax.vmap(policy.apply, (None, 0))(cand, obs)
-    kl_c = jnp.mean(jax.vmap(dist.kl)(old_out, cand_out))
-    log_prob_c = jax.vmap(dist.log_prob)(cand_out, actions)
-    improve_c = (jnp.mean(jnp.exp(log_prob_c - old_log_prob) * adv)
-                 + config.ent_coef * policy.entropy(cand, obs)) - surr_old
-    # NaN comparisons are False: a non-finite candidate is just a failed try.
-    ok = (kl_c <= kl_limit) & (improve_c > 0)
-    return _SearchState(
-        j=s.j + 1, accepted=ok,
-        params=jax.tree.map(lambda c, p: jnp.where(ok, c, p), cand, s.params),
-        kl=jnp.where(ok, kl_c, zero),
-        improvement=jnp.where(ok, improve_c, zero))
-
-  start = jnp.where(finite, 0, config.max_backtracks).astype(jnp.int32)
-  search = jax.lax.while_loop(cond, body, _SearchState(
-      j=start, accepted=jnp.zeros((), bool), params=old, kl=zero,
-      improvement=zero))
-
+  d = _step_direction(old, surr, obs, config, policy)
+  search = _line_search(old, d, old_log_prob, obs, actions, adv, config,
+                        policy)
   step = jax.tree.map(jnp.subtract, search.params, old)
   info = TRPOInfo(
       accepted=search.accepted,
-      nonfinite=~finite,
+      nonfinite=~d.finite,
       kl=search.kl,
       improvement=search.improvement,
       n_backtracks=jnp.where(search.accepted, search.j - 1,
                              config.max_backtracks),
       step_norm=optax.global_norm(step),
-      full_step_norm=optax.global_norm(full_step),
-      grad_norm=optax.global_norm(grad),
-      cg_residual=cg_info.residual)
+      full_step_norm=optax.global_norm(d.full_step),
+      grad_norm=optax.global_norm(d.grad),
+      cg_residual=d.cg_info.residual)
   return search.params, info
 
 
