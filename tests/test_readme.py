@@ -1,5 +1,5 @@
 """Every ```python snippet of README.md and of the pages in docs/ runs as
-written.
+written and asserts what it computes.
 
 Each block is executed in process, in a fresh namespace, so the
 documentation's examples cannot drift from the API. The snippets use the
@@ -44,6 +44,11 @@ def test_python_blocks_finds_each_fenced_block():
 
 @pytest.mark.parametrize('name,line,source', BLOCKS,
                          ids=[f'{name}:{line}' for name, line, _ in BLOCKS])
-def test_snippet_runs(name, line, source):
+def test_snippet_runs_and_computes_what_it_says(name, line, source):
+  """Each snippet runs and checks what it computes with its own asserts
+  (shapes, the values it sets, finite results), so a snippet that runs but
+  computes something else fails."""
+  assert re.search(r'^assert ', source, re.M), (
+      f'{name}:{line}: the snippet asserts nothing about what it computes')
   code = compile(source, f'{name}:{line}', 'exec')
   exec(code, {'__name__': f'doc_snippet_{line}'})  # pylint: disable=exec-used
