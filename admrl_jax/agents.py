@@ -42,11 +42,12 @@ from admrl_jax import fileio
 from admrl_jax import networks as networks_lib
 from admrl_jax.envs.base import TaskFamily
 from admrl_jax.meta import admrl
+from admrl_jax.meta import paper
 from admrl_jax.rl import slbo as slbo_lib
 
 # α of the normalised step when none is given (`step_rule='normalized'`):
-# half a box half-width per task (experiments.presets.NORMALIZED_ALPHA).
-DEFAULT_NORMALIZED_ALPHA = 0.5
+# half a box half-width per task (`meta.paper.NORMALIZED_ALPHA`).
+DEFAULT_NORMALIZED_ALPHA = paper.NORMALIZED_ALPHA
 
 
 @struct.dataclass

@@ -3,7 +3,8 @@ configuration (the library takes configs as frozen dataclasses and knows no
 names).
 
 `preset(env, name)` returns the `AdMRLConfig` of `paper` (Lin et al. 2020,
-arXiv:2006.08875, Appendix C, and the authors' code), `quick` or `smoke`,
+arXiv:2006.08875, Appendix C, and the authors' code: the library's
+`admrl_jax.meta.paper.paper_config`), `quick` or `smoke`,
 the family overrides (e.g. a shorter horizon) and the task step size α the
 paper chose for the family; `baseline_preset(env, name, algo)` the
 `MAMLConfig` or `PEARLConfig` of the same names, with their iteration
@@ -23,6 +24,7 @@ from admrl_jax.baselines import pearl
 from admrl_jax.config import RolloutConfig
 from admrl_jax.config_io import config_from_dict  # pylint: disable=unused-import (re-exported)
 from admrl_jax.meta import admrl
+from admrl_jax.meta import paper
 from admrl_jax.meta import task_gradient as tg
 from admrl_jax.models.dynamics import ModelConfig
 from admrl_jax.policies.gaussian_mlp import PolicyConfig
@@ -31,28 +33,19 @@ from experiments.common import UsageError, parse_value
 
 NAMES = ('smoke', 'quick', 'paper')
 
-# Appendix C of the paper: α chosen per family, and the first task's nslbo.
-PAPER_ALPHA = {'hopper2d': 2.0, 'walker2d': 8.0, 'ant2d': 4.0, 'ant3d': 4.0,
-               'ant2d_ood': 4.0, 'halfcheetah_highdim': 16.0, 'lq': 1.0,
-               'lq_highdim': 1.0}
-PAPER_FIRST_NSLBO = {'hopper2d': 10, 'walker2d': 10}  # others: 20
-# α of the normalised ascent step (step_rule='normalized', every preset): a
-# step of half a box half-width per task, so that a sweep's members differ
-# and a run crosses the box in about four tasks instead of jumping to a
-# corner (the paper's rule saturated 96% of the first study's steps).
-NORMALIZED_ALPHA = 0.5
+# Appendix C's α per family and first-task nslbo, and the normalised step's
+# α: the library's (`admrl_jax.meta.paper`), named here too.
+PAPER_ALPHA = paper.PAPER_ALPHA
+PAPER_FIRST_NSLBO = paper.PAPER_FIRST_NSLBO
+NORMALIZED_ALPHA = paper.NORMALIZED_ALPHA
 
 
 def default_alpha(env: str, config: admrl.AdMRLConfig) -> float:
-  """The task step size α of a run that gives none: the paper's α for the
-  family (Appendix C) under the paper's step rule, NORMALIZED_ALPHA under
-  the normalised one. The paper's α values assume per-sample sums
-  (`task_gradient.normalization` 'per_sample' or 'authors', as in
-  `task_gradient.preset('paper')`); with 'per_episode' sums the gradient is
-  T times larger and the paper's rule would jump to the box's corners."""
-  if config.step_rule == 'paper':
-    return PAPER_ALPHA.get(env, 1.0)
-  return NORMALIZED_ALPHA
+  """The task step size α of a run that gives none
+  (`admrl_jax.meta.paper.default_alpha` for the config's step rule): the
+  paper's α for the family (Appendix C) under the paper's step rule,
+  NORMALIZED_ALPHA under the normalised one."""
+  return paper.default_alpha(env, config.step_rule)
 
 
 def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
@@ -74,11 +67,8 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
   env = family.name
   action_clip = family.action_bound
   if name == 'paper':
-    config = admrl.AdMRLConfig(
-        n_tasks=20, n_slbo=3, n_slbo_first=PAPER_FIRST_NSLBO.get(env, 20),
-        slbo=SLBOConfig(model=ModelConfig(action_clip=action_clip)),
-        step_rule='normalized')
-    return config, {}, default_alpha(env, config)
+    config, alpha = paper.paper_config(family)  # Appendix C, in the library
+    return config, {}, alpha
   if name == 'quick':
     # Minutes on a 2-core CPU for any family (compilation included): every
     # phase of the paper at reduced budgets.

@@ -325,8 +325,8 @@ class AdMRL:
         traced, so `jax.vmap(init)(keys, alphas)` sweeps α. The default 1.0
         is not the paper's: Appendix C chooses α per family (2 for
         Hopper2D, 8 for Walker2D, 4 for the Ant families, 16 for
-        Cheetah-Highdim), which the driver's presets use
-        (`experiments.presets.PAPER_ALPHA`).
+        Cheetah-Highdim): `meta.paper.paper_config(family)` gives it
+        with the rest of Appendix C.
     Returns:
       An `AdMRLState` at iteration 0: u = `config.first_u` in each of the k
       coordinates, no real samples, `visited_u` (n_tasks, k) and `gaps`
