@@ -69,11 +69,8 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import optax
-import optax.tree_utils as otu
 from flax import struct
 
-from admrl_jax import linalg
 from admrl_jax import networks
 from admrl_jax import types
 from admrl_jax.config import RolloutConfig
@@ -577,20 +574,6 @@ def _meta_fvp(lin: _Linearization, jvp, vjp, post: PhaseBatch,
 
 
 # ------------------------------------------------------------ meta step
-@struct.dataclass
-class _Search:
-  j: jax.Array
-  accepted: jax.Array
-  params: PyTree
-  kl: jax.Array
-  improvement: jax.Array
-
-
-def _all_finite(tree) -> jax.Array:
-  return jnp.stack([jnp.all(jnp.isfinite(x))
-                    for x in jax.tree.leaves(tree)]).all()
-
-
 def meta_update(params: PyTree, pre: PhaseBatch, post: PhaseBatch,
                 config: MAMLConfig, policy: Policy
                 ) -> Tuple[PyTree, trpo.TRPOInfo, jax.Array]:
@@ -599,8 +582,9 @@ def meta_update(params: PyTree, pre: PhaseBatch, post: PhaseBatch,
 
   s ≈ (JᵀFJ + λI)⁻¹∇F̂ by `config.outer.cg_iters` CG iterations, the step
   √(2δ / sᵀ(JᵀFJ + λI)s)·s, then backtracking by `backtrack_ratio` until
-  F̂ improves and the KL ≤ kl_accept_factor·max_kl, as `rl.trpo.trpo_step`
-  (θ unchanged if no candidate passes or anything is not finite).
+  F̂ improves and the KL ≤ kl_accept_factor·max_kl: `rl.trpo`'s
+  `trust_region_step` and `backtracking_line_search`, as `trpo_step` uses
+  them (θ unchanged if no candidate passes or anything is not finite).
 
   Returns:
     (θ_new, info, F̂(θ_old)).
@@ -608,19 +592,8 @@ def meta_update(params: PyTree, pre: PhaseBatch, post: PhaseBatch,
   outer = config.outer
   lin, jvp, vjp = _linearize(params, pre, post, config, policy)
   fvp = _meta_fvp(lin, jvp, vjp, post, policy, outer.cg_damping)
-  grad, surr_old = lin.grad, lin.surrogate
-  direction, cg_info = linalg.conjugate_gradient(fvp, grad, outer.cg_iters)
-  curvature = otu.tree_vdot(direction, fvp(direction))
-  positive = curvature > 0
-  scale = jnp.sqrt(2.0 * outer.max_kl / jnp.where(positive, curvature, 1.0))
-  full_step = jax.tree.map(lambda s: jnp.where(positive, scale, 0.0) * s,
-                           direction)
-  finite = (jnp.isfinite(surr_old) & _all_finite(grad)
-            & jnp.isfinite(curvature) & _all_finite(full_step))
-  full_step = jax.tree.map(lambda s: jnp.where(finite, s, 0.0), full_step)
+  step = trpo.trust_region_step(fvp, lin.grad, lin.surrogate, outer)
   adapted_old = jax.lax.stop_gradient(lin.adapted)
-  kl_limit = outer.kl_accept_factor * outer.max_kl
-  zero = jnp.zeros_like(surr_old)
 
   def evaluate(cand):
     adapted = _adapt_all(cand, pre, config, policy)
@@ -630,35 +603,9 @@ def meta_update(params: PyTree, pre: PhaseBatch, post: PhaseBatch,
         adapted_old, adapted, post, policy))
     return surr, kl
 
-  def cond(s: _Search):
-    return (s.j < outer.max_backtracks) & ~s.accepted
-
-  def body(s: _Search) -> _Search:
-    coef = jnp.asarray(outer.backtrack_ratio, surr_old.dtype)**s.j
-    cand = jax.tree.map(lambda p, d: p + coef * d, params, full_step)
-    surr, kl = evaluate(cand)
-    improve = surr - surr_old
-    ok = (kl <= kl_limit) & (improve > 0)  # NaN compares False
-    return _Search(
-        j=s.j + 1, accepted=ok,
-        params=jax.tree.map(lambda c, p: jnp.where(ok, c, p), cand,
-                            s.params),
-        kl=jnp.where(ok, kl, zero), improvement=jnp.where(ok, improve, zero))
-
-  start = jnp.where(finite, 0, outer.max_backtracks).astype(jnp.int32)
-  search = jax.lax.while_loop(cond, body, _Search(
-      j=start, accepted=jnp.zeros((), bool), params=params, kl=zero,
-      improvement=zero))
-  info = trpo.TRPOInfo(
-      accepted=search.accepted, nonfinite=~finite, kl=search.kl,
-      improvement=search.improvement,
-      n_backtracks=jnp.where(search.accepted, search.j - 1,
-                             outer.max_backtracks),
-      step_norm=optax.global_norm(
-          jax.tree.map(jnp.subtract, search.params, params)),
-      full_step_norm=optax.global_norm(full_step),
-      grad_norm=optax.global_norm(grad), cg_residual=cg_info.residual)
-  return search.params, info, surr_old
+  search = trpo.backtracking_line_search(params, step, evaluate, outer)
+  info = trpo.step_info(params, step, search, outer)
+  return search.params, info, step.surr_old
 
 
 def _phase_scan(params, psi, keys, family, config, policy, n_episodes=None):

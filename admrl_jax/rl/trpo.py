@@ -24,7 +24,7 @@ same shape reuse one compiled program.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Tuple
+from typing import Any, Callable, Tuple
 
 import chex
 import jax
@@ -224,18 +224,23 @@ def _all_finite(tree: PyTree) -> jax.Array:
 
 
 # -------------------------------------------------------------- TRPO step
+# The trust-region step and its backtracking line search, for any
+# objective with a Fisher-vector product: `trpo_step` (the policy
+# surrogate) and MAML's outer step (`baselines.maml.meta_update`, the
+# post-update surrogate under the post-update KL) share them.
 @struct.dataclass
-class _SearchState:
+class LineSearch:
+  """The outcome of `backtracking_line_search`."""
   j: jax.Array            # tries done
   accepted: jax.Array
   params: PyTree  # the accepted candidate (θ_old until one is)
-  kl: jax.Array
-  improvement: jax.Array
+  kl: jax.Array          # its KL̄ (0 if none)
+  improvement: jax.Array  # its L − L(θ_old) (0 if none)
 
 
 @struct.dataclass
-class _Direction:
-  """The trust-region step of `trpo_step` before its line search."""
+class TrustRegionStep:
+  """The full step of `trust_region_step`, before its line search."""
   surr_old: jax.Array  # L(θ_old)
   grad: PyTree         # ∇L(θ_old)
   full_step: PyTree    # Δθ = sqrt(2δ / sᵀ(F + λI)s)·s, 0 when not finite
@@ -243,13 +248,13 @@ class _Direction:
   cg_info: Any         # `linalg.CGInfo` of the solve for s
 
 
-def _step_direction(old: PyTree, surr, obs: jax.Array, config: TRPOConfig,
-                    policy: Policy) -> _Direction:
-  """s ≈ (F + λI)⁻¹∇L by `config.cg_iters` of CG and the full step Δθ
-  scaled to the trust region's boundary (the module docstring)."""
-  surr_old, grad = jax.value_and_grad(surr)(old)
-  fvp = make_fisher_vector_product(old, obs, config.cg_damping,
-                                   policy=policy)
+def trust_region_step(fvp: Callable[[PyTree], PyTree], grad: PyTree,
+                      surr_old: jax.Array, config: TRPOConfig
+                      ) -> TrustRegionStep:
+  """s ≈ (F + λI)⁻¹∇L by `config.cg_iters` of CG (`fvp` is v ↦ (F + λI)v)
+  and the full step Δθ = sqrt(2δ / sᵀ(F + λI)s)·s to the trust region's
+  boundary, δ = `config.max_kl` (Schulman et al. 2015, arXiv:1502.05477,
+  Appendix C); zero, and `finite` False, when anything is not finite."""
   direction, cg_info = linalg.conjugate_gradient(fvp, grad, config.cg_iters)
   # sᵀ(F + λI)s: the damped curvature, as in the authors' (baselines') code.
   curvature = otu.tree_vdot(direction, fvp(direction))
@@ -262,47 +267,90 @@ def _step_direction(old: PyTree, surr, obs: jax.Array, config: TRPOConfig,
             & jnp.isfinite(curvature) & _all_finite(full_step))
   # Never let a non-finite direction reach the parameters.
   full_step = jax.tree.map(lambda s: jnp.where(finite, s, 0.0), full_step)
-  return _Direction(surr_old=surr_old, grad=grad, full_step=full_step,
-                    finite=finite, cg_info=cg_info)
+  return TrustRegionStep(surr_old=surr_old, grad=grad, full_step=full_step,
+                         finite=finite, cg_info=cg_info)
 
 
-def _line_search(old: PyTree, d: _Direction, old_log_prob: jax.Array,
-                 obs: jax.Array, actions: jax.Array, adv: jax.Array,
-                 config: TRPOConfig, policy: Policy) -> _SearchState:
+def backtracking_line_search(
+    old: PyTree, step: TrustRegionStep,
+    evaluate: Callable[[PyTree], Tuple[jax.Array, jax.Array]],
+    config: TRPOConfig) -> LineSearch:
   """Backtracking over θ_old + ratioʲ·Δθ, j = 0 … max_backtracks − 1: the
-  first candidate with KL̄ ≤ kl_accept_factor·max_kl and L above
-  L(θ_old) is accepted (none is tried when the direction is not finite)."""
+  first candidate with KL̄ ≤ kl_accept_factor·max_kl and L above L(θ_old)
+  is accepted (none is tried when the step is not finite). `evaluate`
+  maps a candidate θ to (L(θ), KL̄(θ_old, θ)); a non-finite value is a
+  failed try."""
   kl_limit = config.kl_accept_factor * config.max_kl
-  zero = jnp.zeros_like(d.surr_old)
+  zero = jnp.zeros_like(step.surr_old)
 
-  def cond(s: _SearchState):
+  def cond(s: LineSearch):
     return (s.j < config.max_backtracks) & ~s.accepted
 
-  # π_old's outputs once; a candidate's one forward pass serves both its
-  # KL̄ and its surrogate (the same sums as `mean_kl` and `surrogate`).
-  dist = policy.distribution
-  old_out = jax.vmap(policy.apply, (None, 0))(old, obs)
-
-  def body(s: _SearchState) -> _SearchState:
-    coef = jnp.asarray(config.backtrack_ratio, d.surr_old.dtype)**s.j
-    cand = jax.tree.map(lambda p, step: p + coef * step, old, d.full_step)
-    cand_out = jax.vmap(policy.apply, (None, 0))(cand, obs)
-    kl_c = jnp.mean(jax.vmap(dist.kl)(old_out, cand_out))
-    log_prob_c = jax.vmap(dist.log_prob)(cand_out, actions)
-    improve_c = (jnp.mean(jnp.exp(log_prob_c - old_log_prob) * adv)
-                 + config.ent_coef * policy.entropy(cand, obs)) - d.surr_old
+  def body(s: LineSearch) -> LineSearch:
+    coef = jnp.asarray(config.backtrack_ratio, step.surr_old.dtype)**s.j
+    cand = jax.tree.map(lambda p, d: p + coef * d, old, step.full_step)
+    surr_c, kl_c = evaluate(cand)
+    improve_c = surr_c - step.surr_old
     # NaN comparisons are False: a non-finite candidate is just a failed try.
     ok = (kl_c <= kl_limit) & (improve_c > 0)
-    return _SearchState(
+    return LineSearch(
         j=s.j + 1, accepted=ok,
         params=jax.tree.map(lambda c, p: jnp.where(ok, c, p), cand, s.params),
         kl=jnp.where(ok, kl_c, zero),
         improvement=jnp.where(ok, improve_c, zero))
 
-  start = jnp.where(d.finite, 0, config.max_backtracks).astype(jnp.int32)
-  return jax.lax.while_loop(cond, body, _SearchState(
+  start = jnp.where(step.finite, 0, config.max_backtracks).astype(jnp.int32)
+  return jax.lax.while_loop(cond, body, LineSearch(
       j=start, accepted=jnp.zeros((), bool), params=old, kl=zero,
       improvement=zero))
+
+
+def step_info(old: PyTree, step: TrustRegionStep, search: LineSearch,
+              config: TRPOConfig) -> 'TRPOInfo':
+  """The `TRPOInfo` of a trust-region step and its line search."""
+  return TRPOInfo(
+      accepted=search.accepted,
+      nonfinite=~step.finite,
+      kl=search.kl,
+      improvement=search.improvement,
+      n_backtracks=jnp.where(search.accepted, search.j - 1,
+                             config.max_backtracks),
+      step_norm=optax.global_norm(
+          jax.tree.map(jnp.subtract, search.params, old)),
+      full_step_norm=optax.global_norm(step.full_step),
+      grad_norm=optax.global_norm(step.grad),
+      cg_residual=step.cg_info.residual)
+
+
+def _policy_step(old: PyTree, surr, obs: jax.Array, config: TRPOConfig,
+                 policy: Policy) -> TrustRegionStep:
+  """`trust_region_step` of the policy surrogate `surr` under the policy's
+  Fisher matrix at θ_old (`make_fisher_vector_product`)."""
+  surr_old, grad = jax.value_and_grad(surr)(old)
+  fvp = make_fisher_vector_product(old, obs, config.cg_damping,
+                                   policy=policy)
+  return trust_region_step(fvp, grad, surr_old, config)
+
+
+def _policy_line_search(old: PyTree, step: TrustRegionStep,
+                        old_log_prob: jax.Array, obs: jax.Array,
+                        actions: jax.Array, adv: jax.Array,
+                        config: TRPOConfig, policy: Policy) -> LineSearch:
+  """`backtracking_line_search` of the policy surrogate: a candidate's one
+  forward pass serves both its KL̄ and its surrogate (the same sums as
+  `mean_kl` and `surrogate`), π_old's outputs computed once."""
+  dist = policy.distribution
+  old_out = jax.vmap(policy.apply, (None, 0))(old, obs)
+
+  def evaluate(cand):
+    cand_out = jax.vmap(policy.apply, (None, 0))(cand, obs)
+    kl_c = jnp.mean(jax.vmap(dist.kl)(old_out, cand_out))
+    log_prob_c = jax.vmap(dist.log_prob)(cand_out, actions)
+    surr_c = (jnp.mean(jnp.exp(log_prob_c - old_log_prob) * adv)
+              + config.ent_coef * policy.entropy(cand, obs))
+    return surr_c, kl_c
+
+  return backtracking_line_search(old, step, evaluate, config)
 
 
 def trpo_step(policy_params: PyTree, batch: TRPOBatch,
@@ -334,22 +382,10 @@ def trpo_step(policy_params: PyTree, batch: TRPOBatch,
     return surrogate(p, old_log_prob, obs, actions, adv, config.ent_coef,
                      policy=policy)
 
-  d = _step_direction(old, surr, obs, config, policy)
-  search = _line_search(old, d, old_log_prob, obs, actions, adv, config,
-                        policy)
-  step = jax.tree.map(jnp.subtract, search.params, old)
-  info = TRPOInfo(
-      accepted=search.accepted,
-      nonfinite=~d.finite,
-      kl=search.kl,
-      improvement=search.improvement,
-      n_backtracks=jnp.where(search.accepted, search.j - 1,
-                             config.max_backtracks),
-      step_norm=optax.global_norm(step),
-      full_step_norm=optax.global_norm(d.full_step),
-      grad_norm=optax.global_norm(d.grad),
-      cg_residual=d.cg_info.residual)
-  return search.params, info
+  step = _policy_step(old, surr, obs, config, policy)
+  search = _policy_line_search(old, step, old_log_prob, obs, actions, adv,
+                               config, policy)
+  return search.params, step_info(old, step, search, config)
 
 
 # -------------------------------------------------------------- value fit
