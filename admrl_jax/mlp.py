@@ -20,13 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from admrl_jax import types
+
 Initializer = Callable[..., jax.Array]
-
-
-def default_float():
-  """The default float dtype now: float32, or float64 under
-  `jax_enable_x64` (flax's parameters are float32 by default either way)."""
-  return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def scaled(init: Initializer, scale: float) -> Initializer:
@@ -51,7 +47,7 @@ class MLP(nn.Module):
       `out_scale` (0.01: the near-zero initial means of the policy, as in
       common TRPO/PPO practice).
     param_dtype: the parameters' dtype; None: the default float
-      (`default_float`, float64 under x64, as the tests of derivatives
+      (`types.float_dtype`, float64 under x64, as the tests of derivatives
       need).
   """
   features: Sequence[int]
@@ -62,7 +58,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    dtype = (default_float() if self.param_dtype is None
+    dtype = (types.float_dtype() if self.param_dtype is None
              else self.param_dtype)
     *hidden, out = self.features
     for i, size in enumerate(hidden):

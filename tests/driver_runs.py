@@ -1,10 +1,12 @@
 """The driver as its users run it, `python -m experiments.run`, for the tests
 that start it as a subprocess."""
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
+import typing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,3 +50,15 @@ def final_state(workdir):
   family, config, record = workdir_lib.load_config(workdir)
   state, step = workdir_lib.load_state(workdir, family, config, record)
   return state, step
+
+
+def config_fields(config, prefix=''):
+  """(dotted name, annotation) of every leaf field of a nested config: what
+  `--set` can set."""
+  hints = typing.get_type_hints(type(config))
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(value):
+      yield from config_fields(value, f'{prefix}{field.name}.')
+    else:
+      yield prefix + field.name, hints[field.name]

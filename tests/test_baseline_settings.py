@@ -11,6 +11,7 @@ import re
 import pytest
 
 from admrl_jax import config_io
+from driver_runs import config_fields
 from admrl_jax.evaluation import metrics
 from experiments import baselines
 from experiments import presets
@@ -96,17 +97,6 @@ def test_presets_keep_the_admrl_presets_horizon():
         assert overrides == admrl_overrides
 
 
-def _leaf_fields(config, prefix=''):
-  import typing  # pylint: disable=g-import-not-at-top
-  hints = typing.get_type_hints(type(config))
-  for field in dataclasses.fields(config):
-    value = getattr(config, field.name)
-    if dataclasses.is_dataclass(value):
-      yield from _leaf_fields(value, f'{prefix}{field.name}.')
-    else:
-      yield prefix + field.name, hints[field.name]
-
-
 _WRONG_TYPE = {int: '1.5', float: 'abc', bool: 'maybe', tuple: '16,x',
                str: 'bogus'}
 
@@ -119,7 +109,7 @@ def test_every_field_refuses_a_bad_value_naming_it(algo):
   dotted field named."""
   config, _, _ = presets.baseline_preset('lq', 'smoke', algo)
   cases = []
-  for name, hint in _leaf_fields(config):
+  for name, hint in config_fields(config):
     base, _ = presets.field_type(hint)
     cases.append((name, _WRONG_TYPE[base]))
     if base is int:

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from driver_runs import config_fields as _config_fields
 from driver_runs import driver as _driver
 from driver_runs import final_state as _final_state
 from driver_runs import finish as _finish
@@ -333,19 +334,6 @@ def test_other_configuration_and_corrupt_checkpoint_leave_files_alone(
 
 
 # ---------------------------------------------- every config field, issue 16
-def _config_fields(config, prefix=''):
-  """(dotted name, annotation) of every leaf field of a nested config."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  import typing  # pylint: disable=g-import-not-at-top
-  hints = typing.get_type_hints(type(config))
-  for field in dataclasses.fields(config):
-    value = getattr(config, field.name)
-    if dataclasses.is_dataclass(value):
-      yield from _config_fields(value, f'{prefix}{field.name}.')
-    else:
-      yield prefix + field.name, hints[field.name]
-
-
 # A value of the wrong type, and one outside the range, by the field's type;
 # strings are choices, so any other word is out of range.
 _WRONG_TYPE = {int: '1.5', float: 'abc', bool: 'maybe', tuple: '64,x',

@@ -55,8 +55,7 @@ def init(size: int, dtype=None) -> Normalizer:
   """The identity normaliser (mean 0, var 1, count 0) for (size,) vectors,
   of `dtype` (None: the default float, float64 under `jax_enable_x64`, so
   that an x64 run normalises in float64 too)."""
-  dtype = jax.dtypes.canonicalize_dtype(jnp.float64 if dtype is None
-                                        else dtype)
+  dtype = types.float_dtype() if dtype is None else dtype
   return Normalizer(mean=jnp.zeros((size,), dtype),
                     var=jnp.ones((size,), dtype),
                     count=jnp.zeros((), jnp.int32))

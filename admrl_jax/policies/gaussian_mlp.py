@@ -23,7 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from admrl_jax.mlp import MLP, default_float
+from admrl_jax import types
+from admrl_jax.mlp import MLP
 
 
 def _check_hidden(owner: str, hidden: Tuple[int, ...]) -> None:
@@ -80,7 +81,7 @@ class GaussianMLPPolicy(nn.Module):
     # trained value will be.
     log_std = self.param('log_std',
                          nn.initializers.constant(self.init_log_std),
-                         (self.action_size,), default_float())
+                         (self.action_size,), types.float_dtype())
     return mean, log_std
 
 
