@@ -95,13 +95,12 @@ def _family(family: Union[str, TaskFamily]) -> TaskFamily:
 
 def _record(family, config, seed, alpha):
   """The driver's run record (config.json) of a one-member run."""
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   record = dict(env=family.name, preset=None,
                 pipeline=getattr(family, 'pipeline', None),
                 frame_skip=getattr(family, 'frame_skip', None),
                 horizon=family.horizon, alphas=[alpha], seeds=[seed],
                 sweep='vmap',
-                config=metrics.to_jsonable(dataclasses.asdict(config)))
+                config=fileio.to_jsonable(dataclasses.asdict(config)))
   if getattr(family, 'state_mean', None) is not None:
     record['calibration'] = dict(
         state_mean=[float(v) for v in family.state_mean],
@@ -213,10 +212,9 @@ def _open_run(workdir, family, config, seed, alpha, like):
 
 
 def _append_metrics(workdir, metrics, seed, alpha):
-  from admrl_jax.evaluation import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   row = dict(seed=seed, alpha=alpha,
-             **metrics_lib.to_jsonable({k: np.asarray(v).tolist()
-                                        for k, v in metrics.items()}))
+             **fileio.to_jsonable({k: np.asarray(v).tolist()
+                                 for k, v in metrics.items()}))
   with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
     f.write(json.dumps(row) + '\n')
 

@@ -107,7 +107,7 @@ def _best_time(fn, repeats):
 def _brax_measure(family, n_envs, repeats, seed):
   """(compile_s, steps_per_s) of the batched collector with random actions."""
   import jax  # pylint: disable=g-import-not-at-top
-  from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
+  from admrl_jax.rl.rollout import RolloutConfig  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import rollout  # pylint: disable=g-import-not-at-top
 
   collect = rollout.make_collector(

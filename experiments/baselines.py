@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from admrl_jax import fileio
 from admrl_jax.baselines import maml
 from admrl_jax.baselines import pearl
 from admrl_jax.evaluation import metrics as metrics_lib
@@ -236,7 +237,7 @@ def metric_rows(metrics, members):
   for i, (seed, alpha) in enumerate(members):
     row = {'iteration': int(fields['iteration'][i]), 'seed': seed,
            'alpha': alpha}
-    row.update({k: metrics_lib.to_jsonable(v[i]) for k, v in fields.items()
+    row.update({k: fileio.to_jsonable(v[i]) for k, v in fields.items()
                 if k != 'iteration'})
     rows.append(row)
   return rows

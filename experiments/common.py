@@ -238,7 +238,6 @@ def parse_family_sets(env_name: str, items) -> dict:
   """
   # JAX: imported when called (see the module docstring).
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
   texts = {}
   for item in items:
     if '=' not in item:
@@ -264,7 +263,7 @@ def parse_family_sets(env_name: str, items) -> dict:
     except (ValueError, SyntaxError) as e:
       raise UsageError(f'--family_set: cannot parse {name}={text!r} as '
                        f'{kind.__name__} ({e})') from None
-    values[name] = metrics.to_jsonable(value)
+    values[name] = fileio.to_jsonable(value)
   return values
 
 
@@ -485,10 +484,8 @@ def write_json(path: str, value) -> None:
 
 def json_array(x, k=None):
   """A float64 array from its JSON form (None → NaN;
-  `evaluation.metrics.from_jsonable`); `k` reshapes to (-1, k)."""
-  # JAX: imported when called (see the module docstring).
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-  return metrics.from_jsonable(x, k)
+  `fileio.from_jsonable`); `k` reshapes to (-1, k)."""
+  return fileio.from_jsonable(x, k)
 
 
 def json_number(x) -> float:

@@ -44,7 +44,7 @@ import matplotlib.ticker
 import numpy as np
 
 from admrl_jax.evaluation import stats
-from admrl_jax.evaluation.metrics import to_jsonable
+from admrl_jax.fileio import to_jsonable
 from experiments.common import UsageError, json_number, run_main, write_json
 # pylint: enable=g-import-not-at-top,wrong-import-position
 

@@ -60,6 +60,7 @@ import numpy as np
 
 from admrl_jax import checkpoints
 from admrl_jax import envs
+from admrl_jax import fileio
 from admrl_jax.evaluation import adaptation
 from admrl_jax.evaluation import metrics
 from admrl_jax.evaluation import optimum
@@ -465,7 +466,7 @@ def visited_tasks(state, family, config):
 
 def save(report, paths, log) -> None:
   """eval.json and the four figures, with a line on Gmax_n."""
-  write_json(paths['json'], metrics.to_jsonable(report))
+  write_json(paths['json'], fileio.to_jsonable(report))
   log(metrics.gmax_line(report['summary'], report['budgets'],
                         report['astar_budget']))
   draw(report_for_plots(report), paths)
@@ -634,7 +635,7 @@ def _names(family):
 
 def report_for_plots(report):
   """The JSON form of a report (as plot.py reads it back from eval.json)."""
-  return json.loads(json.dumps(metrics.to_jsonable(report)))
+  return json.loads(json.dumps(fileio.to_jsonable(report)))
 
 
 def astar_note(report) -> str:

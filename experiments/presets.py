@@ -21,13 +21,13 @@ from typing import Any, Dict, Tuple
 from admrl_jax import envs
 from admrl_jax.baselines import maml
 from admrl_jax.baselines import pearl
-from admrl_jax.config import RolloutConfig
 from admrl_jax.config_io import config_from_dict  # pylint: disable=unused-import (re-exported)
 from admrl_jax.meta import admrl
 from admrl_jax.meta import paper
 from admrl_jax.meta import task_gradient as tg
 from admrl_jax.models.dynamics import ModelConfig
 from admrl_jax.policies.gaussian_mlp import PolicyConfig
+from admrl_jax.rl.rollout import RolloutConfig
 from admrl_jax.rl.slbo import SLBOConfig
 from experiments.common import UsageError, parse_value
 

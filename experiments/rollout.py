@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from admrl_jax.config import RolloutConfig
-from admrl_jax.evaluation import metrics
+from admrl_jax import fileio
 from admrl_jax.models import dataset
 from admrl_jax.rl import rollout
+from admrl_jax.rl.rollout import RolloutConfig
 from experiments.common import UsageError, build_family, resolve_psi
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -130,7 +130,7 @@ def run() -> dict:
     summary['state_std'] = [round(float(v), 6) for v in family.state_std]
   if _WORKDIR.value:
     common.write_json(os.path.join(_WORKDIR.value, 'rollout.json'),
-                      metrics.to_jsonable(summary))
+                      fileio.to_jsonable(summary))
   return summary
 
 

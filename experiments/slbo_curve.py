@@ -42,11 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from admrl_jax import checkpoints
-from admrl_jax.config import RolloutConfig
-from admrl_jax.evaluation.metrics import to_jsonable
+from admrl_jax.fileio import to_jsonable
 from admrl_jax.models import dataset
 from admrl_jax.models.dynamics import ModelConfig
 from admrl_jax.rl import slbo
+from admrl_jax.rl.rollout import RolloutConfig
 from experiments import presets
 from experiments import provenance
 from experiments.common import (build_family, json_number, parse_floats,

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from admrl_jax.config import RolloutConfig
 from admrl_jax.evaluation import stats
 from admrl_jax.meta import admrl
 from admrl_jax.rl import rollout
+from admrl_jax.rl.rollout import RolloutConfig
 
 
 def make_program(family, config, check):

@@ -75,6 +75,7 @@ import numpy as np
 
 from admrl_jax import checkpoints
 from admrl_jax import envs
+from admrl_jax import fileio
 from admrl_jax.evaluation import adaptation
 from admrl_jax.evaluation import metrics as metrics_lib
 from admrl_jax.evaluation import optimum
@@ -582,7 +583,7 @@ def summarize(settings, runs, members, tasks, adapt_config, astar, method,
       table=table, paired=paired,
       diagnostics=diagnostics(workdir, runs),
       boundary_fraction=boundary_fractions(workdir, runs))
-  return metrics_lib.to_jsonable(report)
+  return fileio.to_jsonable(report)
 
 
 def _standard_errors(result):
@@ -923,7 +924,7 @@ def draw(report, runs, workdir) -> None:
   tasks = np.asarray(report['tasks'])
   note = ('A* closed form' if report['astar_budget'] is None
           else f'A* from {report["astar_budget"]} samples')
-  rows = [(label, metrics_lib.from_jsonable(m['Gn_mean']))
+  rows = [(label, fileio.from_jsonable(m['Gn_mean']))
           for label, m in report['methods'].items()]
   fig = plots.gap_heatmaps(rows, tasks, budgets, names,
                            title=f'{report["env"]}: G_n, mean over seeds; '
@@ -932,8 +933,8 @@ def draw(report, runs, workdir) -> None:
   for key, title in MEASURES:
     lines = []
     for label, row in report['table'].items():
-      mean = metrics_lib.from_jsonable(row[key]['mean'])
-      half = mean - metrics_lib.from_jsonable(row[key]['lo'])
+      mean = fileio.from_jsonable(row[key]['mean'])
+      half = mean - fileio.from_jsonable(row[key]['lo'])
       # The legend says what each method spent on (meta-)training.
       samples = method_samples(report['methods'][label])
       lines.append((f'{label} ({samples} real samples in training)', mean,

@@ -16,7 +16,6 @@ from admrl_jax import checkpoints
 from admrl_jax import config_io
 from admrl_jax import envs
 from admrl_jax import fileio
-from admrl_jax.evaluation import metrics as metrics_lib
 from admrl_jax.meta import admrl
 from experiments import logs
 from experiments import presets
@@ -128,7 +127,7 @@ def run_record(env, preset, family, alphas, seeds, sweep, config, x64,
                 frame_skip=getattr(family, 'frame_skip', None),
                 horizon=family.horizon, alphas=alphas, seeds=seeds,
                 sweep=sweep,
-                config=metrics_lib.to_jsonable(dataclasses.asdict(config)))
+                config=fileio.to_jsonable(dataclasses.asdict(config)))
   if x64:
     record['x64'] = True
   if family_modules:

@@ -455,7 +455,7 @@ def test_zero_shot_is_the_task_iterations_theta_hat(setup):
   """`AdMRL.zero_shot(state, state.u)` is the θ̂ the task iteration builds
   its gradient from: its real return with the iteration's roll-out key is
   the iteration's return_hat; at another task it is another policy."""
-  from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
+  from admrl_jax.rl.rollout import RolloutConfig  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import rollout  # pylint: disable=g-import-not-at-top
   family, config, algorithm, states, _ = setup
   state = states[0]

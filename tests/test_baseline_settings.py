@@ -12,7 +12,7 @@ import pytest
 
 from admrl_jax import config_io
 from driver_runs import config_fields
-from admrl_jax.evaluation import metrics
+from admrl_jax import fileio
 from experiments import baselines
 from experiments import presets
 from experiments import study_design
@@ -20,7 +20,7 @@ from experiments.common import UsageError
 
 
 def _json_round_trip(config):
-  text = json.dumps(metrics.to_jsonable(dataclasses.asdict(config)))
+  text = json.dumps(fileio.to_jsonable(dataclasses.asdict(config)))
   return config_io.config_from_dict(
       json.loads(text), config_io.default_config(
           'maml' if hasattr(config, 'outer') else 'pearl'), strict=True)
@@ -33,7 +33,7 @@ def test_configs_round_trip_through_json_strictly(algo, preset):
   assert _json_round_trip(config) == config
   assert n_iterations == presets.BASELINE_ITERATIONS[preset]
   # A key that is not a field, nested or not, is refused by its dotted name.
-  values = metrics.to_jsonable(dataclasses.asdict(config))
+  values = fileio.to_jsonable(dataclasses.asdict(config))
   values['bogus'] = 1
   with pytest.raises(ValueError, match='bogus'):
     config_io.config_from_dict(values, config_io.default_config(algo),

@@ -9,10 +9,10 @@ import lq_truth
 from admrl_jax import linalg
 from admrl_jax import networks
 from admrl_jax import types
-from admrl_jax.config import RolloutConfig
 from admrl_jax.meta import estimators
 from admrl_jax.policies import gaussian_mlp as gm
 from admrl_jax.rl import rollout
+from admrl_jax.rl.rollout import RolloutConfig
 
 SMALL = gm.PolicyConfig(hidden=(3,))
 LOG_PROB = networks.gaussian_mlp_policy(SMALL).log_prob  # (θ, s, a)

@@ -17,16 +17,17 @@ import pytest
 
 import compile_count
 from admrl_jax import envs
-from admrl_jax.config import RolloutConfig
+from admrl_jax import fileio
 from admrl_jax.evaluation import adaptation
 from admrl_jax.evaluation import metrics
 from admrl_jax.evaluation import optimum
 from admrl_jax.evaluation import plots
+from admrl_jax.models import dataset as dataset_lib
 from admrl_jax.models import dynamics
 from admrl_jax.models.dynamics import ModelConfig
-from admrl_jax.models import dataset as dataset_lib
 from admrl_jax.rl import rollout
 from admrl_jax.rl import slbo
+from admrl_jax.rl.rollout import RolloutConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HORIZON = 20
@@ -458,10 +459,10 @@ def test_gap_metrics_against_their_definitions():
   with pytest.raises(ValueError, match='inconsistent shapes'):
     metrics.evaluation(a0, an[:, :, :1], astar, np.zeros((t, 2)), (1, 2),
                        'slbo', 1)
-  assert metrics.to_jsonable({'x': np.array([1.0, np.nan])}) == {
+  assert fileio.to_jsonable({'x': np.array([1.0, np.nan])}) == {
       'x': [1.0, None]}
   np.testing.assert_array_equal(
-      metrics.from_jsonable([[1.0, None]]), np.array([[1.0, np.nan]]))
+      fileio.from_jsonable([[1.0, None]]), np.array([[1.0, np.nan]]))
 
 
 def test_grid_slices_place_every_task_in_its_cell():

@@ -6,8 +6,9 @@ import pytest
 from scipy.optimize import minimize  # scipy comes with jax
 
 from admrl_jax import envs
-from admrl_jax.config import RolloutConfig
+from admrl_jax import linalg
 from admrl_jax.rl import rollout
+from admrl_jax.rl.rollout import RolloutConfig
 
 HORIZON = 8
 ACTION_STD = 0.3
@@ -130,7 +131,7 @@ def test_lq_highdim_task_gradient_ground_truth():
     true, model = gt.analytic_setting(8, horizon=HORIZON)
     psi = jnp.asarray(np.linspace(-0.9, 0.9, 8))
     out = jax.jit(lambda p: tg.assemble(
-        tg.TaskGradientConfig(linear_solver='dense'), psi=p,
+        tg.TaskGradientConfig(linear_solver=linalg.Dense()), psi=p,
         **gt.exact_pieces(true, model, p, ACTION_STD)))(psi)
     fd = jax.jit(lambda p: gt.true_gradient(true, model, p, ACTION_STD))(psi)
     assert float(gt.gap(true, model, psi, ACTION_STD)) > 1e-3

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from admrl_jax.config import RolloutConfig
 from admrl_jax.rl import rollout
+from admrl_jax.rl.rollout import RolloutConfig
 
 OU_THETA, OU_SIGMA = 0.15, 0.3
 

@@ -6,9 +6,9 @@ import pytest
 
 import compile_count
 from admrl_jax import envs
-from admrl_jax.config import RolloutConfig
 from admrl_jax.models.dynamics import ModelConfig
 from admrl_jax.rl import slbo
+from admrl_jax.rl.rollout import RolloutConfig
 
 HORIZON = 50
 

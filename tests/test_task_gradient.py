@@ -11,12 +11,12 @@ from jax.flatten_util import ravel_pytree
 import lq_truth
 from admrl_jax import linalg
 from admrl_jax import networks
-from admrl_jax.config import RolloutConfig
 from admrl_jax.evaluation import stats
 from admrl_jax.meta import estimators
 from admrl_jax.meta import task_gradient as tg
 from admrl_jax.policies import gaussian_mlp as gm
 from admrl_jax.rl import rollout
+from admrl_jax.rl.rollout import RolloutConfig
 
 EXACT = dict(damping=0.0, scale=1.0, tol=1e-14, iters=200)
 SMALL = gm.PolicyConfig(hidden=(8,))

@@ -14,10 +14,10 @@ import pytest
 
 from admrl_jax import envs
 from admrl_jax import networks
-from admrl_jax.config import RolloutConfig
 from admrl_jax.models import dataset as dataset_lib
 from admrl_jax.models import dynamics
 from admrl_jax.rl import slbo
+from admrl_jax.rl.rollout import RolloutConfig
 
 HORIZON = 50
 

@@ -73,12 +73,12 @@ from flax import struct
 
 from admrl_jax import networks
 from admrl_jax import types
-from admrl_jax.config import RolloutConfig
 from admrl_jax.envs.base import TaskFamily
 from admrl_jax.policies import gaussian_mlp as gm
 from admrl_jax.rl import returns
 from admrl_jax.rl import rollout
 from admrl_jax.rl import trpo
+from admrl_jax.rl.rollout import RolloutConfig
 
 PyTree = Any
 Policy = networks.PolicyNetwork

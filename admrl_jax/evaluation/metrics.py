@@ -161,38 +161,6 @@ def evaluation(a0, an, astar, tasks, budgets: Sequence[int],
                     tasks=tasks, a0=a0, an=an, astar=astar, metrics=metrics)
 
 
-def to_jsonable(x):
-  """A value for `json.dump`: arrays → nested lists, NaN/inf → None, dicts,
-  lists and tuples recurse, a function (a config's activation) → its name;
-  None, bools, ints and strings stay. `from_jsonable` reads arrays back."""
-  if isinstance(x, dict):
-    return {k: to_jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [to_jsonable(v) for v in x]
-  if isinstance(x, (np.ndarray, np.generic, jnp.ndarray)):
-    x = np.asarray(x)
-    if x.dtype == bool or np.issubdtype(x.dtype, np.integer):
-      return x.tolist()
-    return to_jsonable(x.astype(float).tolist()) if x.ndim else (
-        to_jsonable(float(x)))
-  if isinstance(x, float):
-    return x if np.isfinite(x) else None
-  if callable(x):
-    return getattr(x, '__name__', None) or repr(x)
-  return x
-
-
-def from_jsonable(x, k: Optional[int] = None) -> np.ndarray:
-  """Nested lists with None (NaN) → float64 array, the inverse of
-  `to_jsonable`; `k` reshapes to (-1, k) (so an empty list has k columns)."""
-  def nan(v):
-    if isinstance(v, (list, tuple)):
-      return [nan(u) for u in v]
-    return np.nan if v is None else v
-  array = np.asarray(nan(x), np.float64)
-  return array if k is None else array.reshape(-1, k)
-
-
 def spread_subset(tasks, n: int) -> np.ndarray:
   """Indices of n tasks spread over the evaluation set (for a reduced
   evaluation), not the first n points of one grid column.

@@ -96,5 +96,4 @@ def write_html(family, ep, n, path) -> int:
 def _write_json(path, value):
   """Standard JSON, atomically: NaN and infinities (a diverged model's
   predictions) are written as null."""
-  from admrl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-  fileio.write_json(path, metrics.to_jsonable(value))
+  fileio.write_json(path, fileio.to_jsonable(value))

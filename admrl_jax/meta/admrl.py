@@ -44,7 +44,6 @@ from flax import struct
 
 from admrl_jax import networks as networks_lib
 from admrl_jax import types
-from admrl_jax.config import RolloutConfig
 from admrl_jax.envs.base import TaskFamily
 from admrl_jax.meta import adversary
 from admrl_jax.meta import estimators
@@ -52,6 +51,7 @@ from admrl_jax.meta import task_gradient as tg
 from admrl_jax.models import normalizer
 from admrl_jax.rl import rollout
 from admrl_jax.rl import slbo as slbo_lib
+from admrl_jax.rl.rollout import RolloutConfig
 
 ALGOS = ('admrl', 'mb_unif', 'mb_gauss', 'mb_vertices', 'mb_cem', 'slbo')
 # Algorithms that measure the training gap of every task after the first

@@ -152,7 +152,7 @@ def sample_batches(true: LQFamily, model: LQFamily, psi: jax.Array,
   exact value functions as frozen critics: real roll-outs of θ̂ and θ*,
   model roll-outs of θ̂, and start states and noise for the pathwise
   objective; `n_episodes` whole episodes each. Traceable (vmap over ψ)."""
-  from admrl_jax.config import RolloutConfig  # pylint: disable=g-import-not-at-top
+  from admrl_jax.rl.rollout import RolloutConfig  # pylint: disable=g-import-not-at-top
   from admrl_jax.rl import rollout  # pylint: disable=g-import-not-at-top
   policy = rollout.linear_gaussian_policy(action_std)
   config = RolloutConfig(n_envs=n_episodes)

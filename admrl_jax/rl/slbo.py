@@ -29,14 +29,14 @@ from flax import struct
 
 from admrl_jax import networks as networks_lib
 from admrl_jax import types
-from admrl_jax.config import RolloutConfig
 from admrl_jax.envs.base import TaskFamily
-from admrl_jax.models import normalizer
 from admrl_jax.models import dataset as dataset_lib
+from admrl_jax.models import normalizer
 from admrl_jax.rl import returns
 from admrl_jax.rl import rollout
 from admrl_jax.rl import trpo
 from admrl_jax.rl import virtual
+from admrl_jax.rl.rollout import RolloutConfig
 
 
 @dataclasses.dataclass(frozen=True)
