@@ -53,6 +53,7 @@ import numpy as np
 from admrl_jax.evaluation import adaptation
 from admrl_jax.evaluation import optimum
 from experiments import astar as astar_lib
+from experiments import pieces as pieces_lib
 from experiments import study_design
 from experiments import workdir as workdir_lib
 from experiments.adaptation_analysis import markdown, summarize
@@ -151,7 +152,6 @@ def run():
   state, _ = workdir_lib.load_state(run_dir, family, run_config, record)
   adapter = adaptation.Adaptation(family, config.slbo, adapt_config)
   adapt = jax.jit(adapter.adapt)
-  base = jax.random.key(study_design.EVAL_SEED)
   index = {}
   for j, (seed, _) in enumerate(workdir_lib.members(record)):
     index.setdefault(seed, j)
@@ -164,8 +164,8 @@ def run():
   for count, (s, i, r) in enumerate(todo):
     t0 = time.time()
     member = jax.tree.map(lambda x, j=index[s]: x[j], state.slbo)
-    # Repeat 0 is the study's key (`study.evaluate`): fold_in(seed, task).
-    key = jax.random.fold_in(jax.random.fold_in(base, s), i)
+    # Repeat 0 is the study's key: pieces.adaptation_key(EVAL_SEED, s, i).
+    key = pieces_lib.adaptation_key(study_design.EVAL_SEED, s, i)
     if r:
       key = jax.random.fold_in(key, r)
     out = wait(adapt(member, tasks[i], key))

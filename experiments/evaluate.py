@@ -33,8 +33,9 @@ after the first). Each finished piece is saved at once in
 seconds (exit status 130), and the same command again reuses the saved
 pieces (those of other settings — checkpoint, budgets, seed … — are
 dropped). Task i of the set (its index in the whole set, also under
---max_tasks) of member m is adapted with the key
-fold_in(fold_in(key(--seed), m), i). A run of a family registered by a
+--max_tasks) of the member trained with seed s is adapted with the key
+fold_in(fold_in(key(--seed), s), i) (`experiments.pieces.adaptation_key`,
+the study's convention too). A run of a family registered by a
 module (--family_module of the driver) imports the module recorded in its
 config.json.
 """
@@ -67,10 +68,10 @@ from admrl_jax.evaluation import optimum
 from experiments import baselines
 from experiments import workdir as workdir_lib
 from experiments.astar import astar_values
-from experiments.common import (CheckpointError, UsageError, compile_polling,
+from experiments import pieces as pieces_lib
+from experiments.common import (CheckpointError, UsageError,
                                 family_from_record, json_array, json_number,
-                                parse_floats, run_main, wait, write_json)
-from experiments.progress import format_seconds
+                                parse_floats, run_main, write_json)
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
@@ -547,8 +548,8 @@ def adapt_pieces(adapt, member_state, members, all_tasks, index, settings,
   `adapt(member_state(m), psi, key)` adapts member m to task ψ and returns
   its `a0` and `an` (`Adaptation.adapt` on the member's SLBO state, or a
   baseline's `Evaluator.adapt` on its parameters). Task index[j] of member
-  m is adapted with the key fold_in(fold_in(key(seed), m), index[j])
-  (those of `Adaptation.adapt_tasks` on the whole set), by one compiled
+  m (training seed s) is adapted with the key
+  `pieces.adaptation_key(settings['seed'], s, index[j])`, by one compiled
   `adapt` for every piece. `throttle_s`: seconds to sleep after each saved
   piece.
   """
@@ -561,51 +562,36 @@ def adapt_pieces(adapt, member_state, members, all_tasks, index, settings,
                                               atol=1e-6)
 
   # Pieces of another evaluation set under the same name are dropped.
-  pieces = {k: p for k, p in read_pieces(path, settings, log).items()
-            if same_task(k, p)}
-  todo = [(m, j) for m in range(len(members)) for j in range(len(index))
-          if name(m, index[j]) not in pieces]
+  saved = {k: p for k, p in read_pieces(path, settings, log).items()
+           if same_task(k, p)}
+  todo = [(m, int(index[j])) for m in range(len(members))
+          for j in range(len(index)) if name(m, index[j]) not in saved]
   total = len(members) * len(index)
   log(f'adaptation: {total - len(todo)} of {total} piece(s) saved in {path} '
       f'(reused), {len(todo)} to run, each saved as it finishes')
-  base_key = jax.random.key(settings['seed'])
-  compiled, member_states, times = None, {}, []
-  for count, (m, j) in enumerate(todo, 1):
-    i = int(index[j])
-    if m not in member_states:
-      member_states = {m: member_state(m)}
-    key = jax.random.fold_in(jax.random.fold_in(base_key, m), i)
-    psi = all_tasks[i]
-    if compiled is None:
-      t0 = time.time()
-      log('compiling the adaptation program')
-      compiled = compile_polling(jax.jit(adapt).lower(
-          member_states[m], psi, key))
-      log(f'compiled in {time.time() - t0:.1f}s')
-    t0 = time.time()
-    out = wait(compiled(member_states[m], psi, key))
-    times.append(time.time() - t0)
-    a0 = float(out.a0)
-    an = [float(v) for v in np.asarray(out.an)]
-    pieces[name(m, i)] = dict(
+  progress = pieces_lib.Pieces(total, log, scope='evaluation')
+  progress.skip(total - len(todo))
+  position = {int(i): j for j, i in enumerate(index)}
+
+  def done(m, i, out, seconds):
+    a0, an = float(out.a0), [float(v) for v in np.asarray(out.an)]
+    saved[name(m, i)] = dict(
         a0=_finite_or_nan(a0), an=[_finite_or_nan(v) for v in an],
-        psi=[float(v) for v in psi], seconds=round(times[-1], 3),
+        psi=[float(v) for v in all_tasks[i]], seconds=round(seconds, 3),
         finished=time.strftime('%Y-%m-%dT%H:%M:%S'))
-    write_json(path, dict(settings=settings, pieces=pieces))
-    left = len(todo) - count
-    eta = ''
-    if left:
-      eta = (f'; estimate for the {left} left: '
-             if count == 1 else ', ETA ') + format_seconds(
-                 left * float(np.mean(times)))
-    log(f'member {m + 1}/{len(members)} ({_member(members[m])}), '
-        f'task {j + 1}/{len(index)}: A0 {a0:.3f}, A_n '
-        + ', '.join(f'{v:.3f}' for v in an) + f' ({times[-1]:.1f}s{eta})')
-    if throttle_s > 0:
-      time.sleep(throttle_s)
-  a0 = np.asarray([[json_number(pieces[name(m, i)]['a0']) for i in index]
+    write_json(path, dict(settings=settings, pieces=saved))
+    progress.finished(
+        1, f'member {m + 1}/{len(members)} ({_member(members[m])}), task '
+        f'{position[i] + 1}/{len(index)}: A0 {a0:.3f}, A_n '
+        + ', '.join(f'{v:.3f}' for v in an) + f' ({seconds:.1f}s)', seconds)
+
+  pieces_lib.adapt_each(
+      todo, adapt, member_state, lambda i: all_tasks[i],
+      lambda m, i: pieces_lib.adaptation_key(settings['seed'], members[m][0],
+                                             i), done, log, throttle_s)
+  a0 = np.asarray([[json_number(saved[name(m, i)]['a0']) for i in index]
                    for m in range(len(members))], np.float64)
-  an = np.asarray([[[json_number(v) for v in pieces[name(m, i)]['an']]
+  an = np.asarray([[[json_number(v) for v in saved[name(m, i)]['an']]
                     for i in index] for m in range(len(members))],
                   np.float64)
   for m in range(len(members)):

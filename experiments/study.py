@@ -82,13 +82,12 @@ from admrl_jax.evaluation import optimum
 from admrl_jax.evaluation import stats
 from experiments import astar as astar_lib
 from experiments import baselines
+from experiments import pieces as pieces_lib
 from experiments import presets
 from experiments import training as driver
 from experiments import workdir as workdir_lib
 from experiments.common import (UsageError, json_number, parse_floats,
-                                parse_seeds, read_json, run_main, wait,
-                                write_json)
-from experiments.progress import format_seconds
+                                parse_seeds, read_json, run_main, write_json)
 from experiments.study_design import (ALGOS, EVAL_SEED, SCALES, arm_sets,
                                       arm_label, eval_tasks, is_adversary,
                                       is_baseline, method_samples,
@@ -176,46 +175,6 @@ def check_study_dir(workdir, settings):
                      'another --workdir')
 
 
-# ------------------------------------------------------------------ pieces
-class Pieces:
-  """Counts finished pieces, prints one line per piece with elapsed time
-  and an ETA for the whole study (work in VirtualTraining iterations, timed
-  from the first piece finished in this process, so compilation and
-  earlier sessions do not distort it), and stops after --stop_after_pieces."""
-
-  def __init__(self, total_units: float, log, stop_after=None):
-    self.total = total_units
-    self.done = 0.0
-    self.log = log
-    self.stop_after = stop_after
-    self.count = 0
-    self._t0 = None
-    self._units0 = 0.0
-
-  def skip(self, units: float) -> None:
-    """Work already finished (resumed)."""
-    self.done += units
-
-  def finished(self, units: float, message: str) -> None:
-    now = time.time()
-    self.done += units
-    self.count += 1
-    eta = ''
-    if self._t0 is None:
-      self._t0, self._units0 = now, self.done
-    elif self.done > self._units0:
-      rate = (now - self._t0) / (self.done - self._units0)
-      eta = f', study ETA {format_seconds(rate * (self.total - self.done))}'
-    self.log(f'{message} [{100 * self.done / max(self.total, 1):.0f}% of the '
-             f'study{eta}]')
-    if self.stop_after is not None and self.count >= self.stop_after:
-      raise StopStudy()
-
-
-class StopStudy(Exception):
-  """--stop_after_pieces reached."""
-
-
 # --------------------------------------------------------------------- run
 def run():
   """Flags → the study in --workdir: every arm trained, A* and every
@@ -245,12 +204,12 @@ def run():
       f'A_n at n = {list(plan.adapt_config.budgets)}, A* {plan.method}'
       + (f' ({plan.astar_budget} real samples per task)'
          if plan.astar_budget else ''))
-  pieces = Pieces(total_units(runs, members, plan, scale), log,
-                  _STOP_AFTER.value)
+  pieces = pieces_lib.Pieces(total_units(runs, members, plan, scale), log,
+                             scope='study', stop_after=_STOP_AFTER.value)
   try:
     astar, evaluations = run_pieces(runs, members, plan, scale, workdir,
                                     pieces, log)
-  except StopStudy:
+  except pieces_lib.StopRun:
     log(f'stopped after {pieces.count} piece(s) (--stop_after_pieces); '
         'rerun the same command to continue')
     return
@@ -335,7 +294,8 @@ def total_units(runs, members, plan: StudyPlan, scale) -> float:
 
 def run_pieces(runs, members, plan: StudyPlan, scale, workdir, pieces, log):
   """Every piece of the study in turn: training, A*, the evaluations;
-  returns (A*, {algo: evaluation}). StopStudy after --stop_after_pieces."""
+  returns (A*, {algo: evaluation}). `pieces.StopRun` after
+  --stop_after_pieces."""
   for algo, (family, config, alphas, seeds, record) in runs.items():
     train(algo, family, config, alphas, seeds, record, workdir, pieces,
           train_units(config, len(members[algo])) / iterations(config), log)
@@ -387,7 +347,7 @@ def train(algo, family, config, alphas, seeds, record, workdir, pieces,
 
   def train_log(message):
     # The driver's line after each saved (task) iteration; raising
-    # StopStudy here stops between two checkpoints. Its compile lines pass
+    # StopRun here stops between two checkpoints. Its compile lines pass
     # through (a minute of silence otherwise).
     if (message.startswith(('task ', 'iteration '))
         and ' done in ' in message):
@@ -474,40 +434,37 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
         family, run_config, adapt_config.budgets,
         adapt_config.eval_episodes
         or adapt_config.stage_samples // family.horizon)
-    adapt = jax.jit(evaluator.adapt)
+    adapt = evaluator.adapt
 
     def member_state(m):
       return evaluator.member_params(state, m)
   else:
     adapter = adaptation.Adaptation(family, config.slbo, adapt_config)
-    adapt = jax.jit(adapter.adapt)
+    adapt = adapter.adapt
 
     def member_state(m):
       return jax.tree.map(lambda x: x[m], state.slbo)
-  base_key = jax.random.key(EVAL_SEED)
-  log(f'{algo}: evaluating {len(todo)} (member, task) piece(s); compiling '
-      'the adaptation first')
-  for m, i in todo:
-    t0 = time.time()
-    seed = members[m][0]
-    # Keyed by (seed, task), not by member: methods are paired per seed.
-    key = jax.random.fold_in(jax.random.fold_in(base_key, seed), i)
-    out = wait(adapt(member_state(m), tasks[i], key))
-    a0 = float(out.a0)
-    an = [float(v) for v in np.asarray(out.an)]
+  log(f'{algo}: evaluating {len(todo)} (member, task) piece(s)')
+
+  def done(m, i, out, seconds):
+    a0, an = float(out.a0), [float(v) for v in np.asarray(out.an)]
     result['a0'][m][i] = a0 if math.isfinite(a0) else 'nan'
     result['an'][m][i] = [v if math.isfinite(v) else 'nan' for v in an]
     result['a0_se'][m][i] = json_safe(float(out.a0_se))
     result['an_se'][m][i] = [json_safe(float(v)) for v in np.asarray(out.an_se)]
     write_json(path, result)
-    alpha = members[m][1]
+    seed, alpha = members[m]
     who = f'seed {seed}' + ('' if alpha is None else f', alpha {alpha:g}')
     pieces.finished(units, f'{algo} member {m + 1}/{len(members)} ({who})'
                     f', task {i + 1}/{len(tasks)}: A0 {a0:.2f}, A_n '
                     + ', '.join(f'{v:.2f}' for v in an)
-                    + f' ({time.time() - t0:.1f}s)')
-    if throttle_s > 0:
-      time.sleep(throttle_s)
+                    + f' ({seconds:.1f}s)', seconds)
+
+  # Keyed by (seed, task), not by member: methods are paired per seed.
+  pieces_lib.adapt_each(
+      todo, adapt, member_state, lambda i: tasks[i],
+      lambda m, i: pieces_lib.adaptation_key(EVAL_SEED, members[m][0], i),
+      done, lambda message: log(f'{algo}: {message}'), throttle_s)
   return result
 
 

@@ -160,7 +160,8 @@ def test_evaluate_measures_a_n_with_the_baselines_own_adaptation(runs, algo):
   with open(os.path.join(workdir, 'eval_pieces.json')) as f:
     pieces = json.load(f)['pieces']
   m, i = 1, min(int(k.split('/')[1]) for k in pieces)
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), m), i)
+  seed = record['seeds'][m]  # the evaluation keys by seed, not member
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), seed), i)
   keys = jax.random.split(key, 3)  # A0, A_50, A_100
   params = jax.tree.map(lambda x: x[m], state.params)
   psi = np.asarray(pieces[f'{m}/{i}']['psi'], np.float32)

@@ -705,7 +705,8 @@ def test_evaluate_says_what_it_will_do_and_reports_each_task(scripts):
                                                      'alpha 0.5), task ')]
   assert [line.split('task ')[1][:3] for line in tasks] == ['1/3', '2/3',
                                                             '3/3']
-  assert 'estimate for the 2 left' in tasks[0] and 'ETA' in tasks[1], tasks
+  assert 'evaluation estimate' in tasks[0] and 'ETA' in tasks[1], tasks
+  assert tasks[-1].endswith('[100% of the evaluation]'), tasks
 
 
 def test_interrupted_evaluation_stops_at_once_and_resumes_its_pieces(
