@@ -83,7 +83,9 @@ class Pieces:
       self._t0, self._units0 = self.clock(), self.done
     eta = self.eta_seconds()
     left = max(self.total - self.done, 0.0)
-    if eta is not None:
+    if left <= 0:
+      eta = ''                          # the last piece: nothing to estimate
+    elif eta is not None:
       eta = f', {self.scope} ETA {format_seconds(eta)}'
     elif seconds is not None and units > 0 and left > 0:
       eta = (f', {self.scope} estimate '
