@@ -8,7 +8,9 @@ import json
 import os
 from typing import Any, Dict
 
+from admrl_jax import linalg
 from admrl_jax.meta import admrl
+from admrl_jax.meta import task_gradient
 
 
 def config_from_dict(values: Dict[str, Any],
@@ -17,16 +19,23 @@ def config_from_dict(values: Dict[str, Any],
   """Rebuilds a config from `dataclasses.asdict`-style values (as stored in
   a run's config.json): nested sections recurse, lists become tuples, and a
   function-valued field (an activation) must name the default's function.
-  Fields absent from `values` keep `like`'s values.
+  Fields absent from `values` keep `like`'s values. A linear solver
+  (`linalg.Solver`) is rebuilt from its record by `linalg.from_dict` (its
+  `kind` picks the class); a task-gradient section written before solvers
+  were values (flat linear_solver='cg_normal', iters, tol, damping, ...)
+  is upgraded first (`task_gradient.upgrade_record`).
 
   Raises:
-    ValueError: a function other than the default's; with `strict`, a key
+    ValueError: a function other than the default's; a solver record that
+      does not rebuild (named with its dotted path); with `strict`, a key
       that is not a field (named with its dotted path), or a section that
       is not a mapping.
   """
   if not isinstance(values, dict):
     raise ValueError(f'{_where or "config"}: expected a mapping of fields, '
                      f'got {type(values).__name__}')
+  if isinstance(like, task_gradient.TaskGradientConfig):
+    values = task_gradient.upgrade_record(values)
   if strict:
     names = {f.name for f in dataclasses.fields(like)}
     unknown = sorted(set(values) - names)
@@ -39,7 +48,12 @@ def config_from_dict(values: Dict[str, Any],
     if field.name not in values:
       continue
     default, value = getattr(like, field.name), values[field.name]
-    if dataclasses.is_dataclass(default):
+    if isinstance(default, linalg.Solver):
+      try:
+        kwargs[field.name] = linalg.from_dict(value)
+      except (ValueError, TypeError) as e:
+        raise ValueError(f'{_where}{field.name}: {e}') from None
+    elif dataclasses.is_dataclass(default):
       kwargs[field.name] = config_from_dict(value, default, strict,
                                             f'{_where}{field.name}.')
     elif callable(default):

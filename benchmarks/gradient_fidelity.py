@@ -68,6 +68,9 @@ _TABLE_ONLY = flags.DEFINE_bool(
 HORIZON = 100
 ACTION_STD = 0.3
 HESSIANS = ('reinforce', 'per_step', 'pathwise')
+# The solvers as the results file records them (the flat fields of
+# `linalg.from_legacy`, which builds the solver values; 200 iterations and
+# tol 1e-10 each).
 SOLVERS = {
     'cg_normal_d0.1': dict(linear_solver='cg_normal', damping=0.1),
     'minres': dict(linear_solver='minres'),
@@ -135,11 +138,12 @@ def truth(k: int, n_psi: int):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import ground_truth as gt  # pylint: disable=g-import-not-at-top
+  from admrl_jax import linalg  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import task_gradient as tg  # pylint: disable=g-import-not-at-top
   true, model = families(k)
   psis = psi_set(k, n_psi)
   with jax.enable_x64(True):
-    exact = tg.TaskGradientConfig(linear_solver='dense')
+    exact = tg.TaskGradientConfig(linear_solver=linalg.Dense())
 
     def one(psi):
       pieces = gt.exact_pieces(true, model, psi, ACTION_STD)
@@ -187,11 +191,13 @@ def cell_name(hessian, solver, normalization, advantages):
 
 
 def cell_config(hessian, solver, normalization, advantages):
+  from admrl_jax import linalg  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import task_gradient as tg  # pylint: disable=g-import-not-at-top
   gamma, lam = ADVANTAGES[advantages]
   return tg.TaskGradientConfig(
       hessian=hessian, normalization=normalization, gamma=gamma, lam=lam,
-      iters=200, tol=1e-10, **SOLVERS[solver])
+      linear_solver=linalg.from_legacy(iters=200, tol=1e-10,
+                                       **SOLVERS[solver]))
 
 
 def run_piece(k, n_samples, repeat, truth_k, log):

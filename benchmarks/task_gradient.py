@@ -76,6 +76,7 @@ def main(argv):
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
 
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  from admrl_jax import linalg  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import estimators  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import task_gradient as tg  # pylint: disable=g-import-not-at-top
   from admrl_jax.models import dynamics, normalizer  # pylint: disable=g-import-not-at-top
@@ -128,7 +129,8 @@ def main(argv):
 
   rows = {}
   for solver in ('adjoint', 'per_dimension'):
-    tg_config = tg.TaskGradientConfig(solver=solver, iters=iters, tol=0.0)
+    tg_config = tg.TaskGradientConfig(
+        solver=solver, linear_solver=linalg.MINRES(iters=iters, tol=0.0))
     fn = jax.jit(lambda v, rh, rs, p, c=tg_config: tg.from_samples(
         c, family, log_prob, psi=p, theta_hat=policy, virtual=v,
         real_hat=rh, real_star_transitions=rs.transitions))

@@ -19,6 +19,7 @@ import typing
 from typing import Any, Dict, Tuple
 
 from admrl_jax import envs
+from admrl_jax import linalg
 from admrl_jax.baselines import maml
 from admrl_jax.baselines import pearl
 from admrl_jax.config_io import config_from_dict  # pylint: disable=unused-import (re-exported)
@@ -80,7 +81,8 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
             model=ModelConfig(hidden=(200, 200), n_steps=100,
                               action_clip=action_clip),
             real=RolloutConfig(n_envs=10)),
-        task_gradient=tg.TaskGradientConfig(iters=50),
+        task_gradient=tg.TaskGradientConfig(
+            linear_solver=linalg.MINRES(iters=50)),
         step_rule='normalized')
     return config, {'horizon': 100}, default_alpha(env, config)
   # smoke: every code path once, in about a minute on lq.
@@ -92,7 +94,8 @@ def preset(env, name: str) -> Tuple[admrl.AdMRLConfig, Dict[str, Any],
           model=ModelConfig(hidden=(32, 32), n_steps=20,
                             action_clip=action_clip),
           real=RolloutConfig(n_envs=4)),
-      task_gradient=tg.TaskGradientConfig(iters=20),
+      task_gradient=tg.TaskGradientConfig(
+          linear_solver=linalg.MINRES(iters=20)),
       step_rule='normalized')
   return (config, {'horizon': family.smoke_horizon},
           default_alpha(env, config))
@@ -165,7 +168,13 @@ def apply_overrides(config, overrides: Dict[str, str]):
   replaces the whole task-gradient section before the other fields are set;
   values are parsed as the field's declared type (int, float, bool, str,
   tuple of ints such as '256,256'; 'none' only for an Optional field);
-  floats must be finite. Raises ValueError naming the dotted field on an
+  floats must be finite. 'task_gradient.linear_solver' takes a solver
+  value as `linalg.parse` reads it: a kind ('cg_normal', the paper's
+  damped CG; 'minres', 'gmres', 'cg', 'dense') or a kind with keyword
+  fields ('cg_normal(iters=50)'); the solver's own fields are set as
+  'task_gradient.linear_solver.iters' etc., after the value itself
+  whatever their order (a field is set after any field whose dotted name
+  is a prefix of its own). Raises ValueError naming the dotted field on an
   unknown name, a value of the wrong type, or one its config refuses (each
   config checks its ranges in `__post_init__`), so a bad value never
   reaches a compiled program.
@@ -180,7 +189,11 @@ def apply_overrides(config, overrides: Dict[str, str]):
       config = dataclasses.replace(config, task_gradient=tg.preset(name))
     except ValueError as e:
       raise ValueError(f'task_gradient.preset: {e}') from None
-  for dotted, text in overrides.items():
+  # A value (e.g. task_gradient.linear_solver=gmres) before its own fields
+  # (task_gradient.linear_solver.iters=50), whatever the order given.
+  def enclosing_first(item):
+    return not any(other.startswith(item[0] + '.') for other in overrides)
+  for dotted, text in sorted(overrides.items(), key=enclosing_first):
     config = _set(config, dotted.split('.'), text, dotted)
   return config
 
@@ -199,8 +212,23 @@ def _set(obj, path, text, dotted):
     raise ValueError(f'{dotted}: {path[0]!r} is not a config section')
   names = {f.name for f in dataclasses.fields(obj)}
   if path[0] not in names:
-    raise ValueError(f'{dotted}: unknown field {path[0]!r}; valid: '
-                     f'{", ".join(sorted(names))}')
+    hint = ''
+    if (isinstance(obj, tg.TaskGradientConfig)
+        and path[0] in tg.LEGACY_SOLVER_FIELDS):
+      hint = (' (the solver\'s fields moved into its value: set '
+              f'task_gradient.linear_solver.'
+              f'{tg.LEGACY_SOLVER_FIELDS[path[0]]}, after choosing the solver '
+              'with e.g. task_gradient.linear_solver=cg_normal)')
+    elif isinstance(obj, linalg.Solver):
+      hint = (f' of the {type(obj).__name__} solver (choose another with '
+              'task_gradient.linear_solver=KIND, KIND one of '
+              f'{", ".join(linalg.METHODS)})')
+    raise ValueError(f'{dotted}: unknown field {path[0]!r}{hint}; valid: '
+                     f'{", ".join(sorted(n for n in names if n != "kind"))}')
+  if isinstance(obj, linalg.Solver) and path[0] == 'kind':
+    raise ValueError(f'{dotted}: a solver\'s kind is not a field; choose '
+                     'the solver itself, e.g. '
+                     'task_gradient.linear_solver=gmres')
   current = getattr(obj, path[0])
   if len(path) > 1:
     value = _set(current, path[1:], text, dotted)
@@ -230,6 +258,11 @@ def _parse(hint, text, dotted):
   base, optional = field_type(hint)
   text = text.strip()
   name = getattr(base, '__name__', str(base))
+  if isinstance(base, type) and issubclass(base, linalg.Solver):
+    try:
+      return linalg.parse(text)
+    except ValueError as e:
+      raise ValueError(f'{dotted}: {e}') from None
   try:
     if text.lower() == 'none':
       if optional:

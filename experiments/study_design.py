@@ -28,7 +28,7 @@ ARMS: Dict[str, Arm] = {
     # per-sample sums) with their step rule u ← u + α ∂L/∂u; 50 CG
     # iterations as in the first study (the paper: 200).
     'admrl_paper': Arm('admrl', (('task_gradient.preset', 'paper'),
-                                 ('task_gradient.iters', '50'),
+                                 ('task_gradient.linear_solver.iters', '50'),
                                  ('step_rule', 'paper')),
                        doc='Algorithm 1 with the paper\'s estimator and step '
                        'rule'),
@@ -152,7 +152,8 @@ SCALES: Dict[str, Scale] = {
     # sweep over two orders of magnitude below the paper's α.
     'study': Scale(preset='quick', ntasks=6,
                    sets=_DIAGNOSE + (('task_gradient.preset', 'paper'),
-                                     ('task_gradient.iters', '50'),
+                                     ('task_gradient.linear_solver.iters',
+                                      '50'),
                                      ('step_rule', 'paper'),
                                      ('slbo.n_zeroshot', '3'),
                                      ('slbo.n_inner', '3')),

@@ -2,6 +2,7 @@
 jit(vmap), one compiled program, baselines' task choice, NaN handling."""
 import dataclasses
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import pytest
 
 import compile_count
 from admrl_jax import envs
+from admrl_jax import linalg
 from admrl_jax.envs import lq
 from admrl_jax.meta import admrl
 from admrl_jax.meta import adversary
@@ -199,7 +201,8 @@ def test_large_residual_shortens_the_ascent_step(setup):
   max_residual = 1e-9
   algorithm = admrl.AdMRL(family, dataclasses.replace(
       config, task_gradient=dataclasses.replace(
-          tg.preset('paper'), iters=20, max_residual=max_residual,
+          tg.preset('paper'), linear_solver=linalg.NormalCG(iters=20),
+          max_residual=max_residual,
           residual_action='shorten')))
   state = states[0]
   s = state.slbo
@@ -385,13 +388,34 @@ def test_named_task_gradient_presets():
   """--set=task_gradient.preset=paper|authors replaces the section before
   other task_gradient fields refine it; an unknown name is refused."""
   config, _, _ = presets.preset('lq', 'smoke')
-  paper = presets.apply_overrides(config, {'task_gradient.iters': '50',
-                                           'task_gradient.preset': 'paper'})
-  assert paper.task_gradient == dataclasses.replace(tg.preset('paper'),
-                                                    iters=50)
+  paper = presets.apply_overrides(
+      config, {'task_gradient.linear_solver.iters': '50',
+               'task_gradient.preset': 'paper'})
+  assert paper.task_gradient == dataclasses.replace(
+      tg.preset('paper'), linear_solver=linalg.NormalCG(iters=50))
   assert (paper.task_gradient.hessian, paper.task_gradient.linear_solver,
-          paper.task_gradient.damping, paper.task_gradient.normalization) == (
-              'reinforce', 'cg_normal', 0.1, 'per_sample')
+          paper.task_gradient.normalization) == (
+              'reinforce', linalg.NormalCG(iters=50, damping=0.1),
+              'per_sample')
+  # The solver from the command line: a kind, or a kind with its fields,
+  # set before the solver's own fields whatever their order.
+  for sets, solver in (
+      ({'task_gradient.linear_solver': 'cg_normal'}, linalg.NormalCG()),
+      ({'task_gradient.linear_solver.iters': '30',
+        'task_gradient.linear_solver': 'gmres(restart=10)'},
+       linalg.GMRES(iters=30, restart=10)),
+      ({'task_gradient.linear_solver':
+        'cg_normal(iters=50, damping=0.2, scale=None)'},
+       linalg.NormalCG(iters=50, damping=0.2))):
+    assert presets.apply_overrides(
+        config, sets).task_gradient.linear_solver == solver, sets
+  for sets, match in (
+      ({'task_gradient.linear_solver': 'lu'}, 'unknown linear solver'),
+      ({'task_gradient.iters': '50'}, 'task_gradient.linear_solver.iters'),
+      ({'task_gradient.linear_solver.damping': '0.1'}, 'MINRES solver'),
+      ({'task_gradient.linear_solver': 'minres(iters=0)'}, 'iters')):
+    with pytest.raises(ValueError, match=re.escape(match)):
+      presets.apply_overrides(config, sets)
   authors = presets.apply_overrides(config, {'task_gradient.preset':
                                              'authors'})
   assert (authors.task_gradient.hessian,

@@ -340,7 +340,7 @@ _WRONG_TYPE = {int: '1.5', float: 'abc', bool: 'maybe', tuple: '64,x',
                str: 'bogus'}
 _OUT_OF_RANGE = {int: '0', float: '-1', tuple: '0,64'}
 # Fields for which −1 is valid.
-_OUT_OF_RANGE_OF = {'first_u': '1.5', 'task_gradient.shift': 'inf',
+_OUT_OF_RANGE_OF = {'first_u': '1.5', 'task_gradient.linear_solver.shift': 'inf',
                     'slbo.policy.init_log_std': 'inf'}
 
 

@@ -18,7 +18,15 @@ from admrl_jax.policies import gaussian_mlp as gm
 from admrl_jax.rl import rollout
 from admrl_jax.rl.rollout import RolloutConfig
 
-EXACT = dict(damping=0.0, scale=1.0, tol=1e-14, iters=200)
+# Each solver at settings that solve these systems exactly (NormalCG
+# undamped and unscaled).
+EXACT_SOLVERS = {
+    'minres': linalg.MINRES(iters=200, tol=1e-14),
+    'cg_normal': linalg.NormalCG(iters=200, tol=1e-14, damping=0.0,
+                                 scale=1.0),
+    'gmres': linalg.GMRES(iters=200, tol=1e-14),
+    'dense': linalg.Dense()}
+EXACT = dict(linear_solver=EXACT_SOLVERS['minres'])
 SMALL = gm.PolicyConfig(hidden=(8,))
 LOG_PROB = networks.gaussian_mlp_policy(SMALL).log_prob  # (θ, s, a)
 
@@ -33,15 +41,15 @@ def _rel(a, b):
                / np.linalg.norm(np.asarray(b)))
 
 
-@pytest.mark.parametrize('linear_solver', linalg.METHODS)
+@pytest.mark.parametrize('linear_solver', EXACT_SOLVERS)
 def test_ift_jacobian_equals_finite_differences_of_the_resolved_optimum(
     linear_solver):
   with jax.enable_x64(True):
     true, model = lq_truth.families()
     psi = jnp.asarray(lq_truth.PSI)
     pieces = lq_truth.exact_pieces(true, model, psi)
-    config = tg.TaskGradientConfig(solver='per_dimension',
-                                   linear_solver=linear_solver, **EXACT)
+    config = tg.TaskGradientConfig(
+        solver='per_dimension', linear_solver=EXACT_SOLVERS[linear_solver])
     _, jacobian, info = tg.implicit_term(
         config, pieces['hessian_objective'], pieces['mixed_objective'],
         pieces['theta_hat'], psi, pieces['policy_grad'])
@@ -53,7 +61,7 @@ def test_ift_jacobian_equals_finite_differences_of_the_resolved_optimum(
 
 
 @pytest.mark.parametrize('solver', tg.SOLVERS)
-@pytest.mark.parametrize('linear_solver', linalg.METHODS)
+@pytest.mark.parametrize('linear_solver', EXACT_SOLVERS)
 def test_exact_task_gradient_equals_finite_differences_of_the_gap(
     solver, linear_solver):
   """∂L/∂ψ (Eq. 2, exact pieces) = central differences of L, where L is
@@ -61,8 +69,8 @@ def test_exact_task_gradient_equals_finite_differences_of_the_gap(
   with jax.enable_x64(True):
     true, model = lq_truth.families()
     psi = jnp.asarray(lq_truth.PSI)
-    config = tg.TaskGradientConfig(solver=solver, linear_solver=linear_solver,
-                                   **EXACT)
+    config = tg.TaskGradientConfig(
+        solver=solver, linear_solver=EXACT_SOLVERS[linear_solver])
     half_widths = jnp.asarray([2.0, 0.5])
     out = jax.jit(lambda psi: tg.assemble(
         config, psi=psi, dpsi_du=half_widths,
@@ -100,8 +108,7 @@ def _collect_lq_batches(n_episodes, key, model_noise_std=None):
 
 # λ = 1 so that ∂Â/∂ψ is the derivative of the reward-to-go (unbiased B);
 # the exact value function of θ̂ as the frozen critic.
-SAMPLED = tg.TaskGradientConfig(hessian='reinforce', linear_solver='minres',
-                                 gamma=1.0, lam=1.0,
+SAMPLED = tg.TaskGradientConfig(hessian='reinforce', gamma=1.0, lam=1.0,
                                 **EXACT)
 
 
@@ -144,8 +151,7 @@ def test_sampled_task_gradient_on_lq_pathwise():
     noise = jax.random.normal(key_noise, (lq_truth.HORIZON, n_paths, 2))
     matrices = (jnp.asarray(model.A), jnp.asarray(model.B))
     config = tg.TaskGradientConfig(
-        hessian='pathwise', linear_solver='minres', gamma=1.0, lam=1.0,
-        **EXACT)
+        hessian='pathwise', gamma=1.0, lam=1.0, **EXACT)
     out = jax.jit(lambda v, rh, rs: tg.from_samples(
         config, b['true'], lq_truth.log_prob, psi=b['psi'],
         theta_hat=b['theta_hat'], virtual=v, real_hat=rh,
@@ -194,8 +200,8 @@ def test_per_dimension_and_adjoint_agree_on_brax_data(hopper_batch):
     results = {}
     for solver in tg.SOLVERS:
       config = tg.TaskGradientConfig(  # the paper's Hessian and solve
-          solver=solver, hessian='reinforce', linear_solver='cg_normal',
-          damping=0.1, gamma=0.99, lam=0.95)
+          solver=solver, hessian='reinforce',
+          linear_solver=linalg.NormalCG(damping=0.1), gamma=0.99, lam=0.95)
       results[solver] = jax.jit(lambda: tg.from_samples(
           config, family, LOG_PROB, psi=psi, theta_hat=policy,
           virtual=batch, real_hat=batch, real_star_transitions=tr))()
@@ -238,13 +244,73 @@ def test_one_compiled_program_for_every_task_and_nonfinite_flag():
 
 def test_config_validation():
   for kwargs, match in ((dict(solver='newton'), 'task-gradient solver'),
-                        (dict(linear_solver='lu'), 'linear solver'),
+                        (dict(linear_solver='lu'), 'linalg.Solver'),
+                        (dict(linear_solver='cg_normal'), 'linalg.parse'),
                         (dict(hessian='fisher'), 'Hessian estimator'),
-                        (dict(iters=0), 'iters'),
-                        (dict(damping=-1.0), 'damping'),
                         (dict(lam=1.5), 'lam')):
     with pytest.raises(ValueError, match=match):
       tg.TaskGradientConfig(**kwargs)
+  with pytest.raises(ValueError, match='iters'):
+    tg.TaskGradientConfig(linear_solver=linalg.MINRES(iters=0))
+  with pytest.raises(ValueError, match='damping'):
+    tg.TaskGradientConfig(linear_solver=linalg.NormalCG(damping=-1.0))
+
+
+# The task_gradient section of a config.json written before solvers were
+# values: docs/study/steptruth/lq-admrl_paper/config.json (the paper's
+# estimator with 50 CG iterations), as committed.
+OLD_PAPER_SECTION = {
+    'solver': 'adjoint', 'linear_solver': 'cg_normal', 'iters': 50,
+    'tol': 1e-10, 'damping': 0.1, 'scale': None, 'shift': 0.0,
+    'gmres_restart': None, 'hessian': 'reinforce', 'gamma': 0.99,
+    'lam': 0.95, 'hessian_gamma': 1.0, 'max_residual': None,
+    'residual_action': 'reject', 'normalization': 'per_sample'}
+
+
+def test_old_config_records_load_into_solver_values():
+  """Records with the flat solver fields (linear_solver='cg_normal',
+  iters, tol, damping, scale, shift, gmres_restart) load, strictly, into
+  the solver value they meant; a current record round-trips."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+
+  from admrl_jax import config_io  # pylint: disable=g-import-not-at-top
+  from admrl_jax import fileio  # pylint: disable=g-import-not-at-top
+  from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
+  like = admrl.AdMRLConfig()
+  config = config_io.config_from_dict({'task_gradient': OLD_PAPER_SECTION},
+                                      like, strict=True)
+  assert config.task_gradient == dataclasses.replace(
+      tg.preset('paper'), linear_solver=linalg.NormalCG(iters=50))
+  root = os.path.join(os.path.dirname(__file__), '..', 'docs', 'study',
+                      'steptruth')
+  for run, expected in (('lq-admrl_paper', linalg.NormalCG(iters=50)),
+                        ('lq-admrl', linalg.MINRES(iters=50))):
+    with open(os.path.join(root, run, 'config.json')) as f:
+      record = json.load(f)
+    loaded = config_io.config_from_dict(record['config'], like, strict=True)
+    assert loaded.task_gradient.linear_solver == expected, run
+  # The other methods and their own fields; absent fields: old defaults.
+  for flat, expected in (
+      (dict(linear_solver='gmres', iters=80, shift=0.2, gmres_restart=20,
+            damping=0.1), linalg.GMRES(iters=80, shift=0.2, restart=20)),
+      (dict(linear_solver='dense', shift=0.5), linalg.Dense(shift=0.5)),
+      (dict(iters=30), linalg.MINRES(iters=30))):
+    section = config_io.config_from_dict(flat, tg.TaskGradientConfig(),
+                                         strict=True)
+    assert section.linear_solver == expected, flat
+  with pytest.raises(ValueError, match='linear_solver'):
+    config_io.config_from_dict(dict(linear_solver='lu', iters=5),
+                               tg.TaskGradientConfig())
+  # A current record: the solver recorded with its kind.
+  current = dataclasses.replace(
+      tg.TaskGradientConfig(), linear_solver=linalg.GMRES(restart=10))
+  record = json.loads(json.dumps(fileio.to_jsonable(
+      dataclasses.asdict(current))))
+  assert record['linear_solver'] == dict(kind='gmres', iters=200, tol=1e-10,
+                                         shift=0.0, restart=10)
+  assert config_io.config_from_dict(record, tg.TaskGradientConfig(),
+                                    strict=True) == current
 
 
 def test_per_sample_normalization_is_the_per_episode_gradient_over_t():
@@ -275,8 +341,8 @@ def test_per_sample_normalization_is_the_per_episode_gradient_over_t():
                                  rtol=1e-6, err_msg=name)
     # Damped normal-equation CG (the paper's solver): the return terms keep
     # the 1/T ratio, the implicit term shrinks by more than 1/T.
-    damped = dict(linear_solver='cg_normal', damping=0.1, scale=None,
-                  iters=200)
+    damped = dict(linear_solver=linalg.NormalCG(iters=200, damping=0.1,
+                                                scale=None))
     cg_episode = grad(dataclasses.replace(SAMPLED, **damped))
     cg_sample = grad(dataclasses.replace(SAMPLED, normalization='per_sample',
                                          **damped))

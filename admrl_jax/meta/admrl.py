@@ -175,10 +175,12 @@ class IterationMetrics:
     residual: ‖A x − b‖/‖b‖ of the task gradient's linear solve on the
       undamped system (solver 'per_dimension': the worst of the k solves).
     solver_iterations: matrix–vector products A·v (Hessian-vector products)
-      that solve spent — not iterations: 'cg_normal' (the default) takes two
-      per CG iteration (Aᵀ(A v)), so up to 2 × `task_gradient.iters`;
-      'minres' one per iteration; 'gmres' reports its cap; summed over the
-      k solves with solver 'per_dimension'; 0 when no gradient was computed.
+      that solve spent (`linalg.SolveInfo.iterations`) — not iterations:
+      `linalg.NormalCG` (the paper's) takes two per CG iteration
+      (Aᵀ(A v)), so up to 2 × its `iters`; `linalg.MINRES` (the default)
+      one per iteration; `linalg.GMRES` restart × its cycles; summed over
+      the k solves with solver 'per_dimension'; 0 when no gradient was
+      computed.
     grad_accepted: the ascent step was taken (False when the gradient was
       non-finite, or its solve's residual was above
       `task_gradient.max_residual` with residual_action 'reject', or for

@@ -13,9 +13,11 @@ A enters only through products A v = jvp of grad (`linalg.hvp`) of a scalar
   solve and one vector–Jacobian product, whatever k is (as in jaxopt's
   implicit differentiation).
 
-The linear solver is `linalg.solve`: MINRES (the default, undamped), the
-paper's damped normal-equation CG (`cg_normal`, δ = 0.1, scale 1/P, 200
-iterations, least-residual iterate), GMRES or a dense reference solve.
+The linear solver is a `linalg.Solver` value (`config.linear_solver`,
+solved as `solver.solve(matvec, b)`): `linalg.MINRES()` (the default,
+undamped), the paper's damped normal-equation CG (`linalg.NormalCG()`:
+δ = 0.1, scale 1/P, 200 iterations, least-residual iterate), GMRES, CG or a
+dense reference solve.
 `assemble` is generic (it also takes exact objectives, as the `lq` tests
 do); `from_samples` builds every piece from the batches the algorithm has
 (the authors' code): A and B from the pathwise return of model roll-outs of
@@ -41,7 +43,6 @@ import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 from flax import struct
-from jax.flatten_util import ravel_pytree
 
 from admrl_jax import linalg
 from admrl_jax.envs.base import TaskFamily
@@ -60,18 +61,16 @@ class TaskGradientConfig:
   Attributes:
     solver: 'adjoint' (one solve, default) or 'per_dimension' (the paper's
       k solves).
-    linear_solver: one of `linalg.METHODS`: 'minres' (default, undamped),
-      'cg_normal' (the paper), 'gmres', 'dense' (a reference for small P:
-      it materialises A).
-    iters: iterations of the linear solver (paper: 200).
-    tol: relative residual at which the solver stops early.
-    damping: δ of 'cg_normal', (AᵀA·s + δI) x = Aᵀb·s (paper: 0.1).
-    scale: s of 'cg_normal'; None means 1/P, P = number of policy
-      parameters (paper).
-    shift: 'minres'/'gmres' solve (A − shift·I) x = b (0: undamped).
-    gmres_restart: Krylov dimension between GMRES restarts; None: `iters`
-      (no restart — restarts stall on indefinite systems, see
-      `linalg.krylov`).
+    linear_solver: the solver of A x = b, a `linalg.Solver` value with its
+      own fields: `linalg.MINRES(iters=200, tol=1e-10, shift=0.0)`
+      (default, undamped), `linalg.NormalCG()` (the paper: CG on
+      (AᵀA·s + δI) x = Aᵀb·s with δ = 0.1, s = 1/P, 200 iterations),
+      `linalg.GMRES(...)`, `linalg.CG(...)` (only for a positive-definite
+      A, which the policy Hessian is not in general) or `linalg.Dense()` (a
+      reference for small P: it materialises A). See `linalg.krylov`.
+      (Before solvers were values these were the flat fields
+      linear_solver='minres', iters, tol, damping, scale, shift and
+      gmres_restart; `upgrade_record` reads records that hold them.)
     hessian: how A (and B) are estimated: 'reinforce' (Eq. 7, the
       trajectory form: cumulative log-probabilities times centred rewards,
       `estimators.reinforce_hessian_objective`), 'per_step' (the authors'
@@ -99,13 +98,7 @@ class TaskGradientConfig:
       episodes), see `meta.estimators`.
   """
   solver: str = 'adjoint'
-  linear_solver: str = 'minres'
-  iters: int = 200
-  tol: float = 1e-10
-  damping: float = 0.1
-  scale: Optional[float] = None
-  shift: float = 0.0
-  gmres_restart: Optional[int] = None
+  linear_solver: linalg.Solver = linalg.MINRES(iters=200, tol=1e-10)
   hessian: str = 'pathwise'
   gamma: float = 1.0
   lam: float = 0.0
@@ -118,34 +111,74 @@ class TaskGradientConfig:
     if self.solver not in SOLVERS:
       raise ValueError(f'unknown task-gradient solver {self.solver!r}; '
                        f'choose one of {", ".join(SOLVERS)}')
-    if self.linear_solver not in linalg.METHODS:
-      raise ValueError(f'unknown linear solver {self.linear_solver!r}; '
-                       f'choose one of {", ".join(linalg.METHODS)}')
+    if not isinstance(self.linear_solver, linalg.Solver):
+      hint = ''
+      if isinstance(self.linear_solver, str):
+        hint = (f' (a kind such as {self.linear_solver!r} is read by '
+                f'linalg.parse; e.g. linalg.NormalCG(), linalg.MINRES())')
+      raise ValueError(
+          'linear_solver must be a linalg.Solver value (one of '
+          f'{", ".join(t.__name__ for t in linalg.SOLVER_TYPES.values())}), '
+          f'got {self.linear_solver!r}{hint}')
     if self.hessian not in HESSIANS:
       raise ValueError(f'unknown Hessian estimator {self.hessian!r}; '
                        f'choose one of {", ".join(HESSIANS)}')
     if self.normalization not in estimators.NORMALIZATIONS:
       raise ValueError(f'unknown normalization {self.normalization!r}; '
                        f'choose one of {", ".join(estimators.NORMALIZATIONS)}')
-    if self.iters < 1 or (self.gmres_restart is not None
-                          and self.gmres_restart < 1):
-      raise ValueError('iters and gmres_restart must be >= 1, got '
-                       f'{self.iters}, {self.gmres_restart}')
-    if not self.tol >= 0:
-      raise ValueError(f'tol must be >= 0, got {self.tol}')
     if self.max_residual is not None and not self.max_residual > 0:
       raise ValueError(f'max_residual must be > 0 (or None), got '
                        f'{self.max_residual}')
     if self.residual_action not in RESIDUAL_ACTIONS:
       raise ValueError(f'unknown residual_action {self.residual_action!r}; '
                        f'choose one of {", ".join(RESIDUAL_ACTIONS)}')
-    if self.damping < 0 or (self.scale is not None and self.scale <= 0):
-      raise ValueError(f'need damping >= 0 and scale > 0, got {self.damping}, '
-                       f'{self.scale}')
     for name in ('gamma', 'lam', 'hessian_gamma'):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f'{name} must be in [0, 1], got '
                          f'{getattr(self, name)}')
+
+
+# The flat solver fields TaskGradientConfig had before solvers were values
+# (older config.json files hold them), and where each lives now.
+LEGACY_SOLVER_FIELDS = {'iters': 'iters', 'tol': 'tol', 'damping': 'damping',
+                        'scale': 'scale', 'shift': 'shift',
+                        'gmres_restart': 'restart'}
+
+
+def upgrade_record(values):
+  """A task-gradient section of a config record (a run's config.json) in
+  the current layout: the flat solver fields of older records
+  (linear_solver='cg_normal', iters=200, tol, damping=0.1, scale, shift,
+  gmres_restart) become the `linear_solver` value's record
+  (`linalg.from_legacy`: each method keeps the fields that applied to it,
+  absent ones take their old defaults); a `linear_solver` string alone is
+  read by `linalg.parse` ('gmres', 'cg_normal(iters=50)'). Current
+  records, and values that are not a mapping, are returned as they are.
+
+  Raises:
+    ValueError: a record that mixes a solver record with flat fields, or
+      names an unknown method.
+  """
+  if not isinstance(values, dict):
+    return values
+  legacy = {k: values[k] for k in LEGACY_SOLVER_FIELDS if k in values}
+  solver = values.get('linear_solver')
+  if not legacy and not isinstance(solver, str):
+    return values
+  if isinstance(solver, dict):
+    raise ValueError(
+        'task_gradient: the record holds both a linear_solver value and the '
+        f'old flat solver field(s) {", ".join(sorted(legacy))}; keep one')
+  out = {k: v for k, v in values.items() if k not in LEGACY_SOLVER_FIELDS}
+  try:
+    if legacy:
+      value = linalg.from_legacy(solver or 'minres', **legacy)
+    else:  # a kind alone (as --set takes it): its defaults, the old ones
+      value = linalg.parse(solver)
+  except ValueError as e:
+    raise ValueError(f'task_gradient.linear_solver: {e}') from None
+  out['linear_solver'] = dataclasses.asdict(value)
+  return out
 
 
 PRESETS = ('paper', 'authors')
@@ -169,8 +202,8 @@ def preset(name: str) -> TaskGradientConfig:
   the ground-truth benchmark (benchmarks/gradient_fidelity.py) supports.
   Raises ValueError for another name.
   """
-  paper_solver = dict(linear_solver='cg_normal', damping=0.1, scale=None,
-                      iters=200, gamma=0.99, lam=0.95)
+  paper_solver = dict(linear_solver=linalg.NormalCG(
+      iters=200, damping=0.1, scale=None), gamma=0.99, lam=0.95)
   if name == 'paper':
     return TaskGradientConfig(hessian='reinforce', normalization='per_sample',
                               **paper_solver)
@@ -210,13 +243,6 @@ class TaskGradient:
   finite: jax.Array
 
 
-def _solve(config: TaskGradientConfig, matvec, b, n_params: int):
-  scale = 1.0 / n_params if config.scale is None else config.scale
-  return linalg.solve(matvec, b, config.linear_solver, config.iters,
-                      tol=config.tol, damping=config.damping, scale=scale,
-                      shift=config.shift, restart=config.gmres_restart)
-
-
 def implicit_term(config: TaskGradientConfig,
                   hessian_objective: Callable[[PyTree], jax.Array],
                   mixed_objective: Callable[[PyTree, jax.Array], jax.Array],
@@ -228,8 +254,6 @@ def implicit_term(config: TaskGradientConfig,
     leading axis k (per_dimension), or None (adjoint); info a
     `linalg.SolveInfo` (per_dimension: worst residual, summed iterations).
   """
-  n_params = ravel_pytree(theta_hat)[0].size
-
   def matvec(v):
     return linalg.hvp(hessian_objective, theta_hat, v)
 
@@ -237,13 +261,13 @@ def implicit_term(config: TaskGradientConfig,
     return jax.grad(mixed_objective)(theta_hat, p)
 
   if config.solver == 'adjoint':
-    x, info = _solve(config, matvec, g, n_params)
+    x, info = config.linear_solver.solve(matvec, g)
     _, vjp = jax.vjp(mixed_field, psi)
     return -vjp(x)[0], None, info
 
   def per_dimension(e_i):
     b_i = jax.jvp(mixed_field, (psi,), (e_i,))[1]  # B e_i
-    return _solve(config, matvec, b_i, n_params)
+    return config.linear_solver.solve(matvec, b_i)
 
   xs, infos = jax.lax.map(per_dimension, jnp.eye(psi.shape[0],
                                                   dtype=psi.dtype))
