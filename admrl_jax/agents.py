@@ -33,13 +33,13 @@ import os
 from typing import Any, Callable, Optional, Tuple, Union
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from admrl_jax import envs
 from admrl_jax import fileio
 from admrl_jax import networks as networks_lib
+from admrl_jax import sweep
 from admrl_jax.envs.base import TaskFamily
 from admrl_jax.meta import admrl
 from admrl_jax.meta import paper
@@ -154,8 +154,7 @@ def train(family: Union[str, TaskFamily],
     raise ValueError(f'alpha must be a finite number > 0, got {alpha}')
   family = family.calibrate(jax.random.key(10_000 + seed))
   algorithm = admrl.AdMRL(family, config, networks)
-  state = jax.vmap(algorithm.init)(jnp.stack([jax.random.key(seed)]),
-                                   jnp.asarray([alpha], jnp.float32))
+  state = sweep.init_members(algorithm.init, [(seed, alpha)])
   manager = None
   history = []
   if checkpoint_dir is not None:
@@ -163,8 +162,7 @@ def train(family: Union[str, TaskFamily],
                                         alpha, state)
   # One member in a vmap: the driver's program for one (seed, α), so a run
   # here and `python -m experiments.run` share JAX's compilation cache.
-  iteration = jax.jit(jax.vmap(algorithm.task_iteration, in_axes=(0, None)),
-                      donate_argnums=0)
+  iteration = sweep.batched(algorithm.task_iteration)
   done = int(np.asarray(state.iteration)[0])
   while done < config.n_tasks:
     state, metrics = iteration(state, done == 0)
@@ -256,9 +254,7 @@ def load_state(workdir: str, step: Optional[int] = None, member: int = 0,
     raise ValueError(f'member {member} does not exist; the run has '
                      f'{len(pairs)} (seed, alpha) members {pairs}')
   algorithm = admrl.AdMRL(family, config)
-  like = jax.vmap(algorithm.init)(
-      jnp.stack([jax.random.key(s) for s, _ in pairs]),
-      jnp.asarray([a for _, a in pairs], jnp.float32))
+  like = sweep.init_members(algorithm.init, pairs)
   manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
   if step is None:
     step = manager.latest_step()

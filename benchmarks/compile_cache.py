@@ -4,8 +4,8 @@ r"""Compile once: what JAX's persistent compilation cache saves.
 
 Measures, each in a fresh process, against a fresh cache directory:
   task_iteration   compiling one task iteration of the lq smoke preset (the
-                   driver's program: one member, vmapped, no progress
-                   callback), cold (empty cache) and warm (a second process
+                   driver's program, `admrl_jax.sweep.batched`: one member,
+                   vmapped, its state donated, no progress callback), cold (empty cache) and warm (a second process
                    with the cache the first one filled); for the cold
                    compile, the time of XLA's HLO passes and of its backend
                    (its own timers) and the share of the optimised
@@ -50,18 +50,15 @@ _OUT = flags.DEFINE_string(
 
 def compile_task_iteration() -> float:
   """Seconds to lower and compile the driver's lq smoke task iteration."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
   from admrl_jax import envs  # pylint: disable=g-import-not-at-top
+  from admrl_jax import sweep  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
   from experiments import presets  # pylint: disable=g-import-not-at-top
   config, family_overrides, alpha = presets.preset('lq', 'smoke')
   family = envs.make('lq', **family_overrides)
   algorithm = admrl.AdMRL(family, config)
-  state = jax.vmap(algorithm.init)(jnp.stack([jax.random.key(0)]),
-                                   jnp.asarray([alpha], jnp.float32))
-  iteration = jax.jit(jax.vmap(algorithm.task_iteration, in_axes=(0, None)))
+  state = sweep.init_members(algorithm.init, [(0, alpha)])
+  iteration = sweep.batched(algorithm.task_iteration, 'vmap')
   t0 = time.perf_counter()
   compiled = iteration.lower(state, True).compile()
   seconds = time.perf_counter() - t0

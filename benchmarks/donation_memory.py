@@ -5,10 +5,12 @@ with the state's buffers donated to the jitted call and without.
 
 Each mode runs in its own subprocess: the paper preset's state (dataset of
 1 000 000 transitions per member, model [1000, 1000]) for K members
-(`vmap` over α, as `experiments.training` runs a sweep), then one call of
-the vmapped task iteration, jitted as the driver jits it. The iteration's
-work is cut to the least (1 SLBO stage of 1 VirtualTraining iteration of
-1 model step and 1 TRPO step, horizon 20): the state's shapes, hence the
+(`admrl_jax.sweep.init_members`, as `experiments.training` starts a
+sweep), then one call of the vmapped task iteration, jitted as the driver
+jits it (`admrl_jax.sweep.batched`, which donates; the same program
+without donation for the copy mode). The iteration's work is cut to the
+least (1 SLBO stage of 1 VirtualTraining iteration of 1 model step and 1
+TRPO step, horizon 20): the state's shapes, hence the
 buffers a call holds, are the paper's; the compute is not. Reports per
 mode the state's bytes, the resident memory once the state exists and
 before the call (after compiling), the peak resident memory sampled
@@ -61,6 +63,7 @@ def run_mode(donate: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  from admrl_jax import sweep  # pylint: disable=g-import-not-at-top
   from admrl_jax.meta import admrl  # pylint: disable=g-import-not-at-top
   from experiments import common, training  # pylint: disable=g-import-not-at-top
   common.enable_compilation_cache()
@@ -70,17 +73,16 @@ def run_mode(donate: bool) -> dict:
   family = family.calibrate(jax.random.key(10_000))
   algorithm = admrl.AdMRL(family, config)
   members = [(seed, alpha) for seed in seeds for alpha in alphas]
-  state = jax.vmap(algorithm.init)(
-      jax.numpy.stack([jax.random.key(seed) for seed, _ in members]),
-      jax.numpy.asarray([alpha for _, alpha in members]))
+  state = sweep.init_members(algorithm.init, members)
   jax.block_until_ready(state)
   rss_after_state = _rss_bytes()
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   data_bytes = sum(x.nbytes for x in jax.tree.leaves(state.slbo.data))
-  # As experiments.training jits the vmap sweep.
-  iteration = jax.jit(
-      jax.vmap(algorithm.task_iteration, in_axes=(0, None)),
-      donate_argnums=0 if donate else ())
+  # As experiments.training jits the vmap sweep (donating), or the same
+  # program without donation.
+  iteration = (sweep.batched(algorithm.task_iteration, 'vmap') if donate
+               else jax.jit(jax.vmap(algorithm.task_iteration,
+                                     in_axes=(0, None))))
   t0 = time.perf_counter()
   compiled = iteration.lower(state, True).compile()
   compile_s = time.perf_counter() - t0

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from admrl_jax import fileio
+from admrl_jax import sweep as sweep_lib
 from admrl_jax.baselines import maml
 from admrl_jax.baselines import pearl
 from admrl_jax.evaluation import metrics as metrics_lib
@@ -330,8 +331,8 @@ def train(family, baseline: Baseline, seeds, record, workdir, log,
                                 index_key='iteration', scalars=SCALARS[algo])
   if sharding is not None:
     state = jax.device_put(state, sharding)
-  program = training.batched(iteration_fn(algo), record['sweep'], sharding,
-                             n_args=0)
+  program = sweep_lib.batched(iteration_fn(algo), record['sweep'], sharding,
+                              n_args=0)
   state, done = _run_iterations(program, state, done, target, n, algo,
                                 members, manager, metrics_log, throttle_s,
                                 log)

@@ -42,8 +42,21 @@ included: with the per-phase progress lines (the default) it runs as
 three programs driven from the host (start, a phase, end), with
 --nophase_progress as one. With
 several devices the members are sharded over them along the member axis
-(--shard=auto|on|off); --distributed calls jax.distributed.initialize()
-for a run over several hosts (untested).
+(--shard=auto|on|off). --distributed runs one sweep over several processes
+(one per host, or several on one machine), the members sharded over the
+devices of all of them: every process runs this command with the same
+flags (and --process_id its own), the first one writes config.json,
+provenance.json, metrics.jsonl and tb/, all of them write the checkpoints
+together (a workdir on a filesystem every host shares). Two processes on
+this machine:
+
+    python -m experiments.run --env=lq --preset=smoke --seed=0,1 --alpha=1,2 \
+        --workdir=/tmp/lq2 --distributed --coordinator_address=127.0.0.1:12345 \
+        --num_processes=2 --process_id=0 &      # and --process_id=1
+
+Under SLURM (`srun`: one task per CPU host, or per GPU) or Open MPI,
+--distributed alone finds the coordinator, the process count and the
+process's id (docs/usage.md).
 """
 from __future__ import annotations
 
@@ -62,6 +75,7 @@ common.quiet_startup()  # before JAX is imported; --verbose keeps it all
 import jax
 
 from admrl_jax import envs
+from experiments import baselines
 from experiments.common import (UsageError, parse_floats, parse_seeds,
                                 parse_sets, run_main)
 from experiments.training import (member_sharding,
@@ -152,9 +166,24 @@ _WANDB_PROJECT = flags.DEFINE_string(
     'Weights & Biases project (off by default; needs pip install -e '
     '.[wandb]; WANDB_MODE=offline logs locally).')
 _DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Call jax.distributed.initialize() first, for a '
-    'run over several hosts (one process per host, the coordinator from '
-    'the cluster\'s environment); untested.')
+    'distributed', False, 'Run the sweep over several processes (one per '
+    'host): jax.distributed.initialize() first (CPU collectives: gloo), the '
+    'members sharded over the devices of every process (their count must '
+    'divide the members; --sweep=vmap), the run\'s files written by '
+    'process 0 and the checkpoints by all together (a workdir every host '
+    'shares). Every process runs the same command; --coordinator_address, '
+    '--num_processes and --process_id, or SLURM / Open MPI, say who is who.')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None, 'With --distributed: host:port of process '
+    '0, where it serves the other processes (e.g. 127.0.0.1:12345 for '
+    'processes of one machine). Default: $JAX_COORDINATOR_ADDRESS, else '
+    'detected under SLURM or Open MPI.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'With --distributed: how many processes run the '
+    'sweep (default: detected under SLURM or Open MPI).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'With --distributed: this process\'s index, 0 … '
+    '--num_processes - 1 (default: detected under SLURM or Open MPI).')
 
 
 def main(argv):
@@ -188,7 +217,14 @@ def run():
   log = common.timed_log(start)
 
   configure_jax()
+  log = process_log(log)
   family, config, alphas, seeds, record = resolve_settings()
+  if jax.process_count() > 1 and baselines.is_baseline(config):
+    raise UsageError(f'--distributed: runs AdMRL sweeps (--algo='
+                     f'{config.algo} runs in one process)')
+  if jax.process_count() > 1 and _FALLBACK_TO_INTACT.value:
+    raise UsageError('--fallback_to_intact runs in one process (it moves '
+                     'checkpoints aside), not with --distributed')
   if _WANDB_PROJECT.value:
     try:
       # Not at the top: wandb is optional; this checks it is installed.
@@ -210,12 +246,57 @@ def run():
 
 
 def configure_jax() -> None:
-  """--distributed, --x64 and the compilation cache, before any array."""
+  """--distributed, --x64 and the compilation cache, before any array.
+  UsageError: a process flag without --distributed, or a bad one."""
+  given = [name for name, flag in (
+      ('--coordinator_address', _COORDINATOR_ADDRESS),
+      ('--num_processes', _NUM_PROCESSES), ('--process_id', _PROCESS_ID))
+           if flag.value is not None]
+  if given and not _DISTRIBUTED.value:
+    raise UsageError(f'{", ".join(given)} need'
+                     f'{"s" if len(given) == 1 else ""} --distributed')
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()  # before any other JAX call
+    initialize_distributed(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
   if _X64.value:
     jax.config.update('jax_enable_x64', True)  # before any array exists
   common.enable_compilation_cache(_COMPILATION_CACHE.value)
+
+
+def initialize_distributed(coordinator_address, num_processes,
+                           process_id) -> None:
+  """`jax.distributed.initialize` with the flags' values (None: JAX's
+  default, $JAX_COORDINATOR_ADDRESS or SLURM's / Open MPI's), the CPU
+  collectives across processes done by gloo (unless
+  $JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise). Before any other
+  JAX call.
+  UsageError on values that cannot describe a run."""
+  if num_processes is not None and num_processes < 1:
+    raise UsageError(f'--num_processes must be >= 1, got {num_processes}')
+  if process_id is not None and (
+      process_id < 0 or (num_processes is not None
+                         and process_id >= num_processes)):
+    raise UsageError(f'--process_id must be in 0 … --num_processes - 1, got '
+                     f'{process_id}')
+  # CPU collectives across processes: gloo (JAX 0.10's default, which
+  # older versions lacked), unless the environment chose another (mpi).
+  if 'JAX_CPU_COLLECTIVES_IMPLEMENTATION' not in os.environ:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes,
+                             process_id=process_id)
+
+
+def process_log(log):
+  """`log` on the primary process; on the others of a multi-process run,
+  one line saying which process this is, then nothing (process 0 logs the
+  run; errors still reach stderr)."""
+  if jax.process_count() == 1:
+    return log
+  log(f'process {jax.process_index()} of {jax.process_count()}: '
+      f'{jax.local_device_count()} of the {jax.device_count()} devices'
+      + ('' if jax.process_index() == 0 else '; process 0 logs the run'))
+  return log if jax.process_index() == 0 else (lambda message: None)
 
 
 def workdir_of(family, config) -> str:

@@ -16,6 +16,7 @@ from admrl_jax import checkpoints
 from admrl_jax import config_io
 from admrl_jax import envs
 from admrl_jax import fileio
+from admrl_jax import sweep as sweep_lib
 from admrl_jax.meta import admrl
 from experiments import logs
 from experiments import presets
@@ -23,7 +24,6 @@ from experiments import provenance
 from experiments.common import (CheckpointError, UsageError, build_family,
                                 family_from_record, parse_family_sets, wait)
 from experiments.progress import Progress, format_seconds, plan
-
 
 def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
             sweep='vmap', ntasks=None, sets=None, pipeline=None, horizon=None,
@@ -209,9 +209,11 @@ def check_workdir(workdir, record):
 
 
 def member_sharding(shard, n_members, sweep='vmap'):
-  """--shard → (sharding, note): a `NamedSharding` that splits the member
-  axis of a batched state over all devices (None: unsharded) and, when
-  several devices are left unused, a line saying why (else None).
+  """--shard → (sharding, note): `admrl_jax.sweep.member_sharding`, a
+  `NamedSharding` that splits the member axis of a batched state over all
+  devices — of every process in a multi-process run (--distributed) —
+  (None: unsharded) and, when several devices are left unused, a line
+  saying why (else None).
 
   Args:
     shard: 'on', 'off' or 'auto' (on when there is more than one device, the
@@ -222,32 +224,57 @@ def member_sharding(shard, n_members, sweep='vmap'):
       sharded).
   Raises:
     UsageError: an unknown value, or --shard=on with --sweep=map or with a
-      member count that the device count does not divide (both named).
+      member count that the device count does not divide (both named); in
+      a multi-process run, whatever leaves the members unsharded (each
+      process holds only its devices' members).
   """
   if shard not in ('auto', 'on', 'off'):
     raise UsageError(f'--shard: expected auto, on or off, got {shard!r}')
+  processes = jax.process_count()
+  if processes > 1:
+    if shard == 'off':
+      raise UsageError('--shard=off: a run over several processes '
+                       '(--distributed) shards its members over the devices '
+                       'of all of them')
+    shard = 'on'  # the only way to run one sweep over several processes
   if shard == 'off':
     return None, None
-  devices = jax.devices()
-  n_devices = len(devices)
+  n_devices = jax.device_count()
+  what = ('--distributed' if processes > 1 else '--shard=on')
   if sweep != 'vmap':
     if shard == 'on':
-      raise UsageError('--shard=on needs --sweep=vmap (map runs the members '
+      raise UsageError(f'{what} needs --sweep=vmap (map runs the members '
                        'one after another)')
     return None, None
-  if n_members % n_devices:
-    message = (f'{n_members} member(s) (seeds x alphas) do not divide evenly '
-               f'over {n_devices} devices')
+  try:
+    sharding = sweep_lib.member_sharding(n_members)
+  except ValueError as e:
     if shard == 'on':
-      raise UsageError(f'--shard=on: {message}; use a multiple of '
-                       f'{n_devices} members or --shard=off')
-    return None, f'not sharded: {message} (--shard=off to silence)'
+      raise UsageError(
+          f'{what}: {e}' + (f' ({processes} processes)' if processes > 1
+                            else '') + f'; use a multiple of {n_devices} '
+          'members' + ('' if processes > 1 else ' or --shard=off')) from None
+    return None, f'not sharded: {e} (--shard=off to silence)'
   if shard == 'auto' and n_devices == 1:
     return None, None
-  mesh = jax.sharding.Mesh(np.asarray(devices), ('members',))
-  sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec('members'))
   return sharding, None
+
+
+def is_primary() -> bool:
+  """Whether this process writes the run's files (config.json,
+  provenance.json, metrics.jsonl, tb/): the first process of a
+  multi-process run, or the only one. Checkpoints are written by every
+  process together (orbax)."""
+  return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+  """Waits for every process of a multi-process run to get here (nothing
+  to wait for in one process)."""
+  if jax.process_count() > 1:
+    # Not at the top: experimental, and needed only with several processes.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
 
 
 def resolve_keep(workdir, saved, record, keep_checkpoints):
@@ -326,9 +353,10 @@ def train(family, config, alphas, seeds, record, workdir, log,
       one line naming the step and its directory; with fallback_to_intact,
       no checkpoint that restores intact.
 
-  A meta-RL baseline's run (`resolve` with algo maml or pearl) is trained
-  by `experiments.baselines.train` (the same outer behaviour; α and
-  phase_progress do not apply) and returns its batched state.
+  Several processes (`jax.distributed`) call it alike, `sharding` over all
+  their devices; the primary (`is_primary`) writes the files, all the
+  checkpoints. A baseline's run (algo maml, pearl) goes to
+  `experiments.baselines.train`.
   """
   # Not at the top: experiments.baselines imports this module.
   from experiments import baselines  # pylint: disable=g-import-not-at-top
@@ -351,14 +379,13 @@ def train(family, config, alphas, seeds, record, workdir, log,
   log_sharding(sharding, len(members), log)
   progress = Progress(config, len(members), record['sweep'], log)
   algorithm = admrl.AdMRL(family, config)
-  manager, state = open_run(workdir, _init_members(algorithm, members),
-                            saved, record, recorded, keep,
+  # Placed as the run is (a resume restores into this placement).
+  manager, state = open_run(workdir, sweep_lib.init_members(
+      algorithm.init, members, sharding), saved, record, recorded, keep,
                             fallback_to_intact, log)
-  done = int(np.asarray(state.iteration)[0])
-  metrics_log = logs.MetricsLog(workdir, members, keep_below=done,
-                                wandb_project=wandb_project, config=record)
-  if sharding is not None:
-    state = jax.device_put(state, sharding)
+  done = int(sweep_lib.host_values(state.iteration)[0])
+  metrics_log = metrics_log_of(workdir, members, keep_below=done,
+                               wandb_project=wandb_project, config=record)
   runner = (PhasedIteration if phase_progress else WholeIteration)(
       algorithm, record['sweep'], sharding, progress, len(members))
   state, done = _run_tasks(runner, state, done, target, config.n_tasks,
@@ -370,12 +397,28 @@ def train(family, config, alphas, seeds, record, workdir, log,
   return state
 
 
-def _init_members(algorithm, members):
-  """The fresh batched state of the (seed, α) members, in one program
-  (kept in the persistent cache), not a dispatch per op."""
-  return jax.jit(jax.vmap(algorithm.init))(
-      jax.numpy.stack([jax.random.key(seed) for seed, _ in members]),
-      jax.numpy.asarray([alpha for _, alpha in members]))
+def metrics_log_of(workdir, members, **kwargs):
+  """`logs.MetricsLog(workdir, members, **kwargs)` on the primary process
+  (`is_primary`); on the others of a multi-process run, a log that writes
+  nothing, so that every row is written once."""
+  if is_primary():
+    return logs.MetricsLog(workdir, members, **kwargs)
+  return _Unwritten()
+
+
+class _Unwritten:
+  """The metrics log of a process other than the primary one."""
+
+  last_summary = ''
+
+  def write(self, metrics, wall_time):
+    del metrics, wall_time
+
+  def write_rows(self, rows, wall_time, summary=None):
+    del rows, wall_time, summary
+
+  def close(self):
+    pass
 
 
 def _run_tasks(runner, state, done, target, n_tasks, manager, metrics_log,
@@ -399,7 +442,9 @@ def _run_tasks(runner, state, done, target, n_tasks, manager, metrics_log,
     t0 = time.time()
     state, metrics = runner(state, done)
     elapsed = time.time() - t0
-    metrics_log.write(metrics, wall_time=time.time() - start)
+    # Every process gathers (a collective); the primary one writes.
+    metrics_log.write(sweep_lib.host_values(metrics),
+                      wall_time=time.time() - start)
     manager.save(done + 1, state)
     done += 1
     if throttle_s > 0:
@@ -434,7 +479,10 @@ def start_run(workdir, record, keep_checkpoints, n_iterations, stop_after,
             else min(n_iterations, stop_after))
   first = min(latest_saved_step(workdir), target)
   log(plan_line(first, target))
-  provenance.record_or_check(workdir, provenance.collect(), log)
+  # Every process has read the workdir before the primary one writes.
+  sync_processes('admrl_jax: workdir checked')
+  if is_primary():
+    provenance.record_or_check(workdir, provenance.collect(), log)
   return saved, recorded, keep, target
 
 
@@ -442,9 +490,11 @@ def log_sharding(sharding, n_members, log) -> None:
   """A line saying how the members are sharded (none when unsharded)."""
   if sharding is not None:
     devices = sharding.mesh.devices.size
+    processes = len({d.process_index for d in sharding.mesh.devices.flat})
     log(f'{n_members} member(s) sharded over {devices} '
-        f'{sharding.mesh.devices.flat[0].platform} device(s), '
-        f'{n_members // devices} per device')
+        f'{sharding.mesh.devices.flat[0].platform} device(s)'
+        + (f' of {processes} processes' if processes > 1 else '')
+        + f', {n_members // devices} per device')
 
 
 def open_run(workdir, like, saved, record, recorded, keep,
@@ -457,38 +507,15 @@ def open_run(workdir, like, saved, record, recorded, keep,
   manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'),
                                 max_to_keep=None if keep == 'all' else keep)
   if manager.latest_step() is None:
-    write_record(workdir, record)
+    if is_primary():
+      write_record(workdir, record)
     return manager, like
   state = resume_state(manager, like, fallback_to_intact, log, what)
-  if keep != recorded:
+  if keep != recorded and is_primary():
     write_record(workdir, dict(saved or record, keep_checkpoints=keep))
     log(f'keeping {"every checkpoint" if keep == "all" else keep} from '
         f'now on (was {recorded}; recorded in config.json)')
   return manager, state
-
-
-def batched(fn, sweep, sharding=None, n_args=1):
-  """`fn(member, *args)` over the members of a batched first argument (and
-  `n_args` shared ones), as one jitted program that donates that argument (the dataset, up to ~350 MB
-  per member at paper capacity, is not held twice during a call:
-  benchmarks/donation_memory.py). The other arguments are shared.
-
-  sweep 'vmap' batches the members (`jax.vmap`; with `sharding`, XLA
-  partitions the program along the member axis, one block per device);
-  'map' runs each member's unbatched program in turn (`lax.map`): batched
-  kernels round differently from unbatched ones, and RL amplifies
-  rounding, so a `map` member is bitwise a single run.
-  """
-
-  def over_members(x, *args):
-    if sweep == 'map':
-      return jax.lax.map(lambda member: fn(member, *args), x)
-    return jax.vmap(lambda member: fn(member, *args))(x)
-
-  if sharding is not None:
-    return jax.jit(over_members, in_shardings=(sharding,) + (None,) * n_args,
-                   out_shardings=sharding, donate_argnums=0)
-  return jax.jit(over_members, donate_argnums=0)
 
 
 class WholeIteration:
@@ -497,7 +524,8 @@ class WholeIteration:
 
   def __init__(self, algorithm, sweep, sharding, progress, n_members):
     del progress, n_members
-    self._program = batched(algorithm.task_iteration, sweep, sharding)
+    self._program = sweep_lib.batched(algorithm.task_iteration, sweep,
+                                      sharding)
     self._compiled = None
 
   def compile(self, state, first):
@@ -522,9 +550,9 @@ class PhasedIteration:
     self._algorithm = algorithm
     self._progress = progress
     self._n_members = n_members
-    self._begin = batched(algorithm.begin, sweep, sharding)
-    self._phase = batched(algorithm.phase, sweep, sharding)
-    self._end = batched(algorithm.end, sweep, sharding, n_args=0)
+    self._begin = sweep_lib.batched(algorithm.begin, sweep, sharding)
+    self._phase = sweep_lib.batched(algorithm.phase, sweep, sharding)
+    self._end = sweep_lib.batched(algorithm.end, sweep, sharding, n_args=0)
     self._compiled = None
 
   def compile(self, state, first):
@@ -545,7 +573,8 @@ class PhasedIteration:
     carry = begin(state, first)
     for index in indices:
       carry, report = wait(phase(carry, np.int32(index)))
-      values = np.asarray(report.virtual_return), np.asarray(report.model_loss)
+      values = sweep_lib.host_values((report.virtual_return,
+                                      report.model_loss))
       for lane in range(self._n_members):
         self._progress(admrl.PhaseEvent(
             task_index=done, phase='zero_shot' if index == 0 else 'stage',
@@ -553,7 +582,7 @@ class PhasedIteration:
             virtual_return=float(values[0][lane]),
             model_loss=float(values[1][lane]), gap=float('nan')))
     state, metrics = wait(end(carry))
-    gaps = np.asarray(metrics.gap)
+    gaps = sweep_lib.host_values(metrics.gap)
     for lane in range(self._n_members):
       self._progress(admrl.PhaseEvent(
           task_index=done, phase='task_update', stage=0, n_stages=n_stages,
@@ -638,10 +667,17 @@ def resume_state(manager, like, fallback_to_intact, log,
           'corrupt ones aside; if another version of admrl_jax wrote it (a '
           'state of another layout), rerun with that version (see '
           'provenance.json)') from None
-  verified = manager.digests(step) is not None
-  log(f'resumed from {what} {step}'
-      + ('' if verified else ' (saved by an earlier version without the '
-         'digests of its leaves: not verified)'))
+  digests = manager.digests(step)
+  if digests is None:
+    note = (' (saved by an earlier version without the digests of its '
+            'leaves: not verified)')
+  elif not any(isinstance(entry, dict) and entry.get('sha256')
+               for entry in digests.values()):
+    note = (' (saved by several processes, which record no digests of '
+            'arrays spread over them: not verified)')
+  else:
+    note = ''
+  log(f'resumed from {what} {step}{note}')
   return state
 
 

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import os
 
-import jax
-import jax.numpy as jnp
-
 from admrl_jax import checkpoints
 from admrl_jax import config_io
+from admrl_jax import sweep
 from admrl_jax.meta import admrl
 from experiments import baselines
 from experiments.common import (UsageError, family_from_record,
@@ -66,11 +64,8 @@ def load_state(workdir: str, family, config, record, step=None):
     like = baselines.init_members(family, config, record['seeds'],
                                   record.get('sweep', 'vmap'))
   else:
-    algorithm = admrl.AdMRL(family, config)
-    pairs = members(record)
-    like = jax.vmap(algorithm.init)(
-        jnp.stack([jax.random.key(seed) for seed, _ in pairs]),
-        jnp.asarray([alpha for _, alpha in pairs]))
+    like = sweep.init_members(admrl.AdMRL(family, config).init,
+                              members(record))
   manager = checkpoints.Manager(os.path.join(workdir, 'checkpoints'))
   if step is None:
     step = manager.latest_step()

@@ -46,9 +46,10 @@ if 'ADMRL_JAX_ASTAR_CACHE' not in os.environ:
 LONGEST_FIRST = ('test_study.py', 'test_baseline_runs.py',
                  'test_baseline_study.py', 'test_admrl.py', 'test_envs.py',
                  'test_driver.py', 'test_evaluation.py',
-                 'test_driver_resume.py', 'test_task_gradient.py',
-                 'test_sharding.py', 'test_networks.py', 'test_slbo_curve.py',
-                 'test_slbo.py', 'test_readme.py')
+                 'test_driver_resume.py', 'test_distributed.py',
+                 'test_task_gradient.py', 'test_sharding.py',
+                 'test_networks.py', 'test_slbo_curve.py', 'test_slbo.py',
+                 'test_readme.py')
 
 
 # The end-to-end files (scripts run as subprocesses, several compiled
@@ -57,7 +58,7 @@ LONGEST_FIRST = ('test_study.py', 'test_baseline_runs.py',
 SLOW_FILES = ('test_driver.py', 'test_driver_resume.py', 'test_study.py',
               'test_evaluation.py', 'test_sharding.py', 'test_slbo_curve.py',
               'test_interrupt.py', 'test_baseline_runs.py',
-              'test_baseline_study.py')
+              'test_baseline_study.py', 'test_distributed.py')
 
 
 @pytest.fixture(autouse=True)
