@@ -11,6 +11,8 @@ import ast
 import contextlib
 import dataclasses
 import importlib
+import importlib.abc
+import importlib.util
 import io
 import json
 import math
@@ -434,8 +436,9 @@ def quiet_startup(verbose=None) -> bool:
   - XLA's C++ log below FATAL (the "Very slow compile?" banner and the like)
     is switched off with TF_CPP_MIN_LOG_LEVEL=3, read once when JAX loads;
     a value already set in the environment wins;
-  - mujoco.mjx is imported with its "Failed to import warp" lines dropped
-    (anything else it prints passes through);
+  - mujoco.mjx, when something imports it (a Brax family; the lq runs
+    never pay for it), is imported with its "Failed to import warp" lines
+    dropped (anything else it prints passes through);
   - absl logging shows WARNING and above (orbax writes ≈170 INFO lines per
     run); an explicit --verbosity flag still wins.
   Ctrl-C exits with one line from here on (`install_interrupt_handler`),
@@ -448,16 +451,41 @@ def quiet_startup(verbose=None) -> bool:
     return True
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   absl_logging.set_verbosity(absl_logging.WARNING)
-  printed = io.StringIO()
-  try:
-    with contextlib.redirect_stdout(printed):
-      importlib.import_module('mujoco.mjx')
-  except ImportError:
-    pass
-  for line in printed.getvalue().splitlines(keepends=True):
-    if not line.startswith(_IMPORT_CHATTER):
-      sys.stdout.write(line)
+  if 'mujoco.mjx' in sys.modules:
+    return False
+  if not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _QuietImport('mujoco.mjx'))
   return False
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+  """Imports one module (and what it imports) with the lines of
+  `_IMPORT_CHATTER` it prints dropped, when it is first imported."""
+
+  def __init__(self, name: str):
+    self.name = name
+
+  def find_spec(self, name, path=None, target=None):
+    if name != self.name:
+      return None
+    sys.meta_path.remove(self)   # the real finders locate it
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+      return spec
+    exec_module = spec.loader.exec_module
+
+    def quiet_exec_module(module):
+      printed = io.StringIO()
+      try:
+        with contextlib.redirect_stdout(printed):
+          exec_module(module)
+      finally:
+        for line in printed.getvalue().splitlines(keepends=True):
+          if not line.startswith(_IMPORT_CHATTER):
+            sys.stdout.write(line)
+
+    spec.loader.exec_module = quiet_exec_module
+    return spec
 
 
 def read_json(path: str, default=None, what: str = ''):

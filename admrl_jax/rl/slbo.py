@@ -317,6 +317,10 @@ class SLBO:
         lambda s, psi, key: self.virtual_training(s, psi, key,
                                                   config.n_zeroshot))
     self.stage = jax.jit(self._stage)
+    # `phase` traced once per process: the placeholders of a skipped phase
+    # (`AdMRL.begin`, `phase_scan`) take its output shapes from jit's trace
+    # cache instead of tracing the phase again (seconds per program).
+    self._phase_once = jax.jit(self._phase, static_argnums=4)
 
   def make_virtual_rollout(self, n_rollouts: int,
                            n_steps: Optional[int] = None):
@@ -417,14 +421,18 @@ class SLBO:
       return jax.lax.scan(iteration, state,
                           jax.random.split(key, n_iterations))
 
+    # jit: the skipped branch's placeholders take the shapes of the traced
+    # iteration from jit's trace cache instead of tracing it a second time.
+    iteration_once = jax.jit(iteration)
+
     def masked(state, inputs):
       index, key_i = inputs
 
       def skip(state):
-        return state, skipped_metrics(iteration, state, key_i)
+        return state, skipped_metrics(iteration_once, state, key_i)
 
       return jax.lax.cond(index < n_active,
-                          lambda s: iteration(s, key_i), skip, state)
+                          lambda s: iteration_once(s, key_i), skip, state)
 
     return jax.lax.scan(masked, state, (jnp.arange(n_iterations),
                                         jax.random.split(key, n_iterations)))
@@ -527,8 +535,12 @@ class SLBO:
       (state, VirtualMetrics with leaves (max(n_zeroshot, n_inner),)); the
       entries after the phase's own iteration count are NaN.
     """
+    if n_zeroshot is None:
+      n_zeroshot = self.config.n_zeroshot
+    return self._phase_once(state, psi, index, key_phase, n_zeroshot)
+
+  def _phase(self, state, psi, index, key_phase, n_zeroshot: int):
     config = self.config
-    n_zeroshot = config.n_zeroshot if n_zeroshot is None else n_zeroshot
     # The first two keys equal split(key_phase, 2) (threefry, partitionable).
     key_collect, key_train, _ = jax.random.split(key_phase, 3)
     n_active = jnp.where(index > 0, config.n_inner, n_zeroshot)
