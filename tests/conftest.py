@@ -58,7 +58,50 @@ LONGEST_FIRST = ('test_study.py', 'test_baseline_runs.py',
 SLOW_FILES = ('test_driver.py', 'test_driver_resume.py', 'test_study.py',
               'test_evaluation.py', 'test_sharding.py', 'test_slbo_curve.py',
               'test_interrupt.py', 'test_baseline_runs.py',
-              'test_baseline_study.py', 'test_distributed.py')
+              'test_baseline_study.py', 'test_distributed.py',
+              'test_agents.py', 'test_user_networks.py')
+
+# Tests of the other files that compile a whole task iteration, a Brax
+# environment or a learning run (12 s or more each on the 2-core CPU, as
+# `--durations=0` measured them): `slow` too, so that the fast tier stays
+# under five minutes. Every parametrisation of a named test is slow.
+SLOW_TESTS = {
+    'test_admrl.py': (
+        'test_task_iterations_on_hopper2d',
+        'test_a_batch_of_one_is_the_same_computation_up_to_rounding',
+        'test_task_iteration_embeds_in_the_callers_jit_vmap',
+        'test_nan_in_real_batches_leaves_the_run_finite',
+        'test_phases_driven_from_the_host_are_the_task_iteration',
+        'test_hessians_are_selectable_in_algorithm_1',
+        'test_mb_cem_measures_gaps_and_chooses_from_them',
+        'test_zero_shot_is_the_task_iterations_theta_hat'),
+    'test_envs.py': (
+        'test_default_pipeline_observation_is_a_markov_state',
+        'test_cheetah_calibration_measures_random_policy_states',
+        'test_finite_difference_velocity_is_the_simulators'),
+    'test_task_gradient.py': (
+        'test_per_dimension_and_adjoint_agree_on_brax_data',
+        'test_default_estimator_points_uphill_at_the_operating_point',
+        'test_sampled_task_gradient_on_lq_pathwise',
+        'test_sampled_task_gradient_on_lq_reinforce',
+        'test_per_sample_normalization_is_the_per_episode_gradient_over_t'),
+    # The documentation's snippets, run as written (the checks of the
+    # snippet finder stay fast).
+    'test_readme.py': ('test_snippet_runs_and_computes_what_it_says',),
+    'test_rollout.py': ('test_shapes_and_episode_structure_brax',),
+    'test_networks.py': ('test_own_networks_admrl_task_iteration',
+                         'test_builtin_ensemble_from_the_driver_flag',
+                         'test_own_networks_slbo_stage'),
+    'test_slbo.py': ('test_slbo_closes_95_percent_of_the_lq_gap',
+                     'test_virtual_rollouts_can_start_from_real_data'),
+    'test_lq.py': ('test_lq_highdim_task_gradient_ground_truth',),
+    'test_estimators.py': (
+        'test_reinforce_hessian_surrogate_hvp_dense_and_eq7',
+        'test_reinforce_hessian_converges_to_the_exact_hessian'),
+    'test_viewer.py': ('test_a_hopper2d_episode_renders_every_frame',),
+    'test_maml.py': ('test_maml_improves_the_post_update_return_on_lq',),
+    'test_trpo.py': ('test_value_fit_is_per_minibatch_adam_on_the_layers',),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +128,8 @@ def pytest_collection_modifyitems(config, items):
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
   for item in items:
-    if item.path.name in SLOW_FILES:
+    if (item.path.name in SLOW_FILES or item.originalname
+        in SLOW_TESTS.get(item.path.name, ())):
       item.add_marker(pytest.mark.slow)
 
 
