@@ -19,8 +19,8 @@ from driver_runs import metrics as _metrics
 from driver_runs import wait_for_checkpoint as _wait_for_checkpoint
 
 SMOKE = ['--env=lq', '--preset=smoke', '--ntasks=3', '--seed=0']
-# The driver caches programs that took >= 1 s to compile; on a fast machine
-# a smoke program may take less.
+# The scripts cache every program (the threshold 0 is their default, and
+# stays so should the default change).
 EVERY_PROGRAM_CACHED = dict(os.environ,
                             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
 

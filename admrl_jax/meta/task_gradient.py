@@ -254,6 +254,10 @@ def implicit_term(config: TaskGradientConfig,
     leading axis k (per_dimension), or None (adjoint); info a
     `linalg.SolveInfo` (per_dimension: worst residual, summed iterations).
   """
+  # jit: a solver applies A several times (MINRES in its loop and for the
+  # true residual); the Hessian-vector product is traced once, the other
+  # calls hit jit's trace cache.
+  @jax.jit
   def matvec(v):
     return linalg.hvp(hessian_objective, theta_hat, v)
 
