@@ -10,6 +10,7 @@ import time
 import warnings
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from admrl_jax import checkpoints
@@ -272,8 +273,6 @@ def sync_processes(name: str) -> None:
   """Waits for every process of a multi-process run to get here (nothing
   to wait for in one process)."""
   if jax.process_count() > 1:
-    # Not at the top: experimental, and needed only with several processes.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
 
 
