@@ -363,6 +363,11 @@ def evaluate(family, target, config, record, plan, state, step, all_tasks,
                   eval_episodes=adapter.eval_episodes,
                   n_zeroshot=adapter.n_zeroshot, n_inner=adapter.n_inner,
                   seed=plan['seed'],
+                  # The key convention (`pieces.adaptation_key`: by the
+                  # member's seed). Evaluations before it keyed by member
+                  # position and have no entry: their pieces are of other
+                  # settings, not mixed with these.
+                  keys='member_seed',
                   members=[dict(seed=s, alpha=a) for s, a in members])
   # Before anything is computed: an evaluation of other settings in the
   # output directory is refused unless --overwrite.

@@ -19,6 +19,7 @@ from admrl_jax import envs
 from admrl_jax import fileio
 from admrl_jax import sweep as sweep_lib
 from admrl_jax.meta import admrl
+from admrl_jax.meta import task_gradient as tg
 from experiments import logs
 from experiments import presets
 from experiments import provenance
@@ -199,6 +200,7 @@ def check_workdir(workdir, record):
     raise CheckpointError(f'{config_path} is unreadable ({e}); move the '
                           'workdir aside or choose another --workdir') from None
   comparable = {k: v for k, v in saved.items() if k not in _NOT_COMPARED}
+  comparable = _current_layout(comparable, config_path)
   diffs = _differences(comparable, {k: v for k, v in record.items()
                                     if k not in _NOT_COMPARED})
   if diffs:
@@ -207,6 +209,23 @@ def check_workdir(workdir, record):
         f'({"; ".join(diffs[:5])}{"; …" if len(diffs) > 5 else ""}); use '
         'another --workdir or the same flags to resume')
   return saved
+
+
+def _current_layout(saved, config_path):
+  """`saved` with its task-gradient section in the current layout: a run
+  recorded before solvers were values holds the flat solver fields
+  (linear_solver='minres', iters, tol, damping, …), which
+  `task_gradient.upgrade_record` reads into the solver they meant, so that
+  such a run resumes. CheckpointError on a section it cannot read."""
+  config = saved.get('config')
+  if not isinstance(config, dict) or 'task_gradient' not in config:
+    return saved
+  try:
+    section = tg.upgrade_record(config['task_gradient'])
+  except ValueError as e:
+    raise CheckpointError(f'{config_path}: {e}') from None
+  return dict(saved, config=dict(config,
+                                 task_gradient=fileio.to_jsonable(section)))
 
 
 def member_sharding(shard, n_members, sweep='vmap'):

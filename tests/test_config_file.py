@@ -6,6 +6,7 @@ import json
 import pytest
 
 from experiments.common import UsageError
+from experiments.training import check_workdir
 from experiments.training import resolve
 
 
@@ -48,3 +49,25 @@ def test_a_missing_config_file_is_refused():
   with pytest.raises(UsageError, match='cannot read'):
     resolve(env='lq', algo=None, preset='smoke',
             config_file='/nonexistent/config.json')
+
+
+def test_a_run_recorded_before_solvers_were_values_resumes(tmp_path):
+  """A workdir whose config.json holds the task gradient's old flat solver
+  fields (linear_solver='minres', iters, tol, damping, scale, shift,
+  gmres_restart) is the same run as today's record of the same flags, so
+  a resume accepts it; an old record of another solver is refused, the
+  differing field named."""
+  _, _, _, _, record = resolve(env='lq', algo='admrl', preset='smoke')
+  solver = record['config']['task_gradient']['linear_solver']
+  assert solver['kind'] == 'minres'
+  old = json.loads(json.dumps(record))
+  old['config']['task_gradient'].update(
+      linear_solver='minres', iters=solver['iters'], tol=solver['tol'],
+      damping=0.1, scale=None, shift=solver['shift'], gmres_restart=None)
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  assert check_workdir(str(tmp_path), record) == old
+  old['config']['task_gradient'].update(iters=solver['iters'] + 1)
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  with pytest.raises(UsageError,
+                     match='task_gradient.linear_solver.iters: saved'):
+    check_workdir(str(tmp_path), record)
