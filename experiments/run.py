@@ -78,7 +78,7 @@ from admrl_jax import envs
 from experiments import baselines
 from experiments.common import (UsageError, parse_floats, parse_seeds,
                                 parse_sets, run_main)
-from experiments.training import (member_sharding,
+from experiments.training import (is_primary, member_sharding,
                                   parse_keep_checkpoints, resolve, train)
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -295,8 +295,8 @@ def process_log(log):
     return log
   log(f'process {jax.process_index()} of {jax.process_count()}: '
       f'{jax.local_device_count()} of the {jax.device_count()} devices'
-      + ('' if jax.process_index() == 0 else '; process 0 logs the run'))
-  return log if jax.process_index() == 0 else (lambda message: None)
+      + ('' if is_primary() else '; process 0 logs the run'))
+  return log if is_primary() else (lambda message: None)
 
 
 def workdir_of(family, config) -> str:

@@ -27,6 +27,7 @@ from experiments.common import (CheckpointError, UsageError, build_family,
                                 family_from_record, parse_family_sets, wait)
 from experiments.progress import Progress, format_seconds, plan
 
+
 def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
             sweep='vmap', ntasks=None, sets=None, pipeline=None, horizon=None,
             frame_skip=None, x64=False, family_modules=None,

@@ -296,7 +296,7 @@ class NormalCG(Solver):
       _check_float('NormalCG', 'scale', self.scale, 0.0, strict=True)
 
   def solve(self, matvec: Matvec, b: PyTree) -> Tuple[PyTree, SolveInfo]:
-    size = sum(leaf.size for leaf in jax.tree.leaves(b))
+    size = otu.tree_size(b)
     scale = 1.0 / size if self.scale is None else self.scale
     damping = self.damping
 
@@ -355,7 +355,7 @@ class GMRES(Solver):
 
   def solve(self, matvec: Matvec, b: PyTree) -> Tuple[PyTree, SolveInfo]:
     op = _shifted(matvec, self.shift)
-    size = sum(leaf.size for leaf in jax.tree.leaves(b))
+    size = otu.tree_size(b)
     restart = self.iters if self.restart is None else self.restart
     restart = max(1, min(restart, self.iters, size))
     cycles = max(1, self.iters // restart)
