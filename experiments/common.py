@@ -442,7 +442,12 @@ def quiet_startup(verbose=None) -> bool:
     never pay for it), is imported with its "Failed to import warp" lines
     dropped (anything else it prints passes through);
   - absl logging shows WARNING and above (orbax writes ≈170 INFO lines per
-    run); an explicit --verbosity flag still wins.
+    run); an explicit --verbosity flag still wins;
+  - "RuntimeError: Event loop is closed" tracebacks are dropped: after a
+    checkpoint read fails, orbax closes its asyncio loop while tensorstore
+    reads of the other leaves are still pending, and their completion
+    callbacks raise into `sys.unraisablehook` from tensorstore's threads,
+    racing the one-line error (`_drop_closed_loop_noise`).
   Ctrl-C exits with one line from here on (`install_interrupt_handler`),
   the slow imports that follow included. Returns the verbosity in effect.
   """
@@ -453,11 +458,28 @@ def quiet_startup(verbose=None) -> bool:
     return True
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   absl_logging.set_verbosity(absl_logging.WARNING)
+  if sys.unraisablehook is not _drop_closed_loop_noise:
+    _drop_closed_loop_noise.previous = sys.unraisablehook
+    sys.unraisablehook = _drop_closed_loop_noise
   if 'mujoco.mjx' in sys.modules:
     return False
   if not any(isinstance(f, _QuietImport) for f in sys.meta_path):
     sys.meta_path.insert(0, _QuietImport('mujoco.mjx'))
   return False
+
+
+def _drop_closed_loop_noise(unraisable) -> None:
+  """`sys.unraisablehook` that drops asyncio's "Event loop is closed"
+  RuntimeError (raised by `loop.call_soon_threadsafe` on a loop already
+  closed: orbax's, after a failed read) and passes everything else to the
+  hook it replaced."""
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError)
+          and str(error) == 'Event loop is closed'):
+    _drop_closed_loop_noise.previous(unraisable)
+
+
+_drop_closed_loop_noise.previous = sys.__unraisablehook__
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):

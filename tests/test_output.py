@@ -21,6 +21,17 @@ logging.info('an absl info line')
 logging.warning('an absl warning line')
 print('verbose', verbose, 'TF_CPP_MIN_LOG_LEVEL',
       os.environ.get('TF_CPP_MIN_LOG_LEVEL'))
+# What tensorstore does with a read finishing after orbax closed its loop:
+# the completion callback raises and the error goes to sys.unraisablehook.
+import threading, tensorstore
+for message in ('Event loop is closed', 'another callback error'):
+  promise, future = tensorstore.Promise.new()
+  def callback(_, message=message):
+    raise RuntimeError(message)
+  future.add_done_callback(callback)
+  thread = threading.Thread(target=promise.set_result, args=(1,))
+  thread.start()
+  thread.join()
 '''
 
 
@@ -49,12 +60,15 @@ def test_quiet_startup_hides_import_chatter_absl_info_and_xla_log():
   assert 'an absl info line' not in err
   assert 'an absl warning line' in err
   assert 'verbose False TF_CPP_MIN_LOG_LEVEL 3' in out
+  assert 'Event loop is closed' not in err
+  assert 'RuntimeError: another callback error' in err
 
 
 def test_verbose_keeps_everything_and_an_explicit_log_level_wins():
   out, err = _probe('--verbose')
   assert 'an absl info line' in err or 'an absl warning line' in err
   assert 'verbose True' in out and 'TF_CPP_MIN_LOG_LEVEL 3' not in out
+  assert 'RuntimeError: Event loop is closed' in err
   if importlib.util.find_spec('warp') is None:
     assert 'Failed to import warp' in out
   out, _ = _probe(env={'TF_CPP_MIN_LOG_LEVEL': '1'})
