@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -41,7 +40,6 @@ from experiments import presets
 from experiments import training
 from experiments.common import (UsageError, build_family, compile_polling,
                                 parse_family_sets, wait)
-from experiments.progress import format_seconds
 
 # The driver's names of the baselines (`config_io.BASELINE_ALGOS`, which
 # reads their run records; tests/test_baseline_settings.py checks they agree).
@@ -300,7 +298,7 @@ def plan(family, baseline: Baseline, n_members: int, first: int,
 def train(family, baseline: Baseline, seeds, record, workdir, log,
           stop_after=None, throttle_s=0.0, sharding=None,
           wandb_project=None, keep_checkpoints=None,
-          fallback_to_intact=False):
+          fallback_to_intact=False, pieces=None, piece_units=None):
   """Runs (or resumes) the iterations of every seed's member in `workdir`;
   returns the final batched state (`MAMLState` or `PEARLState`).
 
@@ -331,46 +329,37 @@ def train(family, baseline: Baseline, seeds, record, workdir, log,
                                 index_key='iteration', scalars=SCALARS[algo])
   if sharding is not None:
     state = jax.device_put(state, sharding)
-  program = sweep_lib.batched(iteration_fn(algo), record['sweep'], sharding,
-                              n_args=0)
-  state, done = _run_iterations(program, state, done, target, n, algo,
-                                members, manager, metrics_log, throttle_s,
-                                log)
-  metrics_log.close()
-  log(f'finished {done}/{n} iterations; metrics in '
-      f'{os.path.join(workdir, "metrics.jsonl")}')
-  return state
+  runner = _Iteration(sweep_lib.batched(iteration_fn(algo), record['sweep'],
+                                        sharding, n_args=0))
+  piece_units = piece_units or (lambda i: 1.0)
 
-
-def _run_iterations(program, state, done, target, n, algo, members, manager,
-                    metrics_log, throttle_s, log):
-  """Iterations done + 1 … target of `program`, each followed by its
-  metrics lines, its checkpoint and a progress line (the first compiled
-  first); returns (state, done)."""
-  compiled, times, start = None, [], time.time()
-  while done < target:
-    if compiled is None:
-      log(f'iteration {done + 1}/{n}: compiling the {algo} iteration')
-      t0 = time.time()
-      with training.CacheCount() as cache:
-        compiled = compile_polling(program.lower(state))
-      log(f'compiled in {time.time() - t0:.1f}s{cache.describe()}; running '
-          f'iteration {done + 1}')
-    t0 = time.time()
-    state, metrics = wait(compiled(state))
-    times.append(time.time() - t0)
-    metrics_log.write_rows(metric_rows(metrics, members),
-                           wall_time=time.time() - start,
+  def write(metrics, wall_time):
+    metrics_log.write_rows(metric_rows(metrics, members), wall_time=wall_time,
                            summary=lambda rows: summary_line(rows, algo))
-    manager.save(done + 1, state)
-    done += 1
-    if throttle_s > 0:
-      time.sleep(throttle_s)
-    eta = float(np.mean(times)) * (target - done)
-    log(f'iteration {done}/{n} done in {times[-1]:.1f}s, checkpoint saved: '
-        f'{metrics_log.last_summary}'
-        + (f', ETA {format_seconds(eta)}' if done < target else ''))
-  return state, done
+    return metrics_log.last_summary
+
+  return training.run_pieces(
+      runner, state, done, target, manager, metrics_log, write, log,
+      throttle_s, n, pieces=pieces or training.run_progress(
+          piece_units, n, done, log), piece_units=piece_units,
+      name='iteration', program=f'{algo} iteration')
+
+
+class _Iteration:
+  """A baseline's iteration as one program compiled ahead of time, for
+  `training.run_pieces`."""
+
+  def __init__(self, program):
+    self._program, self._compiled = program, None
+
+  def compile(self, state, first):
+    del first
+    self._compiled = compile_polling(self._program.lower(state))
+
+  def __call__(self, state, done):
+    del done
+    # `wait` polls, so Ctrl-C is not held up by a long compiled call.
+    return wait(self._compiled(state))
 
 
 # --------------------------------------------------------- evaluation

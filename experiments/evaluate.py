@@ -578,22 +578,22 @@ def adapt_pieces(adapt, member_state, members, all_tasks, index, settings,
   progress.skip(total - len(todo))
   position = {int(i): j for j, i in enumerate(index)}
 
-  def done(m, i, out, seconds):
+  def save(m, i, out, seconds):
     a0, an = float(out.a0), [float(v) for v in np.asarray(out.an)]
     saved[name(m, i)] = dict(
         a0=_finite_or_nan(a0), an=[_finite_or_nan(v) for v in an],
         psi=[float(v) for v in all_tasks[i]], seconds=round(seconds, 3),
         finished=time.strftime('%Y-%m-%dT%H:%M:%S'))
     write_json(path, dict(settings=settings, pieces=saved))
-    progress.finished(
-        1, f'member {m + 1}/{len(members)} ({_member(members[m])}), task '
-        f'{position[i] + 1}/{len(index)}: A0 {a0:.3f}, A_n '
-        + ', '.join(f'{v:.3f}' for v in an) + f' ({seconds:.1f}s)', seconds)
+    return (f'member {m + 1}/{len(members)} ({_member(members[m])}), task '
+            f'{position[i] + 1}/{len(index)}: A0 {a0:.3f}, A_n '
+            + ', '.join(f'{v:.3f}' for v in an) + f' ({seconds:.1f}s)')
 
   pieces_lib.adapt_each(
       todo, adapt, member_state, lambda i: all_tasks[i],
       lambda m, i: pieces_lib.adaptation_key(settings['seed'], members[m][0],
-                                             i), done, log, throttle_s)
+                                             i), save, progress, log,
+      throttle_s=throttle_s)
   a0 = np.asarray([[json_number(saved[name(m, i)]['a0']) for i in index]
                    for m in range(len(members))], np.float64)
   an = np.asarray([[[json_number(v) for v in saved[name(m, i)]['an']]

@@ -44,16 +44,19 @@ class MetricsLog:
   Rows are keyed by `index_key`: 'task_index' (AdMRL's, from 0) or, for
   the meta-RL baselines, 'iteration' (the iterations done, from 1: pass
   keep_below = done + 1). `scalars`: the row fields drawn in TensorBoard
-  and W&B (besides real_samples, ψ and u)."""
+  and W&B (besides real_samples, ψ and u). `writes=False`: a log that
+  writes and truncates nothing but keeps `last_summary` (the processes
+  of a multi-process run other than the one that writes the files)."""
 
   def __init__(self, workdir: str, members, keep_below: int,
                wandb_project=None, config=None, index_key='task_index',
-               scalars=_SCALARS):
+               scalars=_SCALARS, writes: bool = True):
     """`wandb_project`: also log to Weights & Biases (imported only then;
     `wandb` must be installed: pip install -e .[wandb]), one W&B run per
     driver run whose id is kept in <workdir>/wandb_run_id so that a resume
     continues it, with `config` (the run record) as its config. Offline
     with WANDB_MODE=offline."""
+    self.writes = writes
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.workdir = workdir
     self.members = members
@@ -63,7 +66,7 @@ class MetricsLog:
     self.scalars = tuple(scalars)
     self._wandb = None
     self.last_summary = ''
-    if os.path.exists(self.path):
+    if writes and os.path.exists(self.path):
       with open(self.path) as f:
         lines = [line for line in f if line.strip()]
       kept = [line for line in lines
@@ -95,10 +98,13 @@ class MetricsLog:
     """Appends one row (a dict with `index_key`, seed, alpha,
     real_samples, …) per member, in member order, adds `wall_time`, and
     sets `last_summary` to `summary(rows)` (if given)."""
-    lines = []
+    lines = [json.dumps(dict(row, wall_time=round(wall_time, 2)))
+             for row in rows]
+    if summary is not None:
+      self.last_summary = summary([json.loads(line) for line in lines])
+    if not self.writes:
+      return
     for i, row in enumerate(rows):
-      row = dict(row, wall_time=round(wall_time, 2))
-      lines.append(json.dumps(row))
       step = row[self.index_key]
       writer = self._tensorboard()[i]
       for name in self.scalars:
@@ -118,8 +124,6 @@ class MetricsLog:
       f.write('\n'.join(lines) + '\n')
       f.flush()
       os.fsync(f.fileno())
-    if summary is not None:
-      self.last_summary = summary([json.loads(line) for line in lines])
 
   def close(self):
     for writer in self._writers or []:

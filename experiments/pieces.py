@@ -1,18 +1,22 @@
-"""Long computations as named pieces, each saved as it finishes.
+"""Long computations as pieces, each saved as it finishes.
 
-An evaluation (`experiments.evaluate`) and a study (`experiments.study`)
-adapt every (member, task) pair of a trained run, one piece at a time: the
-caller saves each piece's result as it finishes, so that Ctrl-C (or a killed
-session) loses at most the piece under way and the same command resumes.
-This module holds what they share: the progress lines with an ETA
-(`Pieces`), the adaptation key of a piece (`adaptation_key`, the one
-convention of both) and the loop that compiles the adaptation once and runs
-it piece by piece (`adapt_each`).
+Every long computation of the scripts is a sequence of pieces run by one
+loop, `run_each`: the driver's task iterations (`experiments.training`,
+`experiments.baselines`: a checkpoint each), an SLBO learning curve's
+stages (`experiments.slbo_curve`: the curve file and a checkpoint each),
+and the (member, task) adaptations of an evaluation or a study
+(`experiments.evaluate`, `experiments.study`: the result file each, through
+`adapt_each`). The caller saves each piece as it finishes, so that Ctrl-C
+(or a killed session) loses at most the piece under way and the same
+command resumes with the pieces not saved; each caller refuses a saved
+computation of other settings before it runs anything. `Pieces` writes a
+line per piece with the share done and an ETA; `adaptation_key` is the one
+key convention of the adaptations.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Optional, Tuple
+from typing import Any, Callable, Iterable, Optional, Tuple, TypeVar
 
 import jax
 
@@ -98,6 +102,64 @@ class Pieces:
       raise StopRun()
 
 
+class Labelled:
+  """`pieces` whose lines start with `label` (a study's arm, say): the
+  same count, share and ETA."""
+
+  def __init__(self, pieces: Pieces, label: str):
+    self.pieces, self.label = pieces, label
+
+  def skip(self, units: float) -> None:
+    self.pieces.skip(units)
+
+  def finished(self, units: float, message: str,
+               seconds: Optional[float] = None) -> None:
+    self.pieces.finished(units, self.label + message, seconds)
+
+
+Piece = TypeVar('Piece')
+
+
+def run_each(todo: Iterable[Piece], compute: Callable[[Piece], Any],
+             save: Callable[[Piece, Any, float], str], progress,
+             units: Callable[[Piece], float] = lambda piece: 1.0,
+             before_first: Optional[Callable[[Piece], None]] = None,
+             throttle_s: float = 0.0) -> int:
+  """The loop of every resumable computation. For each piece of `todo`, in
+  order:
+
+    out = compute(piece)            timed (`before_first(piece)`, a
+                                    compilation say, runs untimed before
+                                    the first piece);
+    line = save(piece, out, seconds)  writes what the piece produced (a
+                                    result file, a checkpoint) and returns
+                                    the piece's line;
+    sleep `throttle_s` seconds      (a test hook: time to interrupt);
+    progress.finished(units(piece), line, seconds)
+                                    the line with the share done and an
+                                    ETA (`Pieces`, `Labelled`), which
+                                    raises `StopRun` after its stop_after-th
+                                    piece.
+
+  `todo` is read lazily, one piece at a time. Returns the number of pieces
+  run. Raises what `compute`, `save` or `progress` raise; everything saved
+  before stays saved.
+  """
+  count = 0
+  for piece in todo:
+    if count == 0 and before_first is not None:
+      before_first(piece)
+    t0 = time.time()
+    out = compute(piece)
+    seconds = time.time() - t0
+    line = save(piece, out, seconds)
+    count += 1
+    if throttle_s > 0:
+      time.sleep(throttle_s)
+    progress.finished(units(piece), line, seconds)
+  return count
+
+
 def adaptation_key(base_seed: int, member_seed: int,
                    task_index: int) -> jax.Array:
   """The key of one adaptation piece: fold_in(fold_in(key(base_seed),
@@ -117,30 +179,38 @@ def adaptation_key(base_seed: int, member_seed: int,
 def adapt_each(todo: Iterable[Tuple[int, int]], adapt: Callable,
                member_state: Callable[[int], Any], task: Callable[[int], Any],
                key: Callable[[int, int], jax.Array],
-               done: Callable[[int, int, Any, float], None],
-               log: Callable[[str], None], throttle_s: float = 0.0) -> None:
-  """Runs `adapt(member_state(m), task(i), key(m, i))` for each (m, i) of
-  `todo` in order, by one program compiled before the first piece (its
-  compile time logged), and calls `done(m, i, out, seconds)` after each —
-  which saves the piece and reports it (`Pieces.finished`, which may stop
-  the loop with `StopRun`), then sleeps `throttle_s` seconds (a test hook:
-  time to interrupt between pieces). A member's state is built once for
-  its run of consecutive pieces. Ctrl-C is not held up by a running piece
-  (`wait`).
+               save: Callable[[int, int, Any, float], str], progress,
+               log: Callable[[str], None],
+               units: Callable[[int, int], float] = lambda m, i: 1.0,
+               throttle_s: float = 0.0) -> int:
+  """`run_each` over (member, task) pieces: `adapt(member_state(m),
+  task(i), key(m, i))` for each (m, i) of `todo`, by one program compiled
+  before the first piece (its compile time logged); `save(m, i, out,
+  seconds)` writes the piece and returns its line, reported through
+  `progress` with `units(m, i)`. A member's state is built once for its
+  run of consecutive pieces. Ctrl-C is not held up by a running piece
+  (`wait`). Returns the number of pieces run.
   """
-  compiled, states = None, {}
-  for m, i in todo:
+  compiled, states = [], {}
+
+  def state_of(m):
     if m not in states:
-      states = {m: member_state(m)}
-    psi, piece_key = task(i), key(m, i)
-    if compiled is None:
-      t0 = time.time()
-      log('compiling the adaptation program')
-      compiled = compile_polling(jax.jit(adapt).lower(states[m], psi,
-                                                      piece_key))
-      log(f'compiled in {time.time() - t0:.1f}s')
+      states.clear()
+      states[m] = member_state(m)
+    return states[m]
+
+  def compile_adaptation(piece):
+    m, i = piece
     t0 = time.time()
-    out = wait(compiled(states[m], psi, piece_key))
-    done(m, i, out, time.time() - t0)
-    if throttle_s > 0:
-      time.sleep(throttle_s)
+    log('compiling the adaptation program')
+    compiled.append(compile_polling(jax.jit(adapt).lower(
+        state_of(m), task(i), key(m, i))))
+    log(f'compiled in {time.time() - t0:.1f}s')
+
+  def compute(piece):
+    m, i = piece
+    return wait(compiled[0](state_of(m), task(i), key(m, i)))
+
+  return run_each(todo, compute, lambda piece, out, s: save(*piece, out, s),
+                  progress, units=lambda piece: units(*piece),
+                  before_first=compile_adaptation, throttle_s=throttle_s)

@@ -8,6 +8,8 @@ budget set by the flags, evaluates the mean policy on fresh real roll-outs
 before training and after every stage, and writes `<out>.json` and
 `<out>.png`. With `--seed=0,1,2` every seed gets its own curve (the seeds
 share one compiled program); the plot shows each seed and their mean.
+Each evaluation is a JSON line on stdout and a progress line with the
+curve's share done and an ETA on stderr (`experiments.pieces`).
 
 Resumable: with `--out`, `<out>.json` is rewritten after every stage
 (`"complete": false` until the last) and each seed's state and key after its
@@ -27,6 +29,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 
 from absl import app
@@ -47,6 +50,7 @@ from admrl_jax.models import dataset
 from admrl_jax.models.dynamics import ModelConfig
 from admrl_jax.rl import slbo
 from admrl_jax.rl.rollout import RolloutConfig
+from experiments import pieces as pieces_lib
 from experiments import presets
 from experiments import provenance
 from experiments.common import (build_family, json_number, parse_floats,
@@ -182,8 +186,7 @@ def run():
   done, runs = _load_previous(_OUT.value, setting, _STAGES.value, seeds)
   runs = _with(runs, provenance.collect())
   curves = _Curves(agent, family, config, psi, setting, seeds, capacity,
-                   done, runs)
-  curves = {seed: curves.run_seed(seed) for seed in seeds}
+                   done, runs).run()
   summary, means = _summary(curves)
   print(json.dumps(dict(summary=summary)), flush=True)
   result = _result(setting, seeds, curves, True, capacity, runs)
@@ -237,11 +240,13 @@ def _setting(family, psi, seeds, hidden, config, overrides) -> dict:
 
 
 class _Curves:
-  """The learning curves of one setting, one seed at a time: each seed's
-  SLBO run on ψ, its mean policy evaluated before training and after every
-  stage (a JSON line each); with --out, <out>.json rewritten and the
-  seed's state and key checkpointed after every stage, and a seed resumed
-  from its checkpoint.
+  """The learning curves of one setting: each seed's SLBO run on ψ, its
+  mean policy evaluated before training and after every stage, as the
+  (seed, stage) pieces of `pieces.run_each` (stage 0: the evaluation
+  before training). After each piece, its JSON line; with --out,
+  <out>.json rewritten and the seed's state and key checkpointed; a seed
+  with a checkpoint is resumed from it. A progress line per piece on
+  stderr.
 
   Attributes:
     done: {seed: curve} so far (the earlier run's, then this one's).
@@ -260,6 +265,8 @@ class _Curves:
     self.offset = max((row['wall_s'] for c in done.values() for row in c),
                       default=0.0)
     self.start = time.time()
+    self.managers = {}
+    self.current = None       # (seed, state, key) of the seed under way
 
   def wall(self):
     return round(self.offset + time.time() - self.start, 1)
@@ -268,50 +275,86 @@ class _Curves:
     out = self.agent.evaluate(state, self.psi, key)
     return float(jnp.mean(out.first_return)), float(jnp.std(out.first_return))
 
-  def run_seed(self, seed):
-    """The curve of `seed` up to --stages: [the initial evaluation, one per
-    stage], continued from its checkpoint where there is one."""
+  def run(self):
+    """{seed: curve} up to --stages for every seed: [the initial
+    evaluation, one per stage], each seed continued from its checkpoint
+    where there is one."""
+    first = {seed: self._first_stage(seed) for seed in self.seeds}
+    stages = _STAGES.value
+    progress = pieces_lib.Pieces(
+        len(self.seeds) * stages,
+        lambda line: print(line, file=sys.stderr, flush=True), scope='curve')
+    progress.skip(sum(max(first[seed] - 1, 0) for seed in self.seeds))
+    todo = [(seed, stage) for seed in self.seeds
+            for stage in range(first[seed], stages + 1)]
+    pieces_lib.run_each(todo, self._compute, self._record, progress,
+                        units=lambda piece: float(piece[1] > 0))
+    return {seed: self.done[seed] for seed in self.seeds}
+
+  def _first_stage(self, seed):
+    """The first stage of `seed` to compute (stage 0: the evaluation
+    before training; --stages + 1: none), its curve cut to the stages
+    before it and, with --out, its checkpoint manager (another run's
+    checkpoints removed)."""
     curve = self.done.get(seed, [])
     if len(curve) > _STAGES.value:   # already there: nothing to compute
-      return curve
-    _, key_init, key = jax.random.split(jax.random.key(seed), 3)
-    state = slbo.init(key_init, self.family, self.config)
-    directory = (os.path.join(_OUT.value + '.ckpt', f'seed_{seed}')
-                 if _OUT.value else None)
-    manager = (checkpoints.Manager(directory, max_to_keep=1)
-               if directory else None)
-    last = manager.latest_step() if manager else None
+      return _STAGES.value + 1
+    if not _OUT.value:
+      self.done[seed] = []
+      return 0
+    directory = os.path.join(_OUT.value + '.ckpt', f'seed_{seed}')
+    manager = checkpoints.Manager(directory, max_to_keep=1)
+    last = manager.latest_step()
     if last is not None and len(curve) > last:
-      state, key = self._resume(manager, last, state, key, key_init)
-      curve = curve[:last + 1]
+      self.done[seed] = curve[:last + 1]
       print(json.dumps(dict(seed=seed, resumed_after_stage=last)), flush=True)
     else:
       if curve:
         print(json.dumps(dict(
             seed=seed, no_checkpoint_after_stage=len(curve) - 1,
             recomputing_from_stage=0)), flush=True)
-      if manager and last is not None:
+      if last is not None:
         # Another run's checkpoints (orbax would not overwrite their steps).
         shutil.rmtree(directory)
         manager = checkpoints.Manager(directory, max_to_keep=1)
+      self.done[seed] = []
+    self.managers[seed] = manager
+    return len(self.done[seed])
+
+  def _state(self, seed, stage):
+    """(state, key) of `seed` before `stage`: its initial state, or its
+    checkpoint after stage - 1 when its run starts there."""
+    if self.current is not None and self.current[0] == seed:
+      return self.current[1:]
+    _, key_init, key = jax.random.split(jax.random.key(seed), 3)
+    state = slbo.init(key_init, self.family, self.config)
+    if stage > 0:
+      state, key = self._resume(self.managers[seed], stage - 1, state, key,
+                                key_init)
+    return state, key
+
+  def _compute(self, piece):
+    """A piece: the evaluation before training (stage 0), or an SLBO stage
+    and the evaluation after it; its curve point."""
+    seed, stage = piece
+    state, key = self._state(seed, stage)
+    if stage == 0:
       key, key_eval = jax.random.split(key)
       mean, std = self.evaluate(state, key_eval)
-      curve = [dict(real_samples=0, return_mean=to_jsonable(mean),
-                    return_std=to_jsonable(std), wall_s=self.wall())]
-      self._record(seed, curve, manager, 0, state, key)
-    for stage in range(len(curve) - 1, _STAGES.value):
+      point = dict(real_samples=0, return_mean=to_jsonable(mean),
+                   return_std=to_jsonable(std))
+    else:
       key, key_stage, key_eval = jax.random.split(key, 3)
       state, metrics = self.agent.stage(state, self.psi, key_stage)
       mean, std = self.evaluate(state, key_eval)
-      curve.append(dict(
-          real_samples=(stage + 1) * self.per_stage,
+      point = dict(
+          real_samples=stage * self.per_stage,
           return_mean=to_jsonable(mean), return_std=to_jsonable(std),
           model_loss=to_jsonable(metrics.model_loss[-1]),
           virtual_return=to_jsonable(metrics.virtual_return[-1]),
-          trpo_accept_rate=to_jsonable(jnp.mean(metrics.trpo_accepted)),
-          wall_s=self.wall()))
-      self._record(seed, curve, manager, stage + 1, state, key)
-    return curve
+          trpo_accept_rate=to_jsonable(jnp.mean(metrics.trpo_accepted)))
+    self.current = (seed, state, key)
+    return dict(point, wall_s=self.wall())
 
   def _resume(self, manager, last, state, key, key_init):
     """(state, key) of the checkpoint after stage `last`, its dataset grown
@@ -326,16 +369,22 @@ class _Curves:
     state, key = manager.restore(last, (saved, key))
     return state.replace(data=dataset.grow(state.data, self.capacity)), key
 
-  def _record(self, seed, curve, manager, step, state, key):
+  def _record(self, piece, point, seconds):
     """The curve's new point: its JSON line; with --out, <out>.json, then
-    the checkpoint of `step` (the curve first: a checkpoint is never ahead
-    of it)."""
-    print(json.dumps(dict(seed=seed, **curve[-1])), flush=True)
-    self.done[seed] = curve
-    if manager:
+    the checkpoint of the stage (the curve first: a checkpoint is never
+    ahead of it). Returns the progress line."""
+    seed, stage = piece
+    print(json.dumps(dict(seed=seed, **point)), flush=True)
+    self.done[seed] = self.done[seed] + [point]
+    if seed in self.managers:
       _write(_OUT.value, self.setting, self.seeds, self.done, False,
              self.capacity, self.runs)
-      _save(manager, step, (state, key))
+      _, state, key = self.current
+      _save(self.managers[seed], stage, (state, key))
+    return (f'seed {seed}, ' + ('before training' if stage == 0 else
+                                f'stage {stage}/{_STAGES.value}')
+            + f': real return {json_number(point["return_mean"]):.4g} '
+            f'({seconds:.1f}s)')
 
 
 def _summary(curves):

@@ -333,9 +333,8 @@ def baseline_config(config) -> bool:
 
 def train(algo, family, config, alphas, seeds, record, workdir, pieces,
           units_per_task, log):
-  """Trains (or resumes) one algorithm's members; one piece per task
-  iteration, or per iteration of a meta-RL baseline (counted through the
-  driver's checkpoint lines)."""
+  """Trains (or resumes) one algorithm's members; one piece of `pieces`
+  per task iteration, or per iteration of a meta-RL baseline."""
   run_dir = os.path.join(workdir, 'train', algo)
   done = checkpoints.Manager(os.path.join(run_dir, 'checkpoints')
                              ).latest_step() if os.path.isdir(run_dir) else None
@@ -346,17 +345,16 @@ def train(algo, family, config, alphas, seeds, record, workdir, pieces,
     return
 
   def train_log(message):
-    # The driver's line after each saved (task) iteration; raising
-    # StopRun here stops between two checkpoints. Its compile lines pass
-    # through (a minute of silence otherwise).
-    if (message.startswith(('task ', 'iteration '))
-        and ' done in ' in message):
-      pieces.finished(units_per_task, f'{algo}: {message.split(":")[0]}')
-    elif 'compiling' in message or message.startswith('compiled in'):
+    # The driver's compile lines pass through (a minute of silence
+    # otherwise); its lines per iteration come through `pieces`, whose
+    # StopRun stops between two checkpoints.
+    if 'compiling' in message or message.startswith('compiled in'):
       log(f'{algo}: {message}')
 
   driver.train(family, config, alphas, seeds, dict(record), run_dir,
-               train_log, phase_progress=False)
+               train_log, phase_progress=False,
+               pieces=pieces_lib.Labelled(pieces, f'{algo}: '),
+               piece_units=lambda i: units_per_task)
   log(f'{algo}: trained {n} '
       + (f'iterations ({len(seeds)} seed(s))' if is_baseline(algo) else
          f'task iterations ({len(seeds)} seed(s) x {len(alphas)} '
@@ -446,7 +444,7 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
       return jax.tree.map(lambda x: x[m], state.slbo)
   log(f'{algo}: evaluating {len(todo)} (member, task) piece(s)')
 
-  def done(m, i, out, seconds):
+  def save(m, i, out, seconds):
     a0, an = float(out.a0), [float(v) for v in np.asarray(out.an)]
     result['a0'][m][i] = a0 if math.isfinite(a0) else 'nan'
     result['an'][m][i] = [v if math.isfinite(v) else 'nan' for v in an]
@@ -455,16 +453,17 @@ def evaluate(algo, family, config, members, tasks, adapt_config, workdir,
     write_json(path, result)
     seed, alpha = members[m]
     who = f'seed {seed}' + ('' if alpha is None else f', alpha {alpha:g}')
-    pieces.finished(units, f'{algo} member {m + 1}/{len(members)} ({who})'
-                    f', task {i + 1}/{len(tasks)}: A0 {a0:.2f}, A_n '
-                    + ', '.join(f'{v:.2f}' for v in an)
-                    + f' ({seconds:.1f}s)', seconds)
+    return (f'member {m + 1}/{len(members)} ({who}), task {i + 1}/'
+            f'{len(tasks)}: A0 {a0:.2f}, A_n '
+            + ', '.join(f'{v:.2f}' for v in an) + f' ({seconds:.1f}s)')
 
   # Keyed by (seed, task), not by member: methods are paired per seed.
   pieces_lib.adapt_each(
       todo, adapt, member_state, lambda i: tasks[i],
       lambda m, i: pieces_lib.adaptation_key(EVAL_SEED, members[m][0], i),
-      done, lambda message: log(f'{algo}: {message}'), throttle_s)
+      save, pieces_lib.Labelled(pieces, f'{algo} '),
+      lambda message: log(f'{algo}: {message}'),
+      units=lambda m, i: units, throttle_s=throttle_s)
   return result
 
 

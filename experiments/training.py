@@ -21,11 +21,12 @@ from admrl_jax import sweep as sweep_lib
 from admrl_jax.meta import admrl
 from admrl_jax.meta import task_gradient as tg
 from experiments import logs
+from experiments import pieces as pieces_lib
 from experiments import presets
 from experiments import provenance
 from experiments.common import (CheckpointError, UsageError, build_family,
                                 family_from_record, parse_family_sets, wait)
-from experiments.progress import Progress, format_seconds, plan
+from experiments.progress import Progress, plan
 
 
 def resolve(env, algo='admrl', preset='paper', alphas=None, seeds=(0,),
@@ -337,64 +338,63 @@ def latest_saved_step(workdir) -> int:
 def train(family, config, alphas, seeds, record, workdir, log,
           stop_after=None, throttle_s=0.0, phase_progress=True,
           sharding=None, wandb_project=None, keep_checkpoints=None,
-          fallback_to_intact=False):
+          fallback_to_intact=False, pieces=None, piece_units=None):
   """Runs (or resumes) the task iterations of every (seed, α) member in
-  `workdir`; returns the final batched `AdMRLState`.
+  `workdir`, one piece each (`pieces.run_each`: metrics, a checkpoint and
+  a line as each finishes); returns the final batched `AdMRLState`.
 
   Args:
     family, config, alphas, seeds, record: from `resolve`.
     workdir: the run directory (config.json, provenance.json,
       metrics.jsonl, tb/, checkpoints/); an existing one must hold the same
-      record, and other code, libraries or settings than its
-      provenance.json's are warned about.
+      record (other code or libraries than provenance.json's: a warning).
     log: a function of one message line.
-    stop_after: stop after this many task iterations in total.
-    throttle_s: seconds to sleep after each saved task iteration.
-    phase_progress: a line after every phase (`PhasedIteration`: the task
-      iteration as three programs driven from the host, each kept in JAX's
-      persistent compilation cache). False: one program per task iteration
+    stop_after, throttle_s: stop after this many task iterations in
+      total; sleep this many seconds after each one saved (a test hook).
+    phase_progress: a line after every phase (`PhasedIteration`: three
+      programs driven from the host, each kept in JAX's persistent
+      compilation cache). False: one program per task iteration
       (`WholeIteration`) and one line per task iteration.
     sharding: from `member_sharding`: the members' state and the vmapped
       task iteration are split over the devices along the member axis.
-    wandb_project: also log the metrics to this Weights & Biases project
-      (`logs.MetricsLog`).
-    keep_checkpoints: how many of the latest checkpoints are kept (older
-      ones are deleted as new ones are saved), an int >= 1 or 'all';
-      recorded in config.json. None: the recorded value, else
-      DEFAULT_KEEP_CHECKPOINTS (3).
+    wandb_project: also log to this Weights & Biases project.
+    keep_checkpoints: how many of the latest checkpoints are kept, an int
+      >= 1 or 'all', recorded in config.json. None: the recorded value,
+      else DEFAULT_KEEP_CHECKPOINTS (3).
     fallback_to_intact: when the latest checkpoint is corrupt, resume from
-      the latest one that restores intact; the corrupt later ones are moved
-      to <workdir>/checkpoints.corrupt/ (a warning line each) and their task
-      iterations are run again.
+      the latest intact one; the corrupt ones are moved to
+      <workdir>/checkpoints.corrupt/ (a warning each) and run again.
+    pieces, piece_units: the `experiments.pieces.Pieces` (or `Labelled`)
+      that reports each task iteration with the work `piece_units(i)` (a
+      study's, whose `StopRun` stops between two checkpoints); None: the
+      run's own (scope 'run'), its work in VirtualTraining iterations.
   Raises:
     UsageError: the workdir holds another run, or a bad keep_checkpoints.
-    CheckpointError: an unreadable record or checkpoint (left in place),
-      one line naming the step and its directory; with fallback_to_intact,
-      no checkpoint that restores intact.
+    CheckpointError: an unreadable record or checkpoint (left in place);
+      with fallback_to_intact, no checkpoint that restores intact.
 
   Several processes (`jax.distributed`) call it alike, `sharding` over all
   their devices; the primary (`is_primary`) writes the files, all the
-  checkpoints. A baseline's run (algo maml, pearl) goes to
-  `experiments.baselines.train`.
+  checkpoints. A baseline's run (maml, pearl) goes to `baselines.train`.
   """
   # Not at the top: experiments.baselines imports this module.
   from experiments import baselines  # pylint: disable=g-import-not-at-top
-
   if baselines.is_baseline(config):
     return baselines.train(
         family, config, seeds, record, workdir, log, stop_after=stop_after,
         throttle_s=throttle_s, sharding=sharding,
         wandb_project=wandb_project, keep_checkpoints=keep_checkpoints,
-        fallback_to_intact=fallback_to_intact)
+        fallback_to_intact=fallback_to_intact, pieces=pieces,
+        piece_units=piece_units)
   members = [(seed, alpha) for seed in seeds for alpha in alphas]
   saved, recorded, keep, target = start_run(
       workdir, record, keep_checkpoints, config.n_tasks, stop_after,
       lambda first, last: plan(family, config, len(members), first, last),
       log)
   family = calibrated(family, saved, record, seeds)
-  log(f'{family.name}: k={family.task_dim}, algo {config.algo}, '
-      f'{len(seeds)} seed(s) x {len(alphas)} alpha(s), '
-      f'{config.n_tasks} tasks, workdir {workdir}')
+  log(f'{family.name}: k={family.task_dim}, algo {config.algo}, {len(seeds)} '
+      f'seed(s) x {len(alphas)} alpha(s), {config.n_tasks} tasks, workdir '
+      f'{workdir}')
   log_sharding(sharding, len(members), log)
   progress = Progress(config, len(members), record['sweep'], log)
   algorithm = admrl.AdMRL(family, config)
@@ -407,74 +407,84 @@ def train(family, config, alphas, seeds, record, workdir, log,
                                wandb_project=wandb_project, config=record)
   runner = (PhasedIteration if phase_progress else WholeIteration)(
       algorithm, record['sweep'], sharding, progress, len(members))
-  state, done = _run_tasks(runner, state, done, target, config.n_tasks,
-                           manager, metrics_log, progress, phase_progress,
-                           throttle_s, log)
-  metrics_log.close()
-  log(f'finished {done}/{config.n_tasks} task iterations; metrics in '
-      f'{os.path.join(workdir, "metrics.jsonl")}')
-  return state
+  piece_units = piece_units or progress.task_units
+  progress.start(done, target)
+  return run_pieces(
+      runner, state, done, target, manager, metrics_log,
+      _write_metrics(metrics_log), log, throttle_s, n=config.n_tasks,
+      pieces=pieces or run_progress(piece_units, config.n_tasks, done, log),
+      piece_units=piece_units,
+      note=' (a line per phase follows)' if phase_progress else '')
 
 
 def metrics_log_of(workdir, members, **kwargs):
   """`logs.MetricsLog(workdir, members, **kwargs)` on the primary process
-  (`is_primary`); on the others of a multi-process run, a log that writes
-  nothing, so that every row is written once."""
-  if is_primary():
-    return logs.MetricsLog(workdir, members, **kwargs)
-  return _Unwritten()
+  (`is_primary`); on the others of a multi-process run, one that writes
+  nothing (`writes=False`), so that every row is written once."""
+  return logs.MetricsLog(workdir, members, writes=is_primary(), **kwargs)
 
 
-class _Unwritten:
-  """The metrics log of a process other than the primary one."""
+def run_pieces(runner, state, done, target, manager, metrics_log, write,
+               log, throttle_s, n, pieces, piece_units, name='task',
+               program='task iteration', note=''):
+  """Iterations done + 1 … target of `runner` as the pieces of
+  `pieces.run_each`, each followed by its metrics (`write(metrics,
+  wall_time)` into `metrics_log`, returning the summary the line shows),
+  its checkpoint (`manager.save`, step = iterations done) and its line;
+  the first compiled before it. Shared with `baselines.train`.
 
-  last_summary = ''
-
-  def write(self, metrics, wall_time):
-    del metrics, wall_time
-
-  def write_rows(self, rows, wall_time, summary=None):
-    del rows, wall_time, summary
-
-  def close(self):
-    pass
-
-
-def _run_tasks(runner, state, done, target, n_tasks, manager, metrics_log,
-               progress, phase_progress, throttle_s, log):
-  """Task iterations done + 1 … target, each followed by its metrics line,
-  its checkpoint and a progress line (the first compiled first);
-  returns (state, done)."""
-  progress.start(done, target)
-  compiled = False
+  `runner` has `compile(state, first)` and `runner(state, done) ->
+  (state, metrics)`; `name`, `n`, `program` and `note` word the lines
+  ('task 2/3: compiling the task iteration'). `metrics_log` is closed
+  however the loop ends. Returns the final state.
+  """
+  holder = dict(state=state)
   start = time.time()
-  while done < target:
-    if not compiled:
-      log(f'task {done + 1}/{n_tasks}: compiling the task iteration')
-      t0 = time.time()
-      with CacheCount() as cache:
-        runner.compile(state, done == 0)
-      log(f'compiled in {time.time() - t0:.1f}s{cache.describe()}; running '
-          f'task {done + 1}'
-          + (' (a line per phase follows)' if phase_progress else ''))
-      compiled = True
+
+  def compile_first(i):
+    log(f'{name} {i + 1}/{n}: compiling the {program}')
     t0 = time.time()
-    state, metrics = runner(state, done)
-    elapsed = time.time() - t0
+    with CacheCount() as cache:
+      runner.compile(holder['state'], i == 0)
+    log(f'compiled in {time.time() - t0:.1f}s{cache.describe()}; running '
+        f'{name} {i + 1}{note}')
+
+  def compute(i):
+    holder['state'], metrics = runner(holder['state'], i)
+    return metrics
+
+  def save(i, metrics, seconds):
+    summary = write(metrics, time.time() - start)
+    manager.save(i + 1, holder['state'])
+    return (f'{name} {i + 1}/{n} done in {seconds:.1f}s, checkpoint saved: '
+            f'{summary}')
+
+  try:
+    pieces_lib.run_each(range(done, target), compute, save, pieces,
+                        units=piece_units, before_first=compile_first,
+                        throttle_s=throttle_s)
+  finally:
+    metrics_log.close()
+  log(f'finished {max(done, target)}/{n} {program}s; metrics in '
+      f'{metrics_log.path}')
+  return holder['state']
+
+
+def run_progress(piece_units, n, done, log):
+  """A run's own `Pieces` (scope 'run') over its `n` iterations, the
+  first `done` of them finished before."""
+  pieces = pieces_lib.Pieces(sum(piece_units(i) for i in range(n)), log,
+                             scope='run')
+  pieces.skip(sum(piece_units(i) for i in range(done)))
+  return pieces
+
+
+def _write_metrics(metrics_log):
+  def write(metrics, wall_time):
     # Every process gathers (a collective); the primary one writes.
-    metrics_log.write(sweep_lib.host_values(metrics),
-                      wall_time=time.time() - start)
-    manager.save(done + 1, state)
-    done += 1
-    if throttle_s > 0:
-      time.sleep(throttle_s)
-    summary = metrics_log.last_summary
-    eta = progress.eta_seconds()
-    log(f'task {done}/{n_tasks} done in {elapsed:.1f}s, checkpoint '
-        f'saved: {summary}'
-        + (f', ETA {format_seconds(eta)}'
-           if done < target and eta is not None else ''))
-  return state, done
+    metrics_log.write(sweep_lib.host_values(metrics), wall_time=wall_time)
+    return metrics_log.last_summary
+  return write
 
 
 # The steps of `train` that `baselines.train` shares.

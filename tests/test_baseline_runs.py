@@ -120,7 +120,7 @@ def test_record_metrics_and_progress(runs, algo):
     assert np.all((steps > 0) & (steps <= per)), samples
   out = outputs[algo].splitlines()
   assert sum(' done in ' in line for line in out) == 3
-  assert any(line.endswith('s') and 'ETA' in line for line in out)
+  assert any(line.endswith('s]') and 'run ETA' in line for line in out)
   assert any('about to run' in line for line in out)
 
 

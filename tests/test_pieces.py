@@ -48,6 +48,47 @@ def test_the_adaptation_key_is_the_members_seed_and_the_tasks_index():
                               jax.random.key_data(key))
 
 
+def test_run_each_computes_saves_and_reports_each_piece_in_order():
+  events, lines, clock = [], [], Clock()
+  progress = pieces.Pieces(6, lines.append, scope='run', stop_after=2,
+                           clock=clock)
+
+  def compute(piece):
+    events.append(('compute', piece))
+    return piece * 10
+
+  def save(piece, out, seconds):
+    events.append(('save', piece, out))
+    assert seconds >= 0
+    return f'piece {piece} -> {out}'
+
+  with pytest.raises(pieces.StopRun):
+    pieces.run_each(iter([1, 2, 3]), compute, save, progress,
+                    units=lambda piece: float(piece),
+                    before_first=lambda piece: events.append(('first', piece)))
+  # The piece after the stop is never computed; both before it are saved.
+  assert events == [('first', 1), ('compute', 1), ('save', 1, 10),
+                    ('compute', 2), ('save', 2, 20)]
+  assert [line.split(' [')[0] for line in lines] == ['piece 1 -> 10',
+                                                     'piece 2 -> 20']
+  assert lines[1].startswith('piece 2 -> 20 [50% of the run')
+  # Nothing to run: nothing compiled, nothing reported.
+  assert pieces.run_each([], compute, save, progress,
+                         before_first=lambda piece: events.append('x')) == 0
+  assert events[-1] == ('save', 2, 20)
+
+
+def test_a_labelled_progress_shares_the_count_and_prefixes_its_lines():
+  lines = []
+  progress = pieces.Pieces(4, lines.append, scope='study')
+  labelled = pieces.Labelled(progress, 'admrl: ')
+  labelled.skip(1)
+  labelled.finished(1, 'task 2/4 done')
+  progress.finished(2, 'evaluated')
+  assert lines == ['admrl: task 2/4 done [50% of the study]',
+                   'evaluated [100% of the study]']
+
+
 def test_adapt_each_runs_every_piece_in_order_with_one_compiled_program():
   traces, built, done = [], [], []
 
@@ -59,13 +100,18 @@ def test_adapt_each_runs_every_piece_in_order_with_one_compiled_program():
     built.append(m)
     return jnp.float32(m + 1)
 
+  def save(m, i, out, seconds):
+    done.append((m, i, float(out), seconds))
+    return f'member {m}, task {i}'
+
   tasks = np.array([0.5, 2.0, 4.0], np.float32)
   todo = [(0, 2), (0, 0), (1, 1)]
-  lines = []
-  pieces.adapt_each(
+  lines, reported = [], []
+  progress = pieces.Pieces(6, reported.append, scope='evaluation')
+  assert pieces.adapt_each(
       todo, adapt, member_state, lambda i: tasks[i],
-      lambda m, i: pieces.adaptation_key(0, 10 + m, i),
-      lambda m, i, out, s: done.append((m, i, float(out), s)), lines.append)
+      lambda m, i: pieces.adaptation_key(0, 10 + m, i), save, progress,
+      lines.append, units=lambda m, i: 2.0) == 3
   assert len(traces) == 1 and built == [0, 1]
   assert [(m, i) for m, i, _, _ in done] == todo
   for m, i, out, seconds in done:
@@ -74,3 +120,4 @@ def test_adapt_each_runs_every_piece_in_order_with_one_compiled_program():
     assert seconds >= 0
   assert lines[0] == 'compiling the adaptation program'
   assert lines[1].startswith('compiled in ')
+  assert reported[-1] == 'member 1, task 1 [100% of the evaluation]'
