@@ -6,6 +6,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Optional, Tuple
 
+import numpy as np
+
+from admrl_jax.envs import base
+from experiments import presets
+from experiments import training as driver
+from experiments.common import UsageError
+
+
 @dataclasses.dataclass(frozen=True)
 class Arm:
   """One method of a study: a driver algorithm with its own `--set`s.
@@ -214,8 +222,6 @@ def training_runs(settings):
   scale's preset name with its own iteration count (config a
   `baselines.Baseline`, alphas [None]); the model-based arms the scale's
   preset, task iterations and sets."""
-  from experiments import training as driver  # pylint: disable=g-import-not-at-top
-  from experiments.common import UsageError  # pylint: disable=g-import-not-at-top
   scale = SCALES[settings['scale']]
   runs = {}
   for arm in settings['algos']:
@@ -241,15 +247,12 @@ def reference_config(settings):
   """The `AdMRLConfig` of the scale (its preset with its sets): the SLBO
   settings of A* and of the model-based arms' adaptation, whatever arms the
   study has (its arms' own sets change the task gradient, not SLBO)."""
-  from experiments import presets  # pylint: disable=g-import-not-at-top
   scale = SCALES[settings['scale']]
   config = presets.preset(settings['env'], scale.preset)[0]
   return presets.apply_overrides(config, dict(scale.sets))
 
 
 def eval_tasks(family, scale):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from admrl_jax.envs import base  # pylint: disable=g-import-not-at-top
   tasks = np.asarray(family.eval_tasks(), np.float32)
   if scale.eval_grid is None or len(scale.eval_grid) != family.task_dim:
     return tasks
