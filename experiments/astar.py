@@ -12,7 +12,9 @@ import jax
 import numpy as np
 
 from admrl_jax.evaluation import optimum
-from experiments.common import UsageError, read_json, wait, write_json
+from experiments import pieces as pieces_lib
+from experiments.common import (UsageError, compile_polling, read_json, wait,
+                                write_json)
 
 
 # ----------------------------------------------------------- A* cache
@@ -57,15 +59,20 @@ def update_cache(path: str, entries: dict) -> None:
 
 
 def astar_values(family, slbo_config, tasks, method, budget, stage_samples,
-                 cache_path, seed, log, on_task=None, tag=''):
+                 cache_path, seed, log, progress=None, units=1.0, line=None,
+                 tag=''):
   """A* of every task, (t,), from the cache or computed, each task cached as
-  soon as it is computed (an interrupted run keeps the finished ones).
+  soon as it is computed (an interrupted run keeps the finished ones): the
+  SLBO runs are the pieces of `pieces.run_each`, compiled once.
 
   Args:
     seed: task i's SLBO run uses the key fold_in(key(seed), i).
-    log: one-line messages (a line before the first task, and per task with
-      an ETA unless `on_task` is given).
-    on_task: optional `on_task(i, value, seconds)` after each computed task.
+    log: one-line messages (a line before the first task, and the compile).
+    progress: the `pieces.Pieces` (or `Labelled`) that reports each
+      computed task with `units` of work (a study's; the cached tasks are
+      skipped in it first); None: A*'s own, its lines through `log`.
+    line: `line(i, value, seconds)`, a computed task's line; None:
+      'A* task j/m: value (seconds)'.
     tag: appended to the cache keys (e.g. a repeat with another seed).
   Returns:
     (values (t,) float64, number computed now).
@@ -85,37 +92,60 @@ def astar_values(family, slbo_config, tasks, method, budget, stage_samples,
     values = np.asarray(optimum.closed_form_astar(family, tasks[missing]))
     update_cache(cache_path, {keys[i]: entry(i, v)
                               for i, v in zip(missing, values)})
-  elif missing:
-    estimator = optimum.SLBOOptimum(
-        family, slbo_config,
-        optimum.OptimumConfig(budget=budget, stage_samples=stage_samples))
-    estimate = jax.jit(estimator.estimate)
-    log(f'A*: {len(missing)} task(s) not cached; SLBO from scratch with '
-        f'{budget} real samples each ({estimator.config.n_stages} stages), '
-        f'cached in {cache_path} as each finishes')
-    times = []
-    for j, i in enumerate(missing):
-      t0 = time.time()
-      result = wait(estimate(jax.numpy.asarray(tasks[i]),
-                             jax.random.fold_in(jax.random.key(seed), i)))
-      value = float(result.astar)
-      times.append(time.time() - t0)
-      if math.isfinite(value):
-        update_cache(cache_path, {keys[i]: entry(
-            i, value, stage_returns=[float(v) for v in
-                                     np.asarray(result.stage_returns)],
-            stage_samples=stage_samples)})
-      else:
-        log(f'A*: estimate for task {i} is not finite; not cached')
-      if on_task is not None:
-        on_task(i, value, times[-1])
-      else:
-        # The first task includes the compilation: time the rest.
-        per_task = (np.mean(times[1:]) if len(times) > 1 else times[0])
-        left = len(missing) - j - 1
-        log(f'A* task {j + 1}/{len(missing)}: {value:.2f} '
-            f'({times[-1]:.1f}s)'
-            + (f', ETA {left * per_task:.0f}s' if left else ''))
+  elif method != 'closed_form':
+    if progress is None:
+      progress = pieces_lib.Pieces(len(missing) * units, log, scope='A*')
+    else:
+      progress.skip((len(keys) - len(missing)) * units)
+    if missing:
+      _slbo_astar(family, slbo_config, tasks, missing, budget, stage_samples,
+                  cache_path, seed, log, progress, units,
+                  line or (lambda i, value, seconds: (
+                      f'A* task {missing.index(i) + 1}/{len(missing)}: '
+                      f'{value:.2f} ({seconds:.1f}s)')),
+                  lambda i, value, **more: update_cache(
+                      cache_path, {keys[i]: entry(i, value, **more)}))
   cache = read_cache(cache_path)
   return np.asarray([cache[key]['astar'] if key in cache else np.nan
                      for key in keys], np.float64), len(missing)
+
+
+def _slbo_astar(family, slbo_config, tasks, missing, budget, stage_samples,
+                cache_path, seed, log, progress, units, line, cache_entry):
+  """A* of tasks[missing] from SLBO runs of `budget` real samples, one
+  piece each (`pieces.run_each`), each cached (`cache_entry`) as it
+  finishes; a non-finite estimate is logged and not cached."""
+  estimator = optimum.SLBOOptimum(
+      family, slbo_config,
+      optimum.OptimumConfig(budget=budget, stage_samples=stage_samples))
+  compiled = []
+  log(f'A*: {len(missing)} task(s) not cached; SLBO from scratch with '
+      f'{budget} real samples each ({estimator.config.n_stages} stages), '
+      f'cached in {cache_path} as each finishes')
+
+  def arguments(i):
+    return (jax.numpy.asarray(tasks[i]),
+            jax.random.fold_in(jax.random.key(seed), i))
+
+  def compile_estimate(i):
+    t0 = time.time()
+    log('A*: compiling the SLBO run')
+    compiled.append(compile_polling(jax.jit(estimator.estimate).lower(
+        *arguments(i))))
+    log(f'A*: compiled in {time.time() - t0:.1f}s')
+
+  def compute(i):
+    return wait(compiled[0](*arguments(i)))
+
+  def save(i, result, seconds):
+    value = float(result.astar)
+    if math.isfinite(value):
+      cache_entry(i, value, stage_returns=[
+          float(v) for v in np.asarray(result.stage_returns)],
+                  stage_samples=stage_samples)
+    else:
+      log(f'A*: estimate for task {i} is not finite; not cached')
+    return line(i, value, seconds)
+
+  pieces_lib.run_each(missing, compute, save, progress,
+                      units=lambda i: units, before_first=compile_estimate)

@@ -1,17 +1,18 @@
 """Long computations as pieces, each saved as it finishes.
 
-Every long computation of the scripts is a sequence of pieces run by one
-loop, `run_each`: the driver's task iterations (`experiments.training`,
+The driver's task iterations (`experiments.training`,
 `experiments.baselines`: a checkpoint each), an SLBO learning curve's
 stages (`experiments.slbo_curve`: the curve file and a checkpoint each),
+the SLBO runs that measure A* (`experiments.astar`: the A* cache each)
 and the (member, task) adaptations of an evaluation or a study
 (`experiments.evaluate`, `experiments.study`: the result file each, through
-`adapt_each`). The caller saves each piece as it finishes, so that Ctrl-C
-(or a killed session) loses at most the piece under way and the same
-command resumes with the pieces not saved; each caller refuses a saved
-computation of other settings before it runs anything. `Pieces` writes a
-line per piece with the share done and an ETA; `adaptation_key` is the one
-key convention of the adaptations.
+`adapt_each`) are sequences of pieces run by one loop, `run_each`. The
+caller saves each piece as it finishes, so that Ctrl-C (or a killed
+session) loses at most the piece under way and the same command resumes
+with the pieces not saved; each caller refuses a saved computation of
+other settings before it runs anything. `Pieces` writes a line per piece
+with the share done and an ETA; `adaptation_key` is the one key
+convention of the adaptations.
 """
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ class Pieces:
   the whole computation done and an ETA.
 
   The work of a piece is given in units (VirtualTraining iterations, say);
-  the rate is timed from the first piece finished in this process, so
-  compilation and pieces finished in earlier sessions do not distort it.
+  the rate is timed from the end of the first piece of work (units > 0)
+  finished in this process, so compilation (in the first such piece, or
+  before it) and pieces finished in earlier sessions do not distort it.
 
   Args:
     total_units: the whole computation's work, resumed pieces included.
@@ -83,7 +85,7 @@ class Pieces:
     """
     self.done += units
     self.count += 1
-    if self._t0 is None:
+    if self._t0 is None and units > 0:
       self._t0, self._units0 = self.clock(), self.done
     eta = self.eta_seconds()
     left = max(self.total - self.done, 0.0)
@@ -134,12 +136,12 @@ def run_each(todo: Iterable[Piece], compute: Callable[[Piece], Any],
     line = save(piece, out, seconds)  writes what the piece produced (a
                                     result file, a checkpoint) and returns
                                     the piece's line;
-    sleep `throttle_s` seconds      (a test hook: time to interrupt);
     progress.finished(units(piece), line, seconds)
                                     the line with the share done and an
                                     ETA (`Pieces`, `Labelled`), which
                                     raises `StopRun` after its stop_after-th
-                                    piece.
+                                    piece;
+    sleep `throttle_s` seconds      (a test hook: time to interrupt).
 
   `todo` is read lazily, one piece at a time. Returns the number of pieces
   run. Raises what `compute`, `save` or `progress` raise; everything saved
@@ -154,9 +156,9 @@ def run_each(todo: Iterable[Piece], compute: Callable[[Piece], Any],
     seconds = time.time() - t0
     line = save(piece, out, seconds)
     count += 1
+    progress.finished(units(piece), line, seconds)
     if throttle_s > 0:
       time.sleep(throttle_s)
-    progress.finished(units(piece), line, seconds)
   return count
 
 

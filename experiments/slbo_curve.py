@@ -121,7 +121,8 @@ def _load_previous(out, setting, stages, seeds):
   try:
     with open(out + '.json') as f:
       previous = json.load(f)
-    curves = {int(s): c for s, c in previous['curves'].items()}
+    # A seed without points (none computed yet) holds nothing to keep.
+    curves = {int(s): c for s, c in previous['curves'].items() if c}
   except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
     raise common.UsageError(
         f'{out}.json exists but is not a learning-curve file ({e}); use '
@@ -294,32 +295,35 @@ class _Curves:
   def _first_stage(self, seed):
     """The first stage of `seed` to compute (stage 0: the evaluation
     before training; --stages + 1: none), its curve cut to the stages
-    before it and, with --out, its checkpoint manager (another run's
-    checkpoints removed)."""
-    curve = self.done.get(seed, [])
+    before it (a seed with nothing to keep has no curve until its first
+    point) and, with --out, the checkpoint manager it resumes from
+    (another run's checkpoints removed)."""
+    curve = self.done.pop(seed, [])
     if len(curve) > _STAGES.value:   # already there: nothing to compute
+      self.done[seed] = curve
       return _STAGES.value + 1
-    if not _OUT.value:
-      self.done[seed] = []
-      return 0
-    directory = os.path.join(_OUT.value + '.ckpt', f'seed_{seed}')
-    manager = checkpoints.Manager(directory, max_to_keep=1)
-    last = manager.latest_step()
-    if last is not None and len(curve) > last:
-      self.done[seed] = curve[:last + 1]
-      print(json.dumps(dict(seed=seed, resumed_after_stage=last)), flush=True)
-    else:
+    directory = (os.path.join(_OUT.value + '.ckpt', f'seed_{seed}')
+                 if _OUT.value else None)
+    if not directory or not os.path.isdir(directory):
       if curve:
         print(json.dumps(dict(
             seed=seed, no_checkpoint_after_stage=len(curve) - 1,
             recomputing_from_stage=0)), flush=True)
-      if last is not None:
-        # Another run's checkpoints (orbax would not overwrite their steps).
-        shutil.rmtree(directory)
-        manager = checkpoints.Manager(directory, max_to_keep=1)
-      self.done[seed] = []
-    self.managers[seed] = manager
-    return len(self.done[seed])
+      return 0
+    manager = checkpoints.Manager(directory, max_to_keep=1)
+    last = manager.latest_step()
+    if last is not None and len(curve) > last:
+      self.done[seed] = curve[:last + 1]
+      self.managers[seed] = manager
+      print(json.dumps(dict(seed=seed, resumed_after_stage=last)), flush=True)
+      return last + 1
+    if curve:
+      print(json.dumps(dict(
+          seed=seed, no_checkpoint_after_stage=len(curve) - 1,
+          recomputing_from_stage=0)), flush=True)
+    # Another run's checkpoints (orbax would not overwrite their steps).
+    shutil.rmtree(directory)
+    return 0
 
   def _state(self, seed, stage):
     """(state, key) of `seed` before `stage`: its initial state, or its
@@ -375,10 +379,13 @@ class _Curves:
     ahead of it). Returns the progress line."""
     seed, stage = piece
     print(json.dumps(dict(seed=seed, **point)), flush=True)
-    self.done[seed] = self.done[seed] + [point]
-    if seed in self.managers:
+    self.done[seed] = self.done.get(seed, []) + [point]
+    if _OUT.value:
       _write(_OUT.value, self.setting, self.seeds, self.done, False,
              self.capacity, self.runs)
+      if seed not in self.managers:
+        self.managers[seed] = checkpoints.Manager(
+            os.path.join(_OUT.value + '.ckpt', f'seed_{seed}'), max_to_keep=1)
       _, state, key = self.current
       _save(self.managers[seed], stage, (state, key))
     return (f'seed {seed}, ' + ('before training' if stage == 0 else

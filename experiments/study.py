@@ -368,28 +368,22 @@ def astar_values(family, config, tasks, method, budget, stage_samples, scale,
   cache = os.path.join(workdir, 'astar_cache.json')
   units = scale.astar_stages * config.slbo.n_inner
 
-  def on_task(i, value, seconds):
-    pieces.finished(units, f'A* of task {i + 1}/{len(tasks)}: {value:.2f} '
-                    f'({seconds:.1f}s)')
-
-  values, computed = astar_lib.astar_values(
+  values, _ = astar_lib.astar_values(
       family, config.slbo, tasks, method, budget, stage_samples, cache, 0,
-      log, on_task=on_task)
-  if method != 'closed_form':
-    pieces.skip((len(tasks) - computed) * units)
+      log, progress=pieces, units=units,
+      line=lambda i, value, seconds: (f'A* of task {i + 1}/{len(tasks)}: '
+                                      f'{value:.2f} ({seconds:.1f}s)'))
   repeats = []
   if method != 'closed_form' and scale.astar_repeats:
     # The same tasks with another seed: A*'s own noise.
     idx = np.linspace(0, len(tasks) - 1, scale.astar_repeats).round()
     idx = sorted(set(int(i) for i in idx))
-    def on_repeat(j, value, seconds):
-      pieces.finished(units, f'A* of task {idx[j] + 1}/{len(tasks)} again '
-                      f'(seed 1): {value:.2f} ({seconds:.1f}s)')
-
-    again, computed = astar_lib.astar_values(
+    again, _ = astar_lib.astar_values(
         family, config.slbo, tasks[idx], method, budget, stage_samples,
-        cache, 1, log, on_task=on_repeat, tag='repeat1')
-    pieces.skip((len(idx) - computed) * units)
+        cache, 1, log, progress=pieces, units=units,
+        line=lambda j, value, seconds: (
+            f'A* of task {idx[j] + 1}/{len(tasks)} again (seed 1): '
+            f'{value:.2f} ({seconds:.1f}s)'), tag='repeat1')
     repeats = [dict(task=i, psi=[float(v) for v in tasks[i]],
                     astar=float(values[i]), astar_repeat=float(b))
                for i, b in zip(idx, again)]

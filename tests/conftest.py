@@ -19,8 +19,9 @@ import pytest
 # passes and the programs' semantics are the same; LLVM optimises the
 # generated machine code less, so an lq smoke task iteration compiles ~30%
 # faster and the last bits of rounding differ (as they do on the GPUs the
-# runs are meant for, which the tests never compile for either). The whole
-# suite took 15 min 37 s this way against 20-21 min at the default level.
+# runs are meant for, which the tests never compile for either). A fresh
+# clone's CI run took 16 min this way against 21-22 min at the default
+# level (docs/benchmarks.md).
 # An XLA_FLAGS that names a level of its own is left as it is.
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +

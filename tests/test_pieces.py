@@ -37,6 +37,22 @@ def test_progress_lines_estimate_then_measure_the_rate_and_stop_on_request():
   assert progress.count == 3 and progress.done == 7
 
 
+def test_a_piece_without_work_does_not_start_the_rate_clock():
+  # slbo_curve's first piece evaluates before training (no units); the
+  # stage program compiles inside the next piece, which must not enter
+  # the rate.
+  lines, clock = [], Clock()
+  progress = pieces.Pieces(3, lines.append, scope='curve', clock=clock)
+  progress.finished(0, 'before training')
+  clock.now += 40                      # the first stage, compiling
+  progress.finished(1, 'stage 1', seconds=40.0)
+  clock.now += 2
+  progress.finished(1, 'stage 2')
+  assert lines == ['before training [0% of the curve]',
+                   'stage 1 [33% of the curve, curve estimate 1.3 min]',
+                   'stage 2 [67% of the curve, curve ETA 2s]']
+
+
 def test_the_adaptation_key_is_the_members_seed_and_the_tasks_index():
   key = pieces.adaptation_key(7777, 3, 5)
   want = jax.random.fold_in(jax.random.fold_in(jax.random.key(7777), 3), 5)

@@ -75,6 +75,16 @@ def test_a_curve_continues_where_it_stopped_and_equals_an_unbroken_one(
   assert continued['summary'] == whole['summary']
   assert os.path.exists(unbroken + '.png')
 
+  # A seed without points (a run stopped before it started) holds nothing:
+  # a subset of the seeds continues the file.
+  partial = str(tmp_path / 'partial')
+  with open(partial + '.json', 'w') as f:
+    json.dump(dict(one_stage, curves=dict(one_stage['curves'], **{'1': []}),
+                   seeds=[0, 1]), f)
+  code, out, err = _curve(['--stages=1', '--seed=0', f'--out={partial}'])
+  assert code == 0, err[-3000:]
+  assert list(_load(partial)['curves']) == ['0']
+
   # Another setting, or fewer stages than saved: refused, file untouched.
   with open(unbroken + '.json', 'rb') as f:
     before = f.read()
