@@ -295,12 +295,12 @@ class _Curves:
   def _first_stage(self, seed):
     """The first stage of `seed` to compute (stage 0: the evaluation
     before training; --stages + 1: none), its curve cut to the stages
-    before it (a seed with nothing to keep has no curve until its first
-    point) and, with --out, the checkpoint manager it resumes from
-    (another run's checkpoints removed)."""
-    curve = self.done.pop(seed, [])
+    before it and, with --out, the checkpoint manager it resumes from
+    (another run's checkpoints removed). A curve computed again from stage
+    0 keeps its old points until its new first one; a seed never started
+    has no curve."""
+    curve = self.done.get(seed, [])
     if len(curve) > _STAGES.value:   # already there: nothing to compute
-      self.done[seed] = curve
       return _STAGES.value + 1
     directory = (os.path.join(_OUT.value + '.ckpt', f'seed_{seed}')
                  if _OUT.value else None)
@@ -379,7 +379,7 @@ class _Curves:
     ahead of it). Returns the progress line."""
     seed, stage = piece
     print(json.dumps(dict(seed=seed, **point)), flush=True)
-    self.done[seed] = self.done.get(seed, []) + [point]
+    self.done[seed] = ([] if stage == 0 else self.done[seed]) + [point]
     if _OUT.value:
       _write(_OUT.value, self.setting, self.seeds, self.done, False,
              self.capacity, self.runs)
