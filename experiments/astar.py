@@ -13,8 +13,7 @@ import numpy as np
 
 from admrl_jax.evaluation import optimum
 from experiments import pieces as pieces_lib
-from experiments.common import (UsageError, compile_polling, read_json, wait,
-                                write_json)
+from experiments.common import UsageError, read_json, wait, write_json
 
 
 # ----------------------------------------------------------- A* cache
@@ -128,11 +127,9 @@ def _slbo_astar(family, slbo_config, tasks, missing, budget, stage_samples,
             jax.random.fold_in(jax.random.key(seed), i))
 
   def compile_estimate(i):
-    t0 = time.time()
-    log('A*: compiling the SLBO run')
-    compiled.append(compile_polling(jax.jit(estimator.estimate).lower(
-        *arguments(i))))
-    log(f'A*: compiled in {time.time() - t0:.1f}s')
+    compiled.append(pieces_lib.compile_logged(
+        estimator.estimate, arguments(i), lambda line: log(f'A*: {line}'),
+        'SLBO run'))
 
   def compute(i):
     return wait(compiled[0](*arguments(i)))

@@ -178,6 +178,18 @@ def adaptation_key(base_seed: int, member_seed: int,
                                                member_seed), task_index)
 
 
+def compile_logged(fn: Callable, args: tuple, log: Callable[[str], None],
+                   what: str):
+  """`jax.jit(fn)` lowered at `args` and compiled ahead of the first piece
+  (Ctrl-C not held up: `compile_polling`), between the lines 'compiling
+  the <what>' and 'compiled in <seconds>s'. Returns the compiled program."""
+  t0 = time.time()
+  log(f'compiling the {what}')
+  compiled = compile_polling(jax.jit(fn).lower(*args))
+  log(f'compiled in {time.time() - t0:.1f}s')
+  return compiled
+
+
 def adapt_each(todo: Iterable[Tuple[int, int]], adapt: Callable,
                member_state: Callable[[int], Any], task: Callable[[int], Any],
                key: Callable[[int, int], jax.Array],
@@ -203,11 +215,8 @@ def adapt_each(todo: Iterable[Tuple[int, int]], adapt: Callable,
 
   def compile_adaptation(piece):
     m, i = piece
-    t0 = time.time()
-    log('compiling the adaptation program')
-    compiled.append(compile_polling(jax.jit(adapt).lower(
-        state_of(m), task(i), key(m, i))))
-    log(f'compiled in {time.time() - t0:.1f}s')
+    compiled.append(compile_logged(adapt, (state_of(m), task(i), key(m, i)),
+                                   log, 'adaptation program'))
 
   def compute(piece):
     m, i = piece
